@@ -1,0 +1,130 @@
+"""One typed settings object, read once from environment variables with working local defaults."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_MASTER_PATTERN = re.compile(
+    r"^(local(\[(\*|\d+)(,\d+)?\])?|spark://[^:/]+:\d+(,[^:/]+:\d+)*|yarn|k8s://.+)$"
+)
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]+:\d{1,5}$")
+
+
+_SECRET_VARIABLES = {"CLICKHOUSE_PASSWORD", "API_TOKEN"}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable and what it expects."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    spark_master: str = Field("local[*]", description="local[*], local[N] or spark://host:port")
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="host:port[,host:port]")
+    clickhouse_url: str | None = Field(None, description="unset = embedded chDB store")
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    mlflow_tracking_uri: str = "http://localhost:5000"
+    data_dir: Path = Path("data")
+    checkpoint_dir: Path | None = Field(None, description="default DATA_DIR/checkpoints")
+    sales_topic: str = "sales_events"
+    inventory_topic: str = "inventory_events"
+    kafka_partitions: int = Field(2, ge=1, le=64)
+    kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    spark_master_port: int = Field(7077, ge=1, le=65535)
+    spark_master_ui_port: int = Field(8082, ge=1, le=65535)
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_token: SecretStr | None = None
+    store_lock_timeout_s: float = Field(120.0, gt=0)
+    max_offsets_per_trigger: int | None = Field(None, ge=1)
+    starting_offsets: str = Field("earliest", pattern=r"^(earliest|latest|\{.*\})$")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("spark_master")
+    @classmethod
+    def _check_master(cls, value: str) -> str:
+        if not _MASTER_PATTERN.match(value):
+            raise ValueError("expected local[*], local[N], spark://host:port, yarn or k8s://...")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts or not all(_HOST_PORT.match(h) for h in hosts):
+            raise ValueError("expected a comma-separated list of host:port")
+        return ",".join(hosts)
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _check_clickhouse_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                "expected http(s)://host[:port][/database], or unset for embedded chDB"
+            )
+        try:
+            parsed.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError as exc:
+            raise ValueError("the port must be a number") from exc
+        return value
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where streaming checkpoints live, one folder per job."""
+        return (self.checkpoint_dir or self.data_dir / "checkpoints").resolve()
+
+    @property
+    def data_root(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def store_dir(self) -> Path:
+        """The embedded chDB data directory."""
+        return self.data_root / "chdb"
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def uses_embedded_store(self) -> bool:
+        return self.clickhouse_url is None
+
+    def secrets(self) -> list[str]:
+        """The secret values, for redaction in logs."""
+        values = [self.clickhouse_password.get_secret_value()]
+        if self.api_token is not None:
+            values.append(self.api_token.get_secret_value())
+        return [v for v in values if v]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus overrides); a bad value raises SettingsError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            variable = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            shown = "'***'" if variable in _SECRET_VARIABLES else repr(error.get("input"))
+            problems.append(f"{variable}={shown}: {error['msg']}")
+        raise SettingsError("Bad configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

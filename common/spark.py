@@ -1,0 +1,59 @@
+"""The one SparkSession factory: local[*] or spark://, Kafka connector on the classpath, UTC."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from common.settings import Settings, get_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONNECTOR_DIR = PROJECT_ROOT / ".jvm" / "spark-kafka"
+
+
+def connector_jars() -> list[Path]:
+    """The Kafka connector jars resolved from Maven Central by `make setup`."""
+    jars = sorted(CONNECTOR_DIR.glob("*.jar"))
+    if not jars:
+        raise RuntimeError(
+            f"the Spark Kafka connector is not in {CONNECTOR_DIR}: run `make setup` "
+            "(it resolves spark-sql-kafka-0-10_2.13 from Maven Central once and caches it)"
+        )
+    return jars
+
+
+def build_spark_session(
+    app_name: str,
+    settings: Settings | None = None,
+    extra_conf: dict[str, str] | None = None,
+) -> SparkSession:
+    """Build (or return the running) SparkSession for ``app_name`` on ``SPARK_MASTER``."""
+    settings = settings or get_settings()
+    # Spark's Python workers must run this interpreter, or they will not find pandas and the project.
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    conf = {
+        "spark.jars": ",".join(str(j) for j in connector_jars()),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.default.parallelism": "4",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        "spark.driver.memory": "2g",
+        "spark.pyspark.python": sys.executable,
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.sql.warehouse.dir": str(settings.data_root / "spark-warehouse"),
+    }
+    conf.update(extra_conf or {})
+    builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session

@@ -1,0 +1,84 @@
+"""The store interface shared by the embedded and the server implementations."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+
+_CREATE_TABLE = re.compile(
+    r"CREATE\s+(?:TABLE|MATERIALIZED\s+VIEW|VIEW)\s+IF\s+NOT\s+EXISTS\s+([A-Za-z_][A-Za-z0-9_]*)",
+    re.IGNORECASE,
+)
+_TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message says which and why."""
+
+
+class StoreBusyError(StoreError):
+    """The embedded store stayed locked by another process past the lock timeout."""
+
+
+class Store(Protocol):
+    """Execute DDL, query to pandas or Arrow with bound parameters, insert a frame idempotently."""
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None: ...
+
+    def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame: ...
+
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table: ...
+
+    def insert_df(self, table: str, frame: pd.DataFrame, dedup_token: str | None = None) -> int:
+        """Insert the rows; a repeated insert with the same token is dropped. Returns rows sent."""
+        ...
+
+    def session(self) -> AbstractContextManager[Store]:
+        """Hold one connection (and, embedded, the lock) for a group of operations."""
+        ...
+
+    def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any: ...
+
+
+def sql_files() -> list[tuple[str, str]]:
+    """The migration files in order, as (name, text)."""
+    folder = resources.files("common") / "sql"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name, (folder / name).read_text()) for name in names]
+
+
+@lru_cache(maxsize=1)
+def known_tables() -> frozenset[str]:
+    """Every table and view the migrations create: the allow-list for identifiers."""
+    created = {m.group(1) for _, text in sql_files() for m in _CREATE_TABLE.finditer(text)}
+    return frozenset(created | {"schema_migrations"})
+
+
+def check_table(name: str) -> str:
+    """Return ``name`` if it is a table the migrations create, else raise StoreError."""
+    if name not in known_tables():
+        raise StoreError(f"unknown table {name!r}: not created by any migration in common/sql")
+    return name
+
+
+def check_token(token: str) -> str:
+    """A deduplication token may hold letters, digits and ``_.:-`` only."""
+    if not _TOKEN.match(token):
+        raise StoreError(f"bad deduplication token {token!r}: use letters, digits and _.:- only")
+    return token
+
+
+def split_statements(text: str) -> Iterator[str]:
+    """Split a SQL file on semicolons at line ends, dropping comments and blanks."""
+    lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
+    for statement in "\n".join(lines).split(";\n"):
+        statement = statement.strip().rstrip(";").strip()
+        if statement:
+            yield statement

@@ -1,0 +1,80 @@
+"""The ClickHouse server store, through clickhouse-connect (``CLICKHOUSE_URL``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+import pandas as pd
+import pyarrow as pa
+
+from common.settings import Settings
+from common.store.base import StoreError, check_table, check_token
+
+
+class ServerStore:
+    """A ClickHouse server; one HTTP client, safe to share between threads."""
+
+    def __init__(self, client: Any, description: str) -> None:
+        self._client = client
+        self._description = description
+
+    def __repr__(self) -> str:
+        return f"ServerStore({self._description})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerStore:
+        url = urlparse(settings.clickhouse_url or "")
+        database = url.path.strip("/") or "default"
+        try:
+            client = clickhouse_connect.get_client(
+                host=url.hostname,
+                port=url.port or (8443 if url.scheme == "https" else 8123),
+                username=settings.clickhouse_user,
+                password=settings.clickhouse_password.get_secret_value(),
+                database=database,
+                secure=url.scheme == "https",
+                connect_timeout=5,
+            )
+        except Exception as exc:
+            raise StoreError(
+                f"CLICKHOUSE_URL={settings.clickhouse_url}: cannot reach the ClickHouse server "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        return cls(client, f"{url.hostname}:{url.port}/{database}")
+
+    @contextmanager
+    def session(self) -> Iterator[ServerStore]:
+        yield self
+
+    def _run(self, action: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return action(sql, *args, **kwargs)
+        except Exception as exc:
+            raise StoreError(f"{exc}\n-- while running: {sql[:500]}") from exc
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._run(self._client.command, sql, parameters=dict(params or {}))
+
+    def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        return self._run(self._client.query_df, sql, parameters=dict(params or {}))
+
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        return self._run(self._client.query_arrow, sql, parameters=dict(params or {}))
+
+    def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        frame = self.query_df(sql, params)
+        return None if frame.empty else frame.iat[0, 0]
+
+    def insert_df(self, table: str, frame: pd.DataFrame, dedup_token: str | None = None) -> int:
+        table = check_table(table)
+        if frame.empty:
+            return 0
+        settings = {}
+        if dedup_token is not None:
+            settings["insert_deduplication_token"] = check_token(dedup_token)
+        self._run(self._client.insert_df, table, frame, settings=settings)
+        return len(frame)
