@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from enum import Enum
+from enum import StrEnum
 
 import typer
 from rich.console import Console
@@ -35,7 +35,7 @@ _PACKAGE_COMMANDS = [
 ]
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
