@@ -9,7 +9,7 @@ export PYSPARK_PYTHON := $(abspath $(VENV)/bin/python)
 
 .PHONY: setup jars python-env browser up down status cluster demo test lint bench bench-full chaos serve clean
 
-setup: python-env jars ## install everything (idempotent)
+setup: python-env jars browser ## install everything (idempotent)
 
 python-env: $(VENV)/.synced
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -27,6 +27,11 @@ jars: .jvm/kafka/.resolved .jvm/spark-kafka/.resolved
 	@command -v mvn >/dev/null || { echo "Maven is required to resolve the Spark Kafka connector (apt-get install maven)"; exit 1; }
 	rm -rf .jvm/spark-kafka && mvn -q -B -f jvm/spark-kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DexcludeArtifactIds=spark-tags_2.13 -DexcludeGroupIds=$(SPARK_KAFKA_EXCLUDES) -DoutputDirectory=$(abspath .jvm/spark-kafka)
 	@touch $@
+
+browser: ## Debian's Chromium, for the report and MLflow UI tests (Playwright drives /usr/bin/chromium)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Chromium is missing: sudo apt-get install chromium"; exit 1; fi; }
 
 up: setup
 	$(RETAIL) up

@@ -1,0 +1,25 @@
+"""Small helpers around the Kafka broker named by KAFKA_BOOTSTRAP_SERVERS."""
+
+from __future__ import annotations
+
+from kafka.admin import KafkaAdminClient
+
+from common.settings import Settings, SettingsError
+
+
+def check_broker(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Fail within ``timeout_s`` with a message naming the variable when no broker answers."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+            request_timeout_ms=int(timeout_s * 1000),
+            client_id="retail-check",
+        )
+    except Exception as exc:
+        raise SettingsError(
+            f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: no Kafka broker answered "
+            f"within {timeout_s:.0f} s ({type(exc).__name__}). Start one with `make up` or point "
+            "the variable at a running cluster."
+        ) from None
+    admin.close()

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Submit the platform's Spark jobs with spark-submit to SPARK_MASTER (the seed's verbs).
+#   ./submit_jobs.sh sales|inventory   start a streaming job in the background (log + pid under DATA_DIR)
+#   ./submit_jobs.sh all               start both streaming jobs
+#   ./submit_jobs.sh ml                train both models (foreground)
+#   ./submit_jobs.sh batch [--date D]  run the daily batch (foreground)
+#   ./submit_jobs.sh status            the local stack, the running jobs and the cluster's applications
+#   ./submit_jobs.sh stop              stop the streaming jobs started here (SIGTERM: graceful)
+#   ./submit_jobs.sh clean             delete the streaming checkpoints (jobs must be stopped)
+# The project's code ships with each job (--py-files), so workers without the project still run it.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+PY=$ROOT/.venv/bin/python
+[ -x "$PY" ] || { echo "The environment is missing: run 'make setup' first." >&2; exit 1; }
+export PYSPARK_PYTHON=$PY PYSPARK_DRIVER_PYTHON=$PY
+SPARK_HOME=$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
+export SPARK_HOME
+
+setting() { "$PY" -c "from common.settings import get_settings as g; print(g().$1)"; }
+DATA_DIR=$(setting data_root)
+RUN_DIR=$DATA_DIR/run
+LOG_DIR=$DATA_DIR/logs
+mkdir -p "$RUN_DIR" "$LOG_DIR"
+
+code_zip() {
+  local zip=$DATA_DIR/dist/retail-code.zip
+  mkdir -p "$(dirname "$zip")"
+  "$PY" - "$zip" <<'PY'
+import sys, zipfile, pathlib
+packages = ["common", "generator", "streaming", "training", "batch", "serving", "expectations"]
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as zf:
+    for package in packages:
+        for path in sorted(pathlib.Path(package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix in {".py", ".sql", ".json", ".yml"}:
+                zf.write(path)
+PY
+  echo "$zip"
+}
+
+submit() {  # submit <args of the retail CLI...>
+  local master jars
+  master=$(setting spark_master)
+  jars=$(ls "$ROOT"/.jvm/spark-kafka/*.jar 2>/dev/null | paste -sd, -)
+  [ -n "$jars" ] || { echo "The Spark Kafka connector is missing: run 'make setup'." >&2; exit 1; }
+  "$SPARK_HOME/bin/spark-submit" --master "$master" --deploy-mode client \
+    --conf spark.pyspark.python="$PY" --conf spark.sql.session.timeZone=UTC \
+    --jars "$jars" --py-files "$(code_zip)" "$ROOT/common/cli.py" "$@"
+}
+
+start_background() {  # start_background <job> <retail args...>
+  local job=$1; shift
+  local pidfile=$RUN_DIR/$job.pid
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "$job is already running (pid $(cat "$pidfile"))"; return 0
+  fi
+  setsid nohup "$0" --foreground "$@" >"$LOG_DIR/$job.log" 2>&1 &
+  echo $! >"$pidfile"
+  echo "$job submitted (pid $!, log $LOG_DIR/$job.log)"
+}
+
+stop_job() {
+  local pidfile=$RUN_DIR/$1.pid
+  [ -f "$pidfile" ] || return 0
+  local pid; pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
+    echo "$1 stopped"
+  fi
+  rm -f "$pidfile"
+}
+
+case "${1:-}" in
+  --foreground) shift; submit "$@" ;;
+  sales) start_background sales stream sales ;;
+  inventory) start_background inventory stream inventory ;;
+  all) start_background sales stream sales; start_background inventory stream inventory ;;
+  ml) shift; submit train "$@" ;;
+  batch) shift; submit batch "$@" ;;
+  stop) stop_job sales; stop_job inventory ;;
+  status)
+    "$ROOT/.venv/bin/retail" status
+    for job in sales inventory; do
+      pidfile=$RUN_DIR/$job.pid
+      if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "$job: running (pid $(cat "$pidfile"), log $LOG_DIR/$job.log)"
+      else
+        echo "$job: not running"
+      fi
+    done ;;
+  clean)
+    for job in sales inventory; do
+      if [ -f "$RUN_DIR/$job.pid" ] && kill -0 "$(cat "$RUN_DIR/$job.pid")" 2>/dev/null; then
+        echo "$job is running: './submit_jobs.sh stop' first" >&2; exit 1
+      fi
+    done
+    dir=$(setting checkpoint_root)
+    rm -rf "$dir" && echo "removed checkpoints under $dir" ;;
+  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

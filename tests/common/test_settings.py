@@ -1,0 +1,81 @@
+"""Settings: working defaults, and bad values that fail fast with the variable's name."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+
+from common.broker import check_broker
+from common.logs import RedactSecrets
+from common.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_are_the_local_stack(monkeypatch):
+    for name in (
+        "SPARK_MASTER",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "CLICKHOUSE_URL",
+        "DATA_DIR",
+        "CHECKPOINT_DIR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.spark_master == "local[*]"
+    assert settings.kafka_bootstrap_servers == "localhost:9092"
+    assert settings.uses_embedded_store
+    assert settings.sales_topic == "sales_events" and settings.inventory_topic == "inventory_events"
+    assert settings.checkpoint_root == (settings.data_root / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SPARK_MASTER", "mesos://host:5050"),
+        ("SPARK_MASTER", "spark://nohost"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost"),
+        ("CLICKHOUSE_URL", "clickhouse//localhost:8123"),
+        ("CLICKHOUSE_URL", "http://localhost:port"),
+        ("KAFKA_PARTITIONS", "zero"),
+    ],
+)
+def test_a_bad_value_names_the_variable(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        load_settings()
+
+
+def test_a_secret_never_appears_in_the_error(monkeypatch):
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-token")
+    monkeypatch.setenv("SPARK_MASTER", "bogus")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert "s3cr3t-token" not in str(error.value)
+
+
+def test_the_cli_fails_fast_on_a_bad_master(monkeypatch):
+    monkeypatch.setenv("SPARK_MASTER", "mesos://x:1")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "common.cli", "status"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "SPARK_MASTER" in result.stdout + result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_an_unreachable_broker_fails_within_seconds(settings):
+    unreachable = settings.model_copy(update={"kafka_bootstrap_servers": "127.0.0.1:1"})
+    started = time.monotonic()
+    with pytest.raises(SettingsError, match="KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1"):
+        check_broker(unreachable, timeout_s=3)
+    assert time.monotonic() - started < 10
+
+
+def test_log_records_are_redacted():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "password is %s", ("hunter2",), None)
+    RedactSecrets(["hunter2"]).filter(record)
+    assert record.getMessage() == "password is ***"

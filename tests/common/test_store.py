@@ -1,0 +1,142 @@
+"""The store suite: runs on embedded chDB, and on a ClickHouse server whenever CLICKHOUSE_URL is set."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+import time
+import uuid
+
+import pandas as pd
+import pytest
+
+from common.settings import load_settings
+from common.store import StoreBusyError, StoreError, check_table, known_tables, migrate, open_store
+from common.store.embedded import EmbeddedStore
+from common.store.migrations import schema_version
+
+
+def _events(n: int, prefix: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "job": [prefix] * n,
+            "model_name": ["m"] * n,
+            "model_version": [str(i) for i in range(n)],
+            "event_type": ["test"] * n,
+            "detail": [f"{prefix}-{i}" for i in range(n)],
+        }
+    )
+
+
+def test_migrate_is_idempotent_and_records_the_version(store):
+    first = migrate(store)
+    second = migrate(store)
+    assert first == second == schema_version(store) >= 1
+    names = store.query_df("SELECT name FROM schema_migrations FINAL ORDER BY name")[
+        "name"
+    ].tolist()
+    assert names == sorted(set(names)) and names[0] == "001_core.sql"
+
+
+def test_every_known_table_exists(store):
+    existing = set(
+        store.query_df("SELECT name FROM system.tables WHERE database = currentDatabase()")["name"]
+    )
+    assert known_tables() <= existing
+
+
+def test_query_binds_values_and_stores_injection_strings_verbatim(store):
+    job = f"bind-{uuid.uuid4().hex[:8]}"
+    hostile = "x'); DROP TABLE model_events; --"
+    frame = _events(1, job).assign(detail=[hostile])
+    store.insert_df("model_events", frame)
+    got = store.query_df(
+        "SELECT detail FROM model_events WHERE job = {job:String} AND detail = {d:String}",
+        {"job": job, "d": hostile},
+    )
+    assert got["detail"].tolist() == [hostile]
+    assert "model_events" in set(store.query_df("SHOW TABLES")["name"])
+
+
+def test_insert_with_the_same_token_is_dropped(store):
+    job = f"dedup-{uuid.uuid4().hex[:8]}"
+    frame = _events(5, job)
+    store.insert_df("model_events", frame, dedup_token=f"{job}-batch-0")
+    store.insert_df("model_events", frame, dedup_token=f"{job}-batch-0")
+    store.insert_df("model_events", frame, dedup_token=f"{job}-batch-1")
+    count = store.scalar("SELECT count() FROM model_events WHERE job = {job:String}", {"job": job})
+    assert count == 10
+
+
+def test_query_arrow_returns_a_table(store):
+    table = store.query_arrow("SELECT number AS n FROM numbers(3)")
+    assert table.column("n").to_pylist() == [0, 1, 2]
+
+
+def test_unknown_table_and_bad_token_are_refused(store):
+    with pytest.raises(StoreError, match="unknown table"):
+        store.insert_df("model_events; DROP TABLE x", _events(1, "x"))
+    with pytest.raises(StoreError, match="bad deduplication token"):
+        store.insert_df("model_events", _events(1, "x"), dedup_token="a' OR 1=1")
+    assert check_table("sales_events") == "sales_events"
+
+
+def test_a_bad_query_names_the_statement(store):
+    with pytest.raises(StoreError, match="while running: SELECT nope"):
+        store.query_df("SELECT nope FROM model_events")
+
+
+def _write_rows(path: str, worker: int, batches: int, rows: int) -> None:
+    writer = EmbeddedStore(path, lock_timeout_s=120)
+    for batch in range(batches):
+        writer.insert_df(
+            "model_events", _events(rows, f"proc-{worker}"), dedup_token=f"w{worker}-b{batch}"
+        )
+
+
+@pytest.mark.skipif(load_settings().clickhouse_url is not None, reason="embedded-store locking")
+def test_four_processes_write_concurrently_with_exact_counts(tmp_path):
+    path = str(tmp_path / "chdb")
+    migrate(EmbeddedStore(path))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_rows, args=(path, w, 10, 7)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+        assert worker.exitcode == 0
+    counts = EmbeddedStore(path).query_df(
+        "SELECT job, count() AS n FROM model_events GROUP BY job ORDER BY job"
+    )
+    assert counts.to_dict("list") == {"job": [f"proc-{w}" for w in range(4)], "n": [70] * 4}
+
+
+@pytest.mark.skipif(load_settings().clickhouse_url is not None, reason="embedded-store locking")
+def test_a_held_lock_times_out_with_a_clear_error(tmp_path):
+    path = tmp_path / "chdb"
+    migrate(EmbeddedStore(path))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from filelock import FileLock; "
+            f"l = FileLock({str(path) + '.lock'!r}, thread_local=False); l.acquire(); "
+            "print('held', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(StoreBusyError, match="stayed locked by another process"):
+            EmbeddedStore(path, lock_timeout_s=1).query_df("SELECT 1")
+        assert time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_open_store_picks_the_embedded_store_by_default(settings):
+    assert isinstance(open_store(settings), EmbeddedStore) == (settings.clickhouse_url is None)
