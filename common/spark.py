@@ -35,6 +35,7 @@ def build_spark_session(
     # Spark's Python workers must run this interpreter, or they will not find pandas and the project.
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     conf = {
         "spark.jars": ",".join(str(j) for j in connector_jars()),
         "spark.sql.session.timeZone": "UTC",
