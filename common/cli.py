@@ -62,7 +62,11 @@ def up(
     from common.store import migrate, open_store
 
     settings = get_settings()
-    stack.up(settings, cluster=cluster)
+    try:
+        stack.up(settings, cluster=cluster)
+    except stack.StackError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     version = migrate(open_store(settings))
     console.print(f"store schema version {version}")
     _print_status(stack.status(settings))

@@ -43,12 +43,43 @@ class Settings(BaseSettings):
     mlflow_port: int = Field(5000, ge=1, le=65535)
     spark_master_port: int = Field(7077, ge=1, le=65535)
     spark_master_ui_port: int = Field(8082, ge=1, le=65535)
+    spark_worker_ui_port: int = Field(8083, ge=1, le=65535)
+    service_start_timeout_s: float = Field(120.0, gt=0, description="retail up: wait per service")
     api_port: int = Field(8000, ge=1, le=65535)
     api_token: SecretStr | None = None
     store_lock_timeout_s: float = Field(120.0, gt=0)
     max_offsets_per_trigger: int | None = Field(None, ge=1)
     starting_offsets: str = Field("earliest", pattern=r"^(earliest|latest|\{.*\})$")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    batch_top_n: int = Field(5, ge=1, le=100, description="products per ranking list")
+    batch_quarantine_max_percent: float = Field(
+        5.0, ge=0, le=100, description="above this share of quarantined rows a day fails"
+    )
+    batch_freshness_hours: float = Field(
+        6.0, gt=0, description="a day is complete when its data reaches this close to midnight"
+    )
+    inventory_window_minutes: int = Field(
+        10, ge=1, le=1440, description="inventory metrics: window length (a multiple of the slide)"
+    )
+    inventory_slide_minutes: int = Field(2, ge=1, le=1440, description="inventory metrics: slide")
+    inventory_late_minutes: int = Field(
+        60, ge=1, description="inventory: how far behind a key's latest event an event still counts"
+    )
+    inventory_demand_window_minutes: int = Field(
+        60, ge=1, description="inventory: trailing sales that give the demand rate without a model"
+    )
+    inventory_overstock_factor: float = Field(
+        4.0, gt=1, description="inventory: overstock alert above this multiple of the reorder point"
+    )
+    inventory_slow_mover_hours: float = Field(
+        24.0, gt=0, description="inventory: slow-mover alert after this long without a sale"
+    )
+    inventory_service_level: float = Field(
+        0.95, gt=0.5, lt=1, description="inventory: target service level of the safety stock"
+    )
+    inventory_review_days: float = Field(
+        7.0, gt=0, description="inventory: days of demand an order covers above the reorder point"
+    )
 
     @field_validator("spark_master")
     @classmethod

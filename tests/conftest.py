@@ -34,6 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
             "SPARK_MASTER_PORT": str(free_port()),
             "SPARK_MASTER_UI_PORT": str(free_port()),
+            "SPARK_WORKER_UI_PORT": str(free_port()),
             "API_PORT": str(free_port()),
             "STORE_LOCK_TIMEOUT_S": "60",
         }
@@ -77,9 +78,7 @@ def services(settings) -> Iterator[object]:
     """The real Kafka broker (with topics) and MLflow server, started once for the whole run."""
     from common import stack
 
-    stack.start_kafka(settings)
-    stack.ensure_topics(settings)
-    stack.start_mlflow(settings)
+    stack.up(settings)
     yield settings
     stack.down(settings)
 
