@@ -57,3 +57,12 @@ demo: setup
 
 clean:
 	./submit_jobs.sh clean
+
+bench: setup ## quick benchmarks: one table, benchmarks/results/<date>.md
+	$(RETAIL) bench
+
+bench-full: setup
+	$(RETAIL) bench --full
+
+serve: setup
+	$(RETAIL) serve
