@@ -1,0 +1,171 @@
+"""Generator benchmark: sustained events/s to the real broker beside Kafka's own producer perf test
+(``org.apache.kafka.tools.ProducerPerformance``) sending the same records with the same producer
+settings in the same run, and the backfill's line items per minute into the store.
+
+``run(quick)`` returns the rows for ``retail bench``; ``python -m benchmarks.bench_generator``
+runs it alone on a fresh local stack and prints the table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+STREAM_TARGET = 50_000.0  # events/s
+PERF_TEST_SHARE_TARGET = 0.25
+BACKFILL_TARGET = 1_000_000.0  # line items per minute
+_JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
+_PERF_LINE = re.compile(r"(\d+) records sent, ([\d.]+) records/sec")
+# The producer settings the generator uses (generator/stream.py), given to the perf test too.
+PRODUCER_PROPS = (
+    "acks=all",
+    "enable.idempotence=true",
+    "compression.type=lz4",
+    "linger.ms=50",
+    "batch.size=524288",
+)
+
+
+def _payload_file(folder: Path, scale: float, lines: int) -> Path:
+    """Real generator records (one JSON per line) for the perf test to send."""
+    from generator.simulate import Simulator, initial_state
+    from generator.stream import day_records
+    from generator.wire import iso_utc
+    from generator.world import build_world
+
+    world = build_world(7, scale)
+    simulator = Simulator(world)
+    state = initial_state(world, dt.date(2025, 3, 3))
+    stamp = iso_utc(1_741_000_000_000).encode()
+    values: list[bytes] = []
+    while len(values) < lines:
+        result = simulator.run_day(state)
+        state = result.state
+        day = day_records(result)
+        values += [h + stamp + t for h, t in zip(day.head, day.tail, strict=True)]
+    path = folder / "payloads.jsonl"
+    path.write_bytes(b"\n".join(values[:lines]))
+    return path
+
+
+def run_perf_test(bootstrap: str, topic: str, records: int, payloads: Path) -> float:
+    """Kafka's ProducerPerformance at full speed; its records/s."""
+    command = [
+        "java",
+        "-Xmx512m",
+        "-cp",
+        f"{_JARS}/*",
+        "org.apache.kafka.tools.ProducerPerformance",
+        "--topic",
+        topic,
+        "--num-records",
+        str(records),
+        "--throughput",
+        "-1",
+        "--payload-file",
+        str(payloads),
+        "--producer-props",
+        f"bootstrap.servers={bootstrap}",
+        *PRODUCER_PROPS,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603
+    found = _PERF_LINE.findall(done.stdout)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"ProducerPerformance failed ({done.returncode}): {done.stderr[-800:]}")
+    return float(found[-1][1])
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure the stream against the perf test, and the backfill; one row per figure."""
+    from common import stack
+    from common.settings import get_settings, load_settings
+    from common.store import migrate, open_store
+    from generator.backfill import backfill
+    from generator.stream import produce
+
+    base = get_settings()
+    scale = 4.0
+    seconds = 8.0 if quick else 30.0
+    perf_records = 300_000 if quick else 2_000_000
+    tag = uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory(prefix="bench-generator-") as folder:
+        settings = load_settings(
+            data_dir=Path(folder) / "data",
+            sales_topic=f"bench-gen-sales-{tag}",
+            inventory_topic=f"bench-gen-inventory-{tag}",
+        )
+        stack.ensure_topics(settings)
+        store = open_store(settings)
+        migrate(store)
+        filled = backfill(store, 10 if quick else 40, 7, scale)
+        streams = {
+            workers: produce(
+                settings,
+                rate=1e9,
+                seconds=seconds,
+                seed=7,
+                scale=scale,
+                workers=workers,
+                store=store,
+            )
+            for workers in (1, 2)
+        }
+        for counts in streams.values():
+            if counts["send_errors"]:
+                raise RuntimeError(f"the generator lost records: {counts['first_error']}")
+        counts = streams[1]
+        record_size = sum(t["bytes"] for t in counts["topics"].values()) / counts["records"]
+        payloads = _payload_file(Path(folder), scale, 20_000)
+        perf_topic = f"bench-gen-perf-{tag}"
+        stack.ensure_topics(load_settings(sales_topic=perf_topic, inventory_topic=perf_topic))
+        peer = run_perf_test(base.kafka_bootstrap_servers, perf_topic, perf_records, payloads)
+    per_minute = filled["line_items_per_minute"]
+    rows = []
+    for workers, counts in streams.items():
+        rate = counts["records_per_s"]
+        rows.append(
+            {
+                "name": f"stream events/s to Kafka, {workers} sender process(es) "
+                f"(avg record {record_size:.0f} B, acks=all, idempotent)",
+                "target": f">= {STREAM_TARGET:,.0f} events/s and "
+                f">= {PERF_TEST_SHARE_TARGET:.0%} of perf test",
+                "value": rate,
+                "unit": "events/s",
+                "peer": f"kafka ProducerPerformance, same records and settings: {peer:,.0f} records/s",
+                "ratio": rate / peer,
+                "met": rate >= STREAM_TARGET and rate / peer >= PERF_TEST_SHARE_TARGET,
+            }
+        )
+    return [
+        *rows,
+        {
+            "name": "backfill sales line items/min into the store",
+            "target": f">= {BACKFILL_TARGET:,.0f} line items/min",
+            "value": per_minute,
+            "unit": "line items/min",
+            "peer": "",
+            "ratio": per_minute / BACKFILL_TARGET,
+            "met": per_minute >= BACKFILL_TARGET,
+        },
+    ]
+
+
+def main() -> None:
+    """Run this benchmark alone on a fresh local stack and print the table."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from benchmarks.harness import render_markdown, run_benchmarks
+
+    Console().print(
+        Markdown(render_markdown(run_benchmarks(quick=True, repeats=1, only=["generator"])))
+    )
+
+
+if __name__ == "__main__":
+    main()
