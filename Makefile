@@ -39,7 +39,8 @@ up: setup
 cluster: setup
 	$(RETAIL) up --cluster
 
-down:
+down: ## stop the streaming jobs, the API and the stack
+	./submit_jobs.sh stop
 	$(RETAIL) down
 
 status:

@@ -79,7 +79,7 @@ case "${1:-}" in
   all) start_background sales stream sales; start_background inventory stream inventory ;;
   ml) shift; submit train "$@" ;;
   batch) shift; submit batch "$@" ;;
-  stop) stop_job sales; stop_job inventory ;;
+  stop) stop_job sales; stop_job inventory; stop_job api ;;
   status)
     "$ROOT/.venv/bin/retail" status
     for job in sales inventory; do

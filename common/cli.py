@@ -31,7 +31,7 @@ _PACKAGE_COMMANDS = [
     ("batch.cli", "batch"),
     ("serving.cli", "serve"),
     ("benchmarks.cli", "bench"),
-    ("common.demo", "demo"),
+    ("demo.cli", "demo"),
 ]
 
 

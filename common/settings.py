@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     spark_master_ui_port: int = Field(8082, ge=1, le=65535)
     spark_worker_ui_port: int = Field(8083, ge=1, le=65535)
     service_start_timeout_s: float = Field(120.0, gt=0, description="retail up: wait per service")
+    demo_scale: float = Field(1.0, ge=0.1, le=100, description="make demo: world and stream size")
+    demo_stream_seconds: int = Field(90, ge=10, description="make demo: seconds of live events")
+    demo_stream_rate: int = Field(300, ge=1, description="make demo: live events per second (x scale)")
     api_port: int = Field(8000, ge=1, le=65535)
     api_token: SecretStr | None = None
     store_lock_timeout_s: float = Field(120.0, gt=0)
@@ -79,6 +82,39 @@ class Settings(BaseSettings):
     )
     inventory_review_days: float = Field(
         7.0, gt=0, description="inventory: days of demand an order covers above the reorder point"
+    )
+    serving_demand_model: str = Field(
+        "demand_forecaster", description="serving: registered model behind the forecasts"
+    )
+    serving_stock_model: str = Field(
+        "stock_optimizer", description="serving: registered model behind the reorder advice"
+    )
+    serving_alias_check_s: float = Field(
+        10.0, gt=0, description="serving: re-resolve the champion aliases at most this often"
+    )
+    serving_store_refresh_s: float = Field(
+        5.0, gt=0, description="serving: look for new rows in the store this often"
+    )
+    serving_max_horizon_days: int = Field(
+        28, ge=1, le=366, description="serving: longest forecast horizon a request may ask for"
+    )
+    serving_refresh_forecasts: bool = Field(
+        True, description="serving: recompute the forecasts when the champion moved without them"
+    )
+    serving_refresh_after_s: float = Field(
+        120.0, ge=0, description="serving: first wait this long for `retail promote` to write them"
+    )
+    sales_watermark_minutes: int = Field(
+        10, ge=1, le=1440, description="sales: how far behind the newest event an event counts"
+    )
+    sales_anomaly_z: float = Field(
+        3.5, gt=0, description="sales: robust z-score (median/MAD) from which a window is anomalous"
+    )
+    sales_anomaly_model_tolerance: float = Field(
+        0.5, gt=0, description="sales: relative gap to the model's expectation an anomaly needs too"
+    )
+    sales_anomaly_baseline_minutes: int = Field(
+        60, ge=10, le=10080, description="sales: minutes of preceding windows in the baseline"
     )
 
     @field_validator("spark_master")

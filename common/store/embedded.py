@@ -94,10 +94,20 @@ class EmbeddedStore:
         settings = ""
         if dedup_token is not None:
             settings = f" SETTINGS insert_deduplication_token='{check_token(dedup_token)}'"
-        rows = frame  # noqa: F841 - read by name by chDB's Python() table function below
+        rows = _python_table(frame)  # noqa: F841 - read by name by chDB's Python() below
         self._query(
             f"INSERT INTO {table} ({columns}){settings} SELECT {columns} FROM Python(rows)",  # noqa: S608
             "CSV",
             None,
         )
         return len(frame)
+
+
+def _python_table(frame: pd.DataFrame) -> pd.DataFrame | pa.Table:
+    """chDB reads a pandas column of lists as Nullable(String); through Arrow it stays an Array."""
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            first = frame[column].first_valid_index()
+            if first is not None and not isinstance(frame[column].at[first], str | bytes):
+                return pa.Table.from_pandas(frame, preserve_index=False)
+    return frame

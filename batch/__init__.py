@@ -1,0 +1,1 @@
+"""The daily batch: KPIs, rankings, materialized views, business report, data-quality gate."""

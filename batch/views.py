@@ -1,0 +1,330 @@
+"""Reads for the daily batch: the materialized daily views first, the raw tables where they must.
+
+``sales_daily`` and ``inventory_daily`` (common/sql/050_batch.sql) are kept on insert by
+materialized views, so the batch reads small daily aggregates instead of scanning raw events.
+A view counts every inserted row, while the raw tables are deduplicated by ``event_id`` (read with
+FINAL) and the quality gate may quarantine rows. So a day is read from the views only when the
+view's row count equals the day's deduplicated row count and nothing was quarantined; otherwise
+that day is aggregated from the raw table, without the quarantined rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+
+import pandas as pd
+
+from common.store import Store
+
+log = logging.getLogger(__name__)
+
+# Empty keys are how a missing value arrives in a non-nullable ClickHouse String column.
+_KEY_COLUMNS = {
+    "sales_events": ["event_id", "transaction_id", "store_id", "product_id", "category"],
+    "inventory_events": ["event_id", "store_id", "product_id", "event_type"],
+}
+
+_NOT_QUARANTINED = """
+    event_id != ''
+    AND event_id NOT IN (
+        SELECT event_id FROM quarantine
+        WHERE run_id = {run_id:String} AND dataset = {dataset:String} AND batch_date = {day:Date}
+    )
+"""
+
+_SALES_DAILY_SELECT = """
+SELECT
+    toDate(event_time) AS sale_date,
+    store_id,
+    category,
+    product_id,
+    count() AS line_items,
+    sum(toInt64(quantity)) AS units,
+    sum(total_amount) AS revenue,
+    uniqExactState(transaction_id) AS transactions,
+    uniqExactState(customer_id) AS customers
+FROM sales_events
+WHERE toDate(event_time) = {day:Date}
+GROUP BY sale_date, store_id, category, product_id
+"""
+
+_INVENTORY_DAILY_SELECT = """
+SELECT
+    toDate(event_time) AS movement_date,
+    store_id,
+    product_id,
+    count() AS movements,
+    argMinState(toInt64(stock_level) - quantity_change, event_time) AS opening_units,
+    argMaxState(toInt64(stock_level), event_time) AS closing_units,
+    min(least(toInt64(stock_level), toInt64(stock_level) - quantity_change)) AS min_units,
+    sumIf(toInt64(quantity_change), event_type = 'restock') AS received_units
+FROM inventory_events
+WHERE toDate(event_time) = {day:Date}
+GROUP BY movement_date, store_id, product_id
+"""
+
+_VIEW_COUNTS = {
+    "sales_events": ("sales_daily", "sale_date", "line_items"),
+    "inventory_events": ("inventory_daily", "movement_date", "movements"),
+}
+_REBUILD = {"sales_events": _SALES_DAILY_SELECT, "inventory_events": _INVENTORY_DAILY_SELECT}
+
+
+def day_params(day: date, **extra: object) -> dict[str, object]:
+    """Bound parameters for a day, as ClickHouse reads them."""
+    return {"day": day.isoformat(), **extra}
+
+
+def table_exists(store: Store, name: str) -> bool:
+    """Whether ``name`` is a table or view of the current database."""
+    found = store.scalar(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = {name:String}",
+        {"name": name},
+    )
+    return bool(found)
+
+
+def daily_row_counts(store: Store, raw_table: str, first: date, last: date) -> pd.DataFrame:
+    """Rows per day between two dates, as inserted (raw) and as the daily view counted them."""
+    view, day_column, count_column = _VIEW_COUNTS[raw_table]
+    raw = store.query_df(
+        f"SELECT toDate(event_time) AS date, count() AS raw_rows FROM {raw_table} "  # noqa: S608 - constant names
+        "WHERE toDate(event_time) BETWEEN {first:Date} AND {last:Date} GROUP BY date",
+        {"first": first.isoformat(), "last": last.isoformat()},
+    )
+    counted = store.query_df(
+        f"SELECT {day_column} AS date, sum({count_column}) AS view_rows FROM {view} "  # noqa: S608 - constant names
+        f"WHERE {day_column} BETWEEN {{first:Date}} AND {{last:Date}} GROUP BY date",
+        {"first": first.isoformat(), "last": last.isoformat()},
+    )
+    frame = pd.DataFrame({"date": pd.date_range(first, last, freq="D").date})
+    for part in (raw, counted):
+        part["date"] = pd.to_datetime(part["date"]).dt.date
+        frame = frame.merge(part, on="date", how="left")
+    return frame.fillna(0).astype({"raw_rows": "int64", "view_rows": "int64"})
+
+
+def repair_daily_views(store: Store, first: date, last: date) -> list[date]:
+    """Rebuild the days whose view rows differ from the raw rows (data inserted before the views
+    existed, or a view changed); return the days rebuilt."""
+    rebuilt: set[date] = set()
+    with store.session():
+        for raw_table, select in _REBUILD.items():
+            view, day_column, _ = _VIEW_COUNTS[raw_table]
+            counts = daily_row_counts(store, raw_table, first, last)
+            for day in counts.loc[counts["raw_rows"] != counts["view_rows"], "date"]:
+                store.execute(
+                    f"DELETE FROM {view} WHERE {day_column} = {{day:Date}}",  # noqa: S608 - constant names
+                    day_params(day),
+                )
+                store.execute(f"INSERT INTO {view} {select}", day_params(day))  # noqa: S608
+                rebuilt.add(day)
+    if rebuilt:
+        log.info("rebuilt the daily views for %s", ", ".join(str(d) for d in sorted(rebuilt)))
+    return sorted(rebuilt)
+
+
+def raw_events(store: Store, raw_table: str, day: date) -> pd.DataFrame:
+    """One day's deduplicated raw events (FINAL), with empty keys read as null."""
+    frame = store.query_df(
+        f"SELECT * EXCEPT (ingested_at) FROM {raw_table} FINAL "  # noqa: S608 - constant names
+        "WHERE toDate(event_time) = {day:Date} ORDER BY event_time, event_id",
+        day_params(day),
+    )
+    for column in _KEY_COLUMNS[raw_table]:
+        if column in frame.columns:
+            frame[column] = frame[column].where(frame[column] != "", None)
+    return frame
+
+
+def latest_event_time(store: Store, raw_table: str, day: date) -> pd.Timestamp | None:
+    """The newest event of the day or the day after: how far the day's data has arrived."""
+    latest = store.scalar(
+        f"SELECT max(event_time) FROM {raw_table} "  # noqa: S608 - constant names
+        "WHERE toDate(event_time) BETWEEN {day:Date} AND {day:Date} + 1",
+        day_params(day),
+    )
+    if latest is None or pd.isna(latest) or pd.Timestamp(latest).year <= 1970:
+        return None
+    return pd.Timestamp(latest).tz_convert("UTC")
+
+
+def first_view_day(store: Store, raw_table: str) -> date | None:
+    """The first day the daily view holds data for."""
+    view, day_column, _ = _VIEW_COUNTS[raw_table]
+    first = store.scalar(f"SELECT min({day_column}) FROM {view}")  # noqa: S608 - constant names
+    if first is None or pd.isna(first) or pd.Timestamp(first).year <= 1970:
+        return None
+    return pd.Timestamp(first).date()
+
+
+def sales_grain(store: Store, first: date, last: date) -> pd.DataFrame:
+    """Revenue, units and line items per day, store, category and product, from the view."""
+    return store.query_df(
+        """
+        SELECT sale_date AS date, toString(store_id) AS store_id, toString(category) AS category,
+               toString(product_id) AS product_id, sum(line_items) AS line_items,
+               sum(units) AS units, sum(revenue) AS revenue
+        FROM sales_daily
+        WHERE sale_date BETWEEN {first:Date} AND {last:Date}
+        GROUP BY date, store_id, category, product_id
+        ORDER BY date, store_id, product_id
+        """,
+        {"first": first.isoformat(), "last": last.isoformat()},
+    )
+
+
+def raw_sales_grain(store: Store, day: date, run_id: str) -> pd.DataFrame:
+    """The same grain for one day from the raw table, deduplicated, without quarantined rows."""
+    return store.query_df(
+        f"""
+        SELECT toDate(event_time) AS date, toString(store_id) AS store_id,
+               toString(category) AS category, toString(product_id) AS product_id,
+               count() AS line_items, sum(toInt64(quantity)) AS units, sum(total_amount) AS revenue
+        FROM sales_events FINAL
+        WHERE toDate(event_time) = {{day:Date}} AND {_NOT_QUARANTINED}
+        GROUP BY date, store_id, category, product_id
+        ORDER BY date, store_id, product_id
+        """,  # noqa: S608 - constant fragments, values bound
+        day_params(day, run_id=run_id, dataset="sales"),
+    )
+
+
+def _basket_counts_sql(source: str, day_column: str, transactions: str, customers: str) -> str:
+    levels = [
+        ("'overall'", "'ALL'", "'ALL'", ""),
+        ("'store'", "toString(store_id)", "'ALL'", ", store_id"),
+        ("'category'", "'ALL'", "toString(category)", ", category"),
+    ]
+    return "\nUNION ALL\n".join(
+        f"SELECT {day_column} AS date, {level} AS level, {store} AS store_id, "  # noqa: S608 - constants
+        f"{category} AS category, {transactions} AS transactions, "
+        f"{customers} AS unique_customers FROM {source} GROUP BY {day_column}{keys}"
+        for level, store, category, keys in levels
+    )
+
+
+def basket_counts(store: Store, first: date, last: date) -> pd.DataFrame:
+    """Distinct transactions and customers per day overall, per store and per category, from the
+    view (distinct counts do not add up across products, so they are merged here)."""
+    source = "(SELECT * FROM sales_daily WHERE sale_date BETWEEN {first:Date} AND {last:Date})"
+    sql = _basket_counts_sql(
+        source, "sale_date", "uniqExactMerge(transactions)", "uniqExactMerge(customers)"
+    )
+    return store.query_df(sql, {"first": first.isoformat(), "last": last.isoformat()})
+
+
+def raw_basket_counts(store: Store, day: date, run_id: str) -> pd.DataFrame:
+    """The same distinct counts for one day from the raw table, without quarantined rows."""
+    source = (
+        "(SELECT toDate(event_time) AS sale_date, store_id, category, transaction_id, customer_id "  # noqa: S608
+        f"FROM sales_events FINAL WHERE toDate(event_time) = {{day:Date}} AND {_NOT_QUARANTINED})"
+    )
+    sql = _basket_counts_sql(
+        source, "sale_date", "uniqExact(transaction_id)", "uniqExact(customer_id)"
+    )
+    return store.query_df(sql, day_params(day, run_id=run_id, dataset="sales"))
+
+
+def inventory_days(store: Store, first: date, last: date) -> pd.DataFrame:
+    """Opening, closing and lowest stock and units received per day, store and product (view)."""
+    return store.query_df(
+        """
+        SELECT movement_date AS date, toString(store_id) AS store_id,
+               toString(product_id) AS product_id, sum(movements) AS movements,
+               argMinMerge(opening_units) AS opening_units,
+               argMaxMerge(closing_units) AS closing_units,
+               min(min_units) AS min_units, sum(received_units) AS received_units
+        FROM inventory_daily
+        WHERE movement_date BETWEEN {first:Date} AND {last:Date}
+        GROUP BY date, store_id, product_id
+        ORDER BY date, store_id, product_id
+        """,
+        {"first": first.isoformat(), "last": last.isoformat()},
+    )
+
+
+def raw_inventory_days(store: Store, day: date, run_id: str) -> pd.DataFrame:
+    """The same stock grain for one day from the raw table, without quarantined rows."""
+    return store.query_df(
+        f"""
+        SELECT toDate(event_time) AS date, toString(store_id) AS store_id,
+               toString(product_id) AS product_id, count() AS movements,
+               argMin(toInt64(stock_level) - quantity_change, event_time) AS opening_units,
+               argMax(toInt64(stock_level), event_time) AS closing_units,
+               min(least(toInt64(stock_level), toInt64(stock_level) - quantity_change)) AS min_units,
+               sumIf(toInt64(quantity_change), event_type = 'restock') AS received_units
+        FROM inventory_events FINAL
+        WHERE toDate(event_time) = {{day:Date}} AND {_NOT_QUARANTINED}
+        GROUP BY date, store_id, product_id
+        ORDER BY date, store_id, product_id
+        """,  # noqa: S608 - constant fragments, values bound
+        day_params(day, run_id=run_id, dataset="inventory"),
+    )
+
+
+def stock_before(store: Store, day: date) -> pd.DataFrame:
+    """The last known closing stock of every store and product before ``day``."""
+    return store.query_df(
+        """
+        SELECT store_id, product_id, argMax(closing_units, date) AS closing_units
+        FROM (
+            SELECT movement_date AS date, toString(store_id) AS store_id,
+                   toString(product_id) AS product_id, argMaxMerge(closing_units) AS closing_units
+            FROM inventory_daily
+            WHERE movement_date < {day:Date}
+            GROUP BY date, store_id, product_id
+        )
+        GROUP BY store_id, product_id
+        ORDER BY store_id, product_id
+        """,
+        day_params(day),
+    )
+
+
+def products(store: Store) -> pd.DataFrame:
+    """The product catalog (one row per product), empty when the generator has not written it."""
+    if not table_exists(store, "products"):
+        return pd.DataFrame(
+            columns=["product_id", "product_name", "category", "unit_cost", "unit_price"]
+        )
+    return store.query_df(
+        """
+        SELECT toString(product_id) AS product_id, toString(name) AS product_name,
+               toString(category) AS category, toFloat64(unit_cost) AS unit_cost,
+               toFloat64(unit_price) AS unit_price
+        FROM products FINAL ORDER BY product_id
+        """
+    )
+
+
+def stores(store: Store) -> pd.DataFrame:
+    """The store catalog (one row per store), empty when the generator has not written it."""
+    if not table_exists(store, "stores"):
+        return pd.DataFrame(columns=["store_id", "store_name", "region"])
+    return store.query_df(
+        """
+        SELECT toString(store_id) AS store_id, toString(name) AS store_name,
+               toString(region) AS region
+        FROM stores FINAL ORDER BY store_id
+        """
+    )
+
+
+def forecasts(store: Store, first: date, last: date) -> pd.DataFrame:
+    """The champion's stored forecasts per day, store and product; empty when there are none."""
+    columns = ["date", "store_id", "product_id", "forecast_units", "model_name", "model_version"]
+    if not table_exists(store, "forecasts"):
+        return pd.DataFrame(columns=columns)
+    return store.query_df(
+        """
+        SELECT forecast_date AS date, toString(store_id) AS store_id,
+               toString(product_id) AS product_id, predicted_units AS forecast_units,
+               toString(model_name) AS model_name, model_version
+        FROM forecasts FINAL
+        WHERE forecast_date BETWEEN {first:Date} AND {last:Date}
+        ORDER BY date, store_id, product_id
+        """,
+        {"first": first.isoformat(), "last": last.isoformat()},
+    )

@@ -1,0 +1,269 @@
+"""Batch benchmark: the daily KPIs over 10M sales rows (1M in quick mode) beside the bare
+aggregation query over the same rows in the same run, and the store's insert rate beside a plain
+chDB bulk insert of the same frame.
+
+- KPIs: ``batch.job.compute_outputs`` for the 30 days of data (daily grains from the views kept on
+  insert, then Spark: stock positions, KPIs per store/category/overall, rankings, trend).
+  Peer: one ``GROUP BY day, store`` over the raw table with revenue, units, distinct transactions
+  and customers. Target: at most 3x the bare query.
+- Insert rate: ``Store.insert_df`` into ``sales_events`` (inter-process lock, connection, the
+  two materialized views) beside ``INSERT ... SELECT FROM Python(frame)`` on a bare chDB
+  connection into a table of the same DDL without views. Target: at least half its rate.
+
+``python -m benchmarks.bench_batch [--full]`` runs it alone and prints the rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+KPI_RATIO_TARGET = 3.0
+INSERT_SHARE_TARGET = 0.5
+DAYS = 30
+STORES = 50
+PRODUCTS = 200
+FIRST_DAY = dt.date(2025, 1, 1)
+
+_SYNTHETIC_SALES = """
+INSERT INTO sales_events (event_id, event_time, transaction_id, store_id, customer_id, product_id,
+                          category, quantity, unit_price, discount, total_amount, payment_method,
+                          channel, on_promotion, source)
+SELECT
+    concat('bench-', toString(number)) AS event_id,
+    toDateTime64({first:DateTime}, 3, 'UTC')
+        + toIntervalMillisecond(intDiv(number * {span_ms:UInt64}, {rows:UInt64})) AS event_time,
+    concat('tx-', toString(intDiv(number, 3))) AS transaction_id,
+    concat('S', toString(intDiv(number, 3) % {stores:UInt32})) AS store_id,
+    if(intDiv(number, 3) % 4 = 0, NULL, concat('C', toString(intDiv(number, 3) % 40000))),
+    concat('P', toString(cityHash64(number) % {products:UInt32})) AS product_id,
+    concat('cat-', toString((cityHash64(number) % {products:UInt32}) % 10)) AS category,
+    toInt32(1 + number % 4) AS quantity,
+    toFloat64(1 + (cityHash64(number) % {products:UInt32}) % 50) AS unit_price,
+    0.0 AS discount,
+    quantity * unit_price AS total_amount,
+    'card', 'store', 0, 'backfill'
+FROM numbers({rows:UInt64})
+"""
+
+_SYNTHETIC_STOCK = """
+INSERT INTO inventory_events (event_id, event_time, store_id, product_id, event_type,
+                              quantity_change, stock_level, reorder_point, lead_time_days,
+                              unit_cost, source)
+SELECT
+    concat('bench-inv-', toString(number)) AS event_id,
+    toDateTime64({first:DateTime}, 3, 'UTC') + toIntervalDay(intDiv(number, {pairs:UInt32}))
+        + toIntervalHour(20) AS event_time,
+    concat('S', toString(intDiv(number % {pairs:UInt32}, {products:UInt32}))) AS store_id,
+    concat('P', toString(number % {products:UInt32})) AS product_id,
+    'snapshot', toInt32(0), toInt32(cityHash64(number) % 40), toInt32(5), 3.0,
+    toFloat64(0.6 * (1 + number % {products:UInt32} % 50)), 'backfill'
+FROM numbers({movements:UInt64})
+"""
+
+_BARE_QUERY = """
+SELECT toDate(event_time) AS date, store_id, sum(total_amount) AS revenue,
+       sum(quantity) AS units, uniqExact(transaction_id) AS transactions,
+       uniqExact(customer_id) AS customers
+FROM sales_events
+GROUP BY date, store_id
+"""
+
+
+def _catalog(store: Any) -> None:
+    products = pd.DataFrame(
+        {
+            "product_id": [f"P{i}" for i in range(PRODUCTS)],
+            "name": [f"product {i}" for i in range(PRODUCTS)],
+            "category": [f"cat-{i % 10}" for i in range(PRODUCTS)],
+            "unit_price": [float(1 + i % 50) for i in range(PRODUCTS)],
+            "unit_cost": [0.6 * (1 + i % 50) for i in range(PRODUCTS)],
+            "lead_time_days": 3.0,
+            "case_pack": np.int32(6),
+            "popularity": 1.0,
+        }
+    )
+    stores = pd.DataFrame(
+        {
+            "store_id": [f"S{i}" for i in range(STORES)],
+            "name": [f"store {i}" for i in range(STORES)],
+            "city": "bench",
+            "region": [f"r{i % 5}" for i in range(STORES)],
+            "size_sqm": 1000.0,
+            "size_class": "medium",
+        }
+    )
+    store.insert_df("products", products)
+    store.insert_df("stores", stores)
+
+
+def _load(store: Any, rows: int) -> float:
+    """Insert ``rows`` synthetic sales over DAYS days and one stock snapshot per pair and day."""
+    started = time.perf_counter()
+    first = dt.datetime.combine(FIRST_DAY, dt.time(8)).isoformat(sep=" ")
+    with store.session():
+        store.execute(
+            _SYNTHETIC_SALES,
+            {
+                "first": first,
+                "span_ms": DAYS * 86_400_000 - 14 * 3_600_000,
+                "rows": rows,
+                "stores": STORES,
+                "products": PRODUCTS,
+            },
+        )
+        store.execute(
+            _SYNTHETIC_STOCK,
+            {
+                "first": dt.datetime.combine(FIRST_DAY, dt.time()).isoformat(sep=" "),
+                "pairs": STORES * PRODUCTS,
+                "products": PRODUCTS,
+                "movements": STORES * PRODUCTS * DAYS,
+            },
+        )
+    return time.perf_counter() - started
+
+
+def _best_of(repeats: int, action: Any) -> float:
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
+def _kpi_rows(spark: Any, store: Any, rows: int, top_n: int) -> list[dict[str, Any]]:
+    from batch.job import compute_outputs
+
+    days = list(pd.date_range(FIRST_DAY, periods=DAYS, freq="D").date)
+
+    def kpis() -> None:
+        computed = compute_outputs(spark, store, days, days, top_n=top_n)
+        assert len(computed["kpis"]) == DAYS * (1 + STORES + 10), len(computed["kpis"])
+
+    kpis()  # warm the JVM and the store's caches once, as a daily job runs warm in production
+    kpi_seconds = _best_of(2, kpis)
+    bare_seconds = _best_of(2, lambda: store.query_df(_BARE_QUERY))
+    ratio = kpi_seconds / bare_seconds
+    return [
+        {
+            "name": f"KPIs + rankings over {rows / 1e6:g}M sales rows ({DAYS} days)",
+            "target": f"<= {KPI_RATIO_TARGET:g}x the bare query",
+            "value": kpi_seconds,
+            "unit": "s",
+            "peer": f"bare GROUP BY day, store on the raw table: {bare_seconds:.2f} s",
+            "ratio": ratio,
+            "met": ratio <= KPI_RATIO_TARGET,
+        }
+    ]
+
+
+def _frame(rows: int) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    quantity = rng.integers(1, 5, rows).astype("int32")
+    price = rng.integers(1, 50, rows).astype("float64")
+    return pd.DataFrame(
+        {
+            "event_id": [f"ins-{i}" for i in range(rows)],
+            "event_time": pd.Timestamp("2025-03-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 86_400_000, rows), unit="ms"),
+            "transaction_id": [f"itx-{i // 3}" for i in range(rows)],
+            "store_id": [f"S{i % STORES}" for i in range(rows)],
+            "customer_id": [None if i % 4 == 0 else f"C{i % 40000}" for i in range(rows)],
+            "product_id": [f"P{i % PRODUCTS}" for i in range(rows)],
+            "category": [f"cat-{i % PRODUCTS % 10}" for i in range(rows)],
+            "quantity": quantity,
+            "unit_price": price,
+            "discount": 0.0,
+            "total_amount": quantity * price,
+            "payment_method": "card",
+            "channel": "store",
+            "on_promotion": np.zeros(rows, dtype="uint8"),
+            "source": "backfill",
+        }
+    )
+
+
+def _insert_rows(store: Any, folder: Path, rows: int) -> list[dict[str, Any]]:
+    import chdb
+
+    frame = _frame(rows)
+    ddl = store.scalar("SHOW CREATE TABLE sales_events")
+    store_seconds = _best_of(1, lambda: store.insert_df("sales_events", frame))
+    connection = chdb.connect(f"file:{folder / 'plain-chdb'}")
+    try:
+        connection.query(ddl.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+        columns = ", ".join(frame.columns)
+        plain_seconds = _best_of(
+            1,
+            lambda: connection.query(
+                f"INSERT INTO sales_events ({columns}) SELECT {columns} FROM Python(frame)"  # noqa: S608
+            ),
+        )
+    finally:
+        connection.close()
+    store_rate, plain_rate = rows / store_seconds, rows / plain_seconds
+    share = store_rate / plain_rate
+    return [
+        {
+            "name": f"store insert of {rows:,} sales rows (with the daily views)",
+            "target": f">= {INSERT_SHARE_TARGET:g}x plain chDB",
+            "value": store_rate,
+            "unit": "rows/s",
+            "peer": f"plain chDB INSERT FROM Python(frame), no views: {plain_rate:,.0f} rows/s",
+            "ratio": share,
+            "met": share >= INSERT_SHARE_TARGET,
+        }
+    ]
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure the batch; one row per figure (see the module docstring)."""
+    from common.settings import get_settings, load_settings
+    from common.spark import build_spark_session
+    from common.store import migrate, open_store
+
+    rows = 1_000_000 if quick else 10_000_000
+    settings = get_settings()
+    spark = build_spark_session("bench-batch", settings)
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        folder = Path(tmp)
+        store = open_store(load_settings(data_dir=folder / "data"))
+        migrate(store)
+        _catalog(store)
+        load_seconds = _load(store, rows)
+        log.info("loaded %d sales rows in %.1f s", rows, load_seconds)
+        results = _kpi_rows(spark, store, rows, settings.batch_top_n)
+        results += _insert_rows(store, folder, 200_000 if quick else 1_000_000)
+    results.append(
+        {
+            "name": f"load {rows / 1e6:g}M sales rows through the views (INSERT SELECT)",
+            "target": "",
+            "value": rows / load_seconds,
+            "unit": "rows/s",
+            "peer": "",
+            "ratio": None,
+            "met": True,
+        }
+    )
+    return results
+
+
+if __name__ == "__main__":
+    from common.logs import configure_logging
+    from common.settings import get_settings
+
+    configure_logging(get_settings())
+    for row in run(quick="--full" not in sys.argv[1:]):
+        print(row)

@@ -1,0 +1,303 @@
+"""Inventory job benchmark: sustained events/s through the whole job (state, alerts, windows, store
+sink) beside Kafka's own ``ConsumerPerformance`` reading the same topic in the same run, and the
+event-to-alert latency p50/p99 at a fixed input rate.
+
+Throughput: a topic is filled first, then the job drains it with ``Trigger.AvailableNow``; the rate
+is events / wall time of the drain. Latency: the job runs continuously while a producer sends at a
+fixed rate; every stock series is drained to zero and restocked in turn, so alerts open, escalate
+and resolve all the time, and each alert change's latency is the time from sending the event that
+caused it to the change row reaching the store (its ``written_at``).
+
+``run(quick)`` returns the rows for ``retail bench``; ``python -m benchmarks.bench_inventory_stream``
+runs it alone on a fresh local stack and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHARE_TARGET = 0.25  # of the raw consumer rate
+LATENCY_P99_TARGET_S = 5.0
+_JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
+_CSV_HEADER = re.compile(r"nMsg\.sec")
+_PROPS = ("acks=all",)
+
+
+STORES = 10
+
+
+def _event(series: int, step: int, moment: datetime, prefix: str) -> tuple[bytes, bytes, str]:
+    """Step ``step`` of one stock series: 25 sales of 2 units from 50, then a restock to 50."""
+    store_id, product_id = f"{prefix}{series % STORES:03d}", f"P{series // STORES:04d}"
+    phase = step % 26
+    if phase == 25:
+        kind, change, level = "restock", 50, 50
+    else:
+        kind, change, level = "sale", -2, 50 - 2 * (phase + 1)
+    event_id = f"{store_id}-{product_id}-{step}-{uuid.uuid4().hex[:8]}"
+    body = {
+        "event_id": event_id,
+        "event_time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "store_id": store_id,
+        "product_id": product_id,
+        "event_type": kind,
+        "quantity_change": change,
+        "stock_level": level,
+        "reorder_point": 10,
+        "lead_time_days": 0.01,
+        "unit_cost": 3.5,
+    }
+    key = f"{store_id}|{product_id}".encode()
+    return key, json.dumps(body, separators=(",", ":")).encode(), event_id
+
+
+def _producer(bootstrap: str) -> Any:
+    from kafka import KafkaProducer
+
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024
+    )
+
+
+def fill_topic(bootstrap: str, topic: str, events: int, series: int, prefix: str) -> None:
+    """Send ``events`` inventory events over ``series`` stock series, as fast as possible."""
+    producer = _producer(bootstrap)
+    moment = datetime.now(UTC)
+    try:
+        for n in range(events):
+            key, value, _ = _event(n % series, n // series, moment, prefix)
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def send_at_rate(
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    series: int,
+    prefix: str,
+    sent: dict[str, float],
+) -> None:
+    """Send ``rate`` events/s for ``seconds``; record each event's send time (epoch s)."""
+    producer = _producer(bootstrap)
+    started = time.monotonic()
+    n = 0
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = int(elapsed * rate)
+            while n < due:
+                key, value, event_id = _event(n % series, n // series, datetime.now(UTC), prefix)
+                sent[event_id] = time.time()
+                producer.send(topic, key=key, value=value)
+                n += 1
+            time.sleep(0.005)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def run_consumer_perf(bootstrap: str, topic: str, messages: int) -> float:
+    """Kafka's ConsumerPerformance over the topic; its messages/s."""
+    command = [
+        "java",
+        "-Xmx512m",
+        "-cp",
+        f"{_JARS}/*",
+        "org.apache.kafka.tools.ConsumerPerformance",
+        "--bootstrap-server",
+        bootstrap,
+        "--topic",
+        topic,
+        "--messages",
+        str(messages),
+        "--group",
+        f"bench-consumer-perf-{uuid.uuid4().hex[:8]}",
+        "--timeout",
+        "60000",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    header = next((i for i, line in enumerate(lines) if _CSV_HEADER.search(line)), None)
+    if done.returncode != 0 or header is None or header + 1 >= len(lines):
+        raise RuntimeError(f"ConsumerPerformance failed ({done.returncode}): {done.stderr[-800:]}")
+    names = [c.strip() for c in lines[header].split(",")]
+    values = [c.strip() for c in lines[header + 1].split(",")]
+    return float(values[names.index("nMsg.sec")])
+
+
+def _job_settings(base: Any, topic: str, folder: Path) -> Any:
+    return base.model_copy(
+        update={"inventory_topic": topic, "checkpoint_dir": folder / f"checkpoints-{topic}"}
+    )
+
+
+def measure_throughput(spark: Any, settings: Any) -> tuple[float, int]:
+    """Drain a filled topic with the job (AvailableNow); events/s over its micro-batches' time."""
+    from streaming.inventory import JOB, InventoryRules, StockPolicy, build_queries
+    from streaming.runtime import run_queries
+
+    name = f"bench_inv_{uuid.uuid4().hex[:6]}"
+    queries = build_queries(
+        spark,
+        settings,
+        rules=InventoryRules.from_settings(settings),
+        policy=StockPolicy.from_settings(settings),
+        available_now=True,
+        query_names=(f"{name}_changes", f"{name}_dead"),
+    )
+    run_queries(spark, queries, job=JOB, settings=settings)
+    progress = queries[0].recentProgress
+    rows = sum(p.numInputRows for p in progress)
+    seconds = sum(p.durationMs.get("triggerExecution", 0) for p in progress) / 1000
+    return rows / seconds, rows
+
+
+def measure_alert_latency(
+    spark: Any, settings: Any, store: Any, rate: float, seconds: float, series: int, prefix: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the job while sending at ``rate``; per-event latencies (s) to the store and to alerts."""
+    from streaming.inventory import InventoryRules, StockPolicy, build_queries
+    from streaming.runtime import stop_gracefully
+
+    name = f"bench_lat_{uuid.uuid4().hex[:6]}"
+    queries = build_queries(
+        spark,
+        settings,
+        rules=InventoryRules.from_settings(settings),
+        policy=StockPolicy.from_settings(settings),
+        query_names=(f"{name}_changes", f"{name}_dead"),
+    )
+    sent: dict[str, float] = {}
+    try:
+        time.sleep(5.0)  # let the first (empty) micro-batch start
+        sender = threading.Thread(
+            target=send_at_rate,
+            args=(settings.kafka_bootstrap_servers, settings.inventory_topic, rate, seconds),
+            kwargs={"series": series, "prefix": prefix, "sent": sent},
+        )
+        sender.start()
+        sender.join()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            stored = store.scalar(
+                "SELECT count() FROM inventory_events WHERE startsWith(store_id, {p:String})",
+                {"p": prefix},
+            )
+            if stored >= len(sent):
+                break
+            time.sleep(1.0)
+    finally:
+        for query in queries:
+            stop_gracefully(query)
+    frame = store.query_df(
+        "SELECT event_id, toUnixTimestamp64Milli(ingested_at) / 1000 AS stored_at "
+        "FROM inventory_events WHERE startsWith(store_id, {p:String})",
+        {"p": prefix},
+    )
+    to_store = np.array(
+        [t - sent[e] for e, t in zip(frame.event_id, frame.stored_at, strict=True) if e in sent]
+    )
+    changes = store.query_df(
+        "SELECT event_id, toUnixTimestamp64Milli(written_at) / 1000 AS written "
+        "FROM stock_alert_changes WHERE startsWith(store_id, {p:String})",
+        {"p": prefix},
+    )
+    to_alert = np.array(
+        [t - sent[e] for e, t in zip(changes.event_id, changes.written, strict=True) if e in sent]
+    )
+    return to_store, to_alert
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure throughput beside the raw consumer, and latency at a fixed rate."""
+    from common import stack
+    from common.settings import get_settings
+    from common.spark import build_spark_session
+    from common.store import migrate, open_store
+
+    base = get_settings()
+    events = 20_000 if quick else 200_000
+    series = 200 if quick else 1_000
+    rate = 200.0 if quick else 1_000.0
+    seconds = 20.0 if quick else 60.0
+    tag = uuid.uuid4().hex[:8]
+    store = open_store(base)
+    migrate(store)
+    spark = build_spark_session("inventory-bench", base)
+    with tempfile.TemporaryDirectory(prefix="bench-inventory-") as folder:
+        filled = _job_settings(base, f"bench-inv-{tag}", Path(folder))
+        stack.ensure_topics(filled.model_copy(update={"sales_topic": filled.inventory_topic}))
+        fill_topic(base.kafka_bootstrap_servers, filled.inventory_topic, events, series, f"T{tag}")
+        peer = run_consumer_perf(base.kafka_bootstrap_servers, filled.inventory_topic, events)
+        throughput, drained = measure_throughput(spark, filled)
+        if drained != events:
+            raise RuntimeError(f"the job drained {drained} of {events} events")
+        live = _job_settings(base, f"bench-inv-live-{tag}", Path(folder))
+        stack.ensure_topics(live.model_copy(update={"sales_topic": live.inventory_topic}))
+        to_store, to_alert = measure_alert_latency(
+            spark, live, store, rate, seconds, series, f"L{tag}"
+        )
+    if to_alert.size == 0:
+        raise RuntimeError("no alert changes reached the store during the latency run")
+    p50, p99 = (float(np.percentile(to_alert, q)) for q in (50, 99))
+    store_p99 = float(np.percentile(to_store, 99)) if to_store.size else float("nan")
+    share = throughput / peer
+    return [
+        {
+            "name": f"inventory job sustained events/s ({events:,} events, {series} series)",
+            "target": f">= {SHARE_TARGET:.0%} of the raw consumer rate",
+            "value": throughput,
+            "unit": "events/s",
+            "peer": f"kafka ConsumerPerformance, same topic: {peer:,.0f} msgs/s",
+            "ratio": share,
+            "met": share >= SHARE_TARGET,
+        },
+        {
+            "name": f"event-to-alert latency p50 at {rate:,.0f} events/s ({to_alert.size} changes)",
+            "target": "reported",
+            "value": p50,
+            "unit": "s",
+            "peer": f"event-to-store p99 {store_p99:.2f} s",
+            "ratio": p50 / LATENCY_P99_TARGET_S,
+            "met": True,
+        },
+        {
+            "name": f"event-to-alert latency p99 at {rate:,.0f} events/s",
+            "target": f"<= {LATENCY_P99_TARGET_S:.0f} s",
+            "value": p99,
+            "unit": "s",
+            "peer": f"{to_store.size} events stored",
+            "ratio": p99 / LATENCY_P99_TARGET_S,
+            "met": p99 <= LATENCY_P99_TARGET_S,
+        },
+    ]
+
+
+def main() -> None:
+    """Run this benchmark alone on a fresh local stack and print the table."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from benchmarks.harness import render_markdown, run_benchmarks
+
+    Console().print(
+        Markdown(render_markdown(run_benchmarks(quick=True, repeats=1, only=["inventory stream"])))
+    )
+
+
+if __name__ == "__main__":
+    main()

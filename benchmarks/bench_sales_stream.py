@@ -1,0 +1,359 @@
+"""Sales job benchmark: sustained events/s of the job on local[2] (store sink, dead letters and
+demand scoring on), beside Kafka's own ``ConsumerPerformance`` reading the same topic in the same
+run; the event-to-store latency p50/p99 at a fixed input rate; and the cost of the window
+computation by 1-minute panes beside Spark's sliding ``window()`` over the same events.
+
+Scoring uses a small Spark ML pipeline registered to the run's MLflow server as the champion of a
+benchmark model name, fed by a constant feature builder: it measures the job's scoring machinery
+(alias check, pinning, transform, insert), not the training package's feature queries.
+
+``run(quick)`` returns the rows for ``retail bench``; ``python -m benchmarks.bench_sales_stream``
+runs it alone on a fresh local stack and prints the table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+THROUGHPUT_TARGET = 50_000.0  # events/s
+SHARE_TARGET = 0.25  # of the raw consumer rate
+LATENCY_P99_TARGET_S = 5.0
+LATENCY_RATE = 5_000.0  # events/s for the latency target
+_JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
+_CSV_HEADER = re.compile(r"nMsg\.sec")
+
+
+def sales_record(i: int, moment: dt.datetime, prefix: str) -> tuple[bytes, bytes]:
+    """One line item (key, JSON value): 50 stores, 400 products, baskets of about 3 items."""
+    store, product, basket = f"{prefix}S{i % 50}", f"P{(i * 7) % 400}", i // 3
+    quantity = 1 + i % 4
+    price = round(0.5 + (i % 37) * 0.35, 2)
+    value = {
+        "event_id": f"{prefix}-{i}",
+        "event_time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "transaction_id": f"{prefix}-t{basket}",
+        "store_id": store,
+        "customer_id": None if basket % 4 == 0 else f"c{basket % 5000}",
+        "product_id": product,
+        "category": f"cat{(i * 7) % 400 % 12}",
+        "quantity": quantity,
+        "unit_price": price,
+        "discount": 0.0,
+        "total_amount": round(quantity * price, 2),
+        "payment_method": "card",
+        "channel": "store",
+        "on_promotion": False,
+    }
+    return f"{store}|{product}".encode(), json.dumps(value).encode()
+
+
+def _producer(bootstrap: str) -> Any:
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=262_144)
+
+
+def fill_topic(bootstrap: str, topic: str, events: int, prefix: str) -> None:
+    """``events`` line items spread over the last hours (event time), sent as fast as possible."""
+    producer = _producer(bootstrap)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+    try:
+        for i in range(events):
+            key, value = sales_record(i, start + dt.timedelta(milliseconds=i * 50), prefix)
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def send_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, prefix: str) -> int:
+    """Send at ``rate`` events/s for ``seconds`` with event_time = send time; events sent."""
+    producer = _producer(bootstrap)
+    sent = 0
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            while sent < int(elapsed * rate):
+                key, value = sales_record(sent, dt.datetime.now(dt.UTC), prefix)
+                producer.send(topic, key=key, value=value)
+                sent += 1
+            time.sleep(0.002)
+        producer.flush()
+    finally:
+        producer.close()
+    return sent
+
+
+def run_consumer_perf(bootstrap: str, topic: str, messages: int) -> float:
+    """Kafka's ConsumerPerformance over the topic; its messages/s."""
+    command = [
+        "java",
+        "-Xmx512m",
+        "-cp",
+        f"{_JARS}/*",
+        "org.apache.kafka.tools.ConsumerPerformance",
+        "--bootstrap-server",
+        bootstrap,
+        "--topic",
+        topic,
+        "--messages",
+        str(messages),
+        "--group",
+        f"bench-consumer-perf-{uuid.uuid4().hex[:8]}",
+        "--timeout",
+        "60000",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)  # noqa: S603
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    header = next((i for i, line in enumerate(lines) if _CSV_HEADER.search(line)), None)
+    if done.returncode != 0 or header is None or header + 1 >= len(lines):
+        raise RuntimeError(f"ConsumerPerformance failed ({done.returncode}): {done.stderr[-800:]}")
+    names = [c.strip() for c in lines[header].split(",")]
+    values = [c.strip() for c in lines[header + 1].split(",")]
+    return float(values[names.index("nMsg.sec")])
+
+
+def register_bench_model(spark: Any, settings: Any, name: str) -> None:
+    """A small Spark ML pipeline as ``name@champion`` on the run's MLflow server."""
+    import mlflow
+    import mlflow.spark
+    from mlflow import MlflowClient
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.ml.regression import LinearRegression
+
+    data = spark.createDataFrame(
+        [(x, 2.0 * x + 1.0) for x in (1.0, 2.0, 3.0, 4.0)], "signal double, label double"
+    )
+    model = Pipeline(
+        stages=[VectorAssembler(inputCols=["signal"], outputCol="features"), LinearRegression()]
+    ).fit(data)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    with mlflow.start_run(run_name="bench-sales-stream"):
+        info = mlflow.spark.log_model(
+            model, "model", registered_model_name=name, pip_requirements=[]
+        )
+    MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
+        name, "champion", str(info.registered_model_version)
+    )
+
+
+def constant_features(spark: Any, store: Any, keys: Any, day: dt.date) -> Any:
+    """Feature rows of the benchmark model: the keys, the day and one constant signal."""
+    from pyspark.sql import functions as sf
+
+    return keys.select(
+        "store_id", "product_id", sf.lit(day).alias("date"), sf.lit(1.0).alias("signal")
+    )
+
+
+def _job(spark: Any, settings: Any, model_name: str, available_now: bool) -> list[Any]:
+    from common.models import ChampionModel
+    from streaming.sales import build_queries
+
+    champion = ChampionModel(model_name, job="bench-sales", settings=settings)
+    return build_queries(
+        spark,
+        settings,
+        job=f"bench-sales-{uuid.uuid4().hex[:6]}",
+        available_now=available_now,
+        champion=champion,
+        feature_builder=constant_features,
+    )
+
+
+def measure_throughput(
+    spark: Any, settings: Any, model_name: str, events: int
+) -> tuple[float, float]:
+    """Drain a filled topic with the job (AvailableNow). Returns the sustained events/s (rows over
+    the summed durations of every batch after the first, which also plans the query and warms the
+    JVM) and the end-to-end events/s over the whole drain's wall time."""
+    from streaming.runtime import run_queries
+
+    started = time.monotonic()
+    queries = _job(spark, settings, model_name, available_now=True)
+    queries = run_queries(spark, queries, job="bench-sales", settings=settings)
+    end_to_end = events / (time.monotonic() - started)
+    batches = [p for p in queries[0].recentProgress if p.numInputRows > 0][1:]
+    rows = sum(p.numInputRows for p in batches)
+    seconds = sum(p.batchDuration for p in batches) / 1000
+    return (rows / seconds if seconds else end_to_end), end_to_end
+
+
+def measure_latency(
+    spark: Any, settings: Any, store: Any, model_name: str, rate: float, seconds: float, prefix: str
+) -> np.ndarray:
+    """Run the job while sending at ``rate``; per-event seconds from event_time to ingested_at."""
+    queries = _job(spark, settings, model_name, available_now=False)
+    try:
+        for query in queries:  # the first batch (plan, state, JVM warm-up) before the clock starts
+            query.processAllAvailable()
+        sent = send_at_rate(
+            settings.kafka_bootstrap_servers, settings.sales_topic, rate, seconds, prefix
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            stored = store.scalar(
+                "SELECT count() FROM sales_events WHERE startsWith(store_id, {p:String})",
+                {"p": prefix},
+            )
+            if stored >= sent:
+                break
+            time.sleep(1.0)
+    finally:
+        for query in queries:
+            query.stop()
+    frame = store.query_df(
+        "SELECT (toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(event_time)) / 1000 "
+        "AS latency FROM sales_events WHERE startsWith(store_id, {p:String})",
+        {"p": prefix},
+    )
+    return frame["latency"].to_numpy(dtype=float)
+
+
+def measure_window_methods(spark: Any, events: int) -> tuple[float, float]:
+    """Seconds to compute the windows of ``events`` static events by panes and by sliding windows."""
+    from pyspark.sql import functions as sf
+
+    from streaming.sales import sliding_window_metrics, windowed_sales_metrics
+
+    start = dt.datetime(2026, 1, 5, 8, 0)
+    frame = (
+        spark.range(events)
+        .select(
+            (sf.lit(start) + sf.make_dt_interval(secs=(sf.col("id") * 0.05))).alias("event_time"),
+            sf.concat(sf.lit("S"), (sf.col("id") % 50).cast("string")).alias("store_id"),
+            sf.concat(sf.lit("t"), (sf.col("id") / 3).cast("long").cast("string")).alias(
+                "transaction_id"
+            ),
+            sf.concat(sf.lit("c"), (sf.col("id") % 5000).cast("string")).alias("customer_id"),
+            (1 + sf.col("id") % 4).cast("int").alias("quantity"),
+            ((sf.col("id") % 37) * 0.35 + 0.5).alias("total_amount"),
+        )
+        .cache()
+    )
+    frame.count()
+    timings = []
+    for method in (windowed_sales_metrics, sliding_window_metrics):
+        started = time.monotonic()
+        method(frame).write.format("noop").mode("overwrite").save()
+        timings.append(time.monotonic() - started)
+    frame.unpersist()
+    return timings[0], timings[1]
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure throughput beside the raw consumer, latency at a fixed rate, and the window methods."""
+    from common import stack
+    from common.settings import get_settings
+    from common.spark import build_spark_session
+    from common.store import migrate, open_store
+
+    base = get_settings()
+    events = 100_000 if quick else 500_000
+    rate = LATENCY_RATE
+    seconds = 15.0 if quick else 60.0
+    tag = uuid.uuid4().hex[:8]
+    store = open_store(base)
+    migrate(store)
+    spark = build_spark_session("sales-bench", base)
+    model_name = f"bench_demand_{tag}"
+    register_bench_model(spark, base, model_name)
+    with tempfile.TemporaryDirectory(prefix="bench-sales-") as folder:
+        filled = base.model_copy(
+            update={
+                "sales_topic": f"bench-sales-{tag}",
+                "checkpoint_dir": Path(folder) / "checkpoints-filled",
+                "max_offsets_per_trigger": 25_000,
+            }
+        )
+        stack.ensure_topics(filled.model_copy(update={"inventory_topic": filled.sales_topic}))
+        fill_topic(base.kafka_bootstrap_servers, filled.sales_topic, events, f"T{tag}")
+        peer = run_consumer_perf(base.kafka_bootstrap_servers, filled.sales_topic, events)
+        throughput, end_to_end = measure_throughput(spark, filled, model_name, events)
+        live = base.model_copy(
+            update={
+                "sales_topic": f"bench-sales-live-{tag}",
+                "checkpoint_dir": Path(folder) / "checkpoints-live",
+            }
+        )
+        stack.ensure_topics(live.model_copy(update={"inventory_topic": live.sales_topic}))
+        latencies = measure_latency(spark, live, store, model_name, rate, seconds, f"L{tag}")
+    panes_s, sliding_s = measure_window_methods(spark, events)
+    if latencies.size == 0:
+        raise RuntimeError("no event reached the store during the latency run")
+    p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99))
+    share = throughput / peer
+    return [
+        {
+            "name": f"sales job sustained events/s ({events:,} events, store sink + scoring)",
+            "target": f">= {THROUGHPUT_TARGET:,.0f} events/s",
+            "value": throughput,
+            "unit": "events/s",
+            "peer": f"end to end with start-up: {end_to_end:,.0f} events/s",
+            "ratio": throughput / THROUGHPUT_TARGET,
+            "met": throughput >= THROUGHPUT_TARGET,
+        },
+        {
+            "name": "sales job share of the raw consumer rate",
+            "target": f">= {SHARE_TARGET:.0%}",
+            "value": share,
+            "unit": "share",
+            "peer": f"kafka ConsumerPerformance, same topic: {peer:,.0f} msgs/s",
+            "ratio": share / SHARE_TARGET,
+            "met": share >= SHARE_TARGET,
+        },
+        {
+            "name": f"event-to-store latency p50 at {rate:,.0f} events/s ({latencies.size} events)",
+            "target": "reported",
+            "value": p50,
+            "unit": "s",
+            "peer": f"p99 target {LATENCY_P99_TARGET_S:.0f} s",
+            "ratio": p50 / LATENCY_P99_TARGET_S,
+            "met": True,
+        },
+        {
+            "name": f"event-to-store latency p99 at {rate:,.0f} events/s",
+            "target": f"<= {LATENCY_P99_TARGET_S:.0f} s at {LATENCY_RATE:,.0f} events/s",
+            "value": p99,
+            "unit": "s",
+            "peer": f"{latencies.size} events stored",
+            "ratio": p99 / LATENCY_P99_TARGET_S,
+            "met": p99 <= LATENCY_P99_TARGET_S and rate >= LATENCY_RATE,
+        },
+        {
+            "name": f"5-minute windows of {events:,} events: 1-minute panes",
+            "target": "faster than sliding windows",
+            "value": panes_s,
+            "unit": "s",
+            "peer": f"Spark sliding window(): {sliding_s:.2f} s",
+            "ratio": sliding_s / panes_s,
+            "met": panes_s < sliding_s,
+        },
+    ]
+
+
+def main() -> None:
+    """Run this benchmark alone on a fresh local stack and print the table."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from benchmarks.harness import render_markdown, run_benchmarks
+
+    Console().print(
+        Markdown(render_markdown(run_benchmarks(quick=True, repeats=1, only=["sales stream"])))
+    )
+
+
+if __name__ == "__main__":
+    main()

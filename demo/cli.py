@@ -1,0 +1,139 @@
+"""`retail demo`: set up, start the stack, backfill, train, promote, stream with scoring, batch, serve.
+
+Each step is the command a user would type (`retail ...` or `./submit_jobs.sh ...`), so the demo is
+the README's quick start, step for step. The stack, both streaming jobs and the API stay up afterwards
+until `make down`. Sizes come from DEMO_SCALE, DEMO_STREAM_SECONDS and DEMO_STREAM_RATE.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from common.settings import Settings, get_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SEED = 7
+HISTORY_DAYS = 120
+
+
+def _retail(*args: str) -> list[str]:
+    return [sys.executable, "-m", "common.cli", *args]
+
+
+def _run_step(timings: dict[str, float], title: str, argv: list[str]) -> None:
+    shown = " ".join(
+        ["retail", *argv[3:]] if argv[:3] == _retail() else [Path(argv[0]).name, *argv[1:]]
+    )
+    typer.secho(f"\n==> {title}: {shown}", bold=True)
+    started = time.monotonic()
+    result = subprocess.run(argv, cwd=PROJECT_ROOT, check=False)
+    timings[title] = time.monotonic() - started
+    if result.returncode != 0:
+        typer.secho(
+            f"'{title}' failed (exit {result.returncode}); the stack stays up: `make down`",
+            fg="red",
+        )
+        raise typer.Exit(result.returncode)
+
+
+def _stream_live_events(settings: Settings, timings: dict[str, float]) -> dict:
+    """Send live events (continuing the backfilled world) and wait until both jobs stored them."""
+    from demo.summary import stored_stream_events
+    from generator.stream import produce
+
+    rate = settings.demo_stream_rate * settings.demo_scale
+    typer.secho(
+        f"\n==> stream live events: retail generate stream --rate {rate:g} "
+        f"--seconds {settings.demo_stream_seconds} --seed {SEED} --scale {settings.demo_scale:g}",
+        bold=True,
+    )
+    started = time.monotonic()
+    counts = produce(settings, rate, settings.demo_stream_seconds, SEED, scale=settings.demo_scale)
+    typer.echo(
+        f"sent {counts['records']:,} records ({counts['records_per_s']:,.0f}/s); waiting for the jobs"
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        stored = stored_stream_events(settings)
+        if (
+            stored["sales"] >= counts["sales_events"]
+            and stored["inventory"] >= counts["inventory_events"]
+        ):
+            break
+        time.sleep(2)
+    timings["stream live events"] = time.monotonic() - started
+    return counts
+
+
+def _start_api(settings: Settings, timings: dict[str, float]) -> None:
+    """`retail serve` in the background (pid under DATA_DIR/run, stopped by `make down`)."""
+    import httpx
+    from tenacity import retry, stop_after_delay, wait_fixed
+
+    typer.secho(f"\n==> start the API: retail serve --port {settings.api_port}", bold=True)
+    started = time.monotonic()
+    run_dir, log_dir = settings.data_root / "run", settings.data_root / "logs"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "api.log", "ab") as log_file:
+        process = subprocess.Popen(
+            _retail("serve"),
+            cwd=PROJECT_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (run_dir / "api.pid").write_text(str(process.pid))
+
+    @retry(stop=stop_after_delay(90), wait=wait_fixed(1), reraise=True)
+    def healthy() -> None:
+        if process.poll() is not None:
+            raise typer.Exit(1)
+        httpx.get(f"http://127.0.0.1:{settings.api_port}/health", timeout=2).raise_for_status()
+
+    healthy()
+    timings["start the API"] = time.monotonic() - started
+
+
+def run_demo(settings: Settings) -> None:
+    """Run every step in order, then print the summary."""
+    from demo.summary import print_summary
+
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    scale = f"{settings.demo_scale:g}"
+    _run_step(timings, "start the local stack", _retail("up"))
+    backfill = (
+        "generate",
+        "backfill",
+        "--days",
+        str(HISTORY_DAYS),
+        "--seed",
+        str(SEED),
+        "--scale",
+        scale,
+    )
+    _run_step(timings, "backfill history", _retail(*backfill))
+    train = ("train", "--max-evals", "3", "--folds", "2", "--max-trees", "40", "--max-depth", "8")
+    _run_step(timings, "train and register both models", _retail(*train))
+    _run_step(timings, "promote the first champion", _retail("promote"))
+    _run_step(timings, "start both streaming jobs", [str(PROJECT_ROOT / "submit_jobs.sh"), "all"])
+    counts = _stream_live_events(settings, timings)
+    _run_step(timings, "daily batch with the data-quality gate", _retail("batch"))
+    _start_api(settings, timings)
+    timings["total"] = time.monotonic() - started
+    print_summary(settings, timings, counts)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `retail demo` to the CLI."""
+
+    @app.command()
+    def demo() -> None:
+        """Run the whole platform end to end on the embedded defaults and print a summary."""
+        run_demo(get_settings())

@@ -1,0 +1,1 @@
+"""The REST API serving forecasts, reorder advice, open alerts and model info."""

@@ -1,0 +1,202 @@
+"""The API's view of the world, kept current in the background.
+
+Every ``SERVING_STORE_REFRESH_S`` the store reader process (:mod:`serving.reader`) sends the
+serving tables that changed, and a thread folds them into the snapshot (:mod:`serving.snapshot`);
+every ``SERVING_ALIAS_CHECK_S`` another thread re-resolves the champion aliases
+(:mod:`serving.registry`). Requests only read the latest snapshot and champion info: a slow
+store or registry delays freshness, never an answer.
+
+When the demand model's champion moves, the forecasts of the new version normally arrive from
+``retail promote`` (it refreshes them). If none of the new version's forecasts are stored
+``SERVING_REFRESH_AFTER_S`` after the API first saw the move (and ``SERVING_REFRESH_FORECASTS``
+is on), the API recomputes them itself with ``training.forecast.refresh_forecasts``, once per
+version per that interval; until then it answers with the forecasts it has, stamped with the
+version that made them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common.models import record_model_event
+from common.settings import Settings
+from common.store import Store, open_store
+from serving.reader import StoreReaderProcess
+from serving.registry import JOB, ChampionInfo, ModelWatcher
+from serving.scoring import OnDemandScorer
+from serving.snapshot import ServingData, StoreRead, apply_read
+
+log = logging.getLogger(__name__)
+
+Refresher = Callable[[str], int]
+DEFAULT_REFRESH_HORIZON = 14
+
+
+class ServingState:
+    """The snapshot, the champions and the loop that keeps them current."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        client: Any = None,
+        refresher: Refresher | None = None,
+        scorer: OnDemandScorer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings)
+        self.demand_model = settings.serving_demand_model
+        self.stock_model = settings.serving_stock_model
+        self.watchers = {
+            name: ModelWatcher(name, settings, self.store, client)
+            for name in dict.fromkeys((self.demand_model, self.stock_model))
+        }
+        self.scorer = scorer or OnDemandScorer(settings, self.store)
+        self.reader = StoreReaderProcess(settings, self.demand_model)
+        self.data = ServingData()
+        self.store_error: str | None = None
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.forecast_refresh: dict[str, Any] = {}
+        self._refresher = refresher or self._refresh_with_training
+        self._champion_seen: dict[str, float] = {}
+        self._refresh_tried: dict[str, float] = {}
+        self._refresh_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def champion(self, name: str) -> ChampionInfo | None:
+        watcher = self.watchers.get(name)
+        return watcher.info if watcher else None
+
+    @property
+    def ready(self) -> bool:
+        """The store has been read, its last read succeeded and the forecasts could be read."""
+        data = self.data
+        return (
+            data.checked_at is not None
+            and self.store_error is None
+            and "forecasts" not in data.table_errors
+        )
+
+    def start(self) -> None:
+        """Start the store reader and the two background loops (store and registry)."""
+        import mlflow
+
+        # models:/ URIs (metadata, Spark models) resolve against the process-wide registry URI.
+        mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
+        self.reader.start()
+        for name, loop in (
+            ("serving-store", self._store_loop),
+            ("serving-registry", self._registry_loop),
+        ):
+            thread = threading.Thread(target=loop, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.reader.stop()
+        for watcher in self.watchers.values():
+            watcher.close()
+
+    def apply(self, read: StoreRead) -> None:
+        """Fold one look at the store into the snapshot; a failed look keeps the last one."""
+        if read.store_error is not None:
+            if self.store_error is None:
+                log.error(
+                    "could not read the store (answers keep the last snapshot): %s",
+                    read.store_error,
+                )
+            self.store_error = read.store_error[:500]
+            return
+        self.data = apply_read(self.data, read)
+        self.store_error = None
+        unconverted = [t for t in read.tables if t in self.data.table_errors]
+        if unconverted:
+            self.reader.read_now(again=unconverted)
+
+    def check_models(self) -> None:
+        for watcher in self.watchers.values():
+            try:
+                watcher.check()
+            except Exception:
+                log.exception("checking %s@%s failed", watcher.name, watcher.alias)
+
+    def refresh_forecasts_if_missing(self) -> None:
+        """Start a forecast refresh when the champion's forecasts stayed missing (see module)."""
+        champion = self.champion(self.demand_model)
+        running = self._refresh_thread is not None and self._refresh_thread.is_alive()
+        if not self.settings.serving_refresh_forecasts or champion is None or running:
+            return
+        if not self.ready or champion.version in self.data.forecast_versions():
+            return
+        now = time.monotonic()
+        wait = self.settings.serving_refresh_after_s
+        seen = self._champion_seen.setdefault(champion.version, now)
+        tried = self._refresh_tried.get(champion.version)
+        if now - seen < wait or (tried is not None and now - tried < max(wait, 60.0)):
+            return
+        self._refresh_tried[champion.version] = now
+        self._refresh_thread = threading.Thread(
+            target=self._run_refresh, args=(champion.version,), name="forecast-refresh", daemon=True
+        )
+        self._refresh_thread.start()
+
+    def _run_refresh(self, version: str) -> None:
+        started = dt.datetime.now(dt.UTC)
+        self.forecast_refresh = {"version": version, "state": "running", "started_at": started}
+        self._event(version, "forecast_refresh_started", "no stored forecasts of the champion")
+        try:
+            rows = self._refresher(self.demand_model)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            log.exception(
+                "refreshing the forecasts of %s version %s failed", self.demand_model, version
+            )
+            self.forecast_refresh.update(state="failed", error=detail[:500])
+            self._event(version, "forecast_refresh_failed", detail)
+            return
+        self.forecast_refresh.update(state="done", rows=rows, finished_at=dt.datetime.now(dt.UTC))
+        self._event(version, "forecast_refreshed", f"{rows} rows")
+        self.reader.read_now()
+
+    def _refresh_with_training(self, model_name: str) -> int:
+        from common.spark import build_spark_session
+        from training.forecast import refresh_forecasts
+
+        stored_horizon = max(
+            (day.horizon_day for days in self.data.forecasts.values() for day in days.values()),
+            default=DEFAULT_REFRESH_HORIZON,
+        )
+        spark = build_spark_session("retail-serve", self.settings)
+        return refresh_forecasts(spark, self.store, model_name, horizon=stored_horizon)
+
+    def _event(self, version: str, event_type: str, detail: str) -> None:
+        try:
+            record_model_event(self.store, JOB, self.demand_model, version, event_type, detail)
+        except Exception:
+            log.exception("could not record the model event %s", event_type)
+
+    def _store_loop(self) -> None:
+        interval = self.settings.serving_store_refresh_s
+        while not self._stop.is_set():
+            try:
+                read = self.reader.receive(timeout_s=min(interval, 1.0))
+                if read is not None:
+                    self.apply(read)
+                self.refresh_forecasts_if_missing()
+            except Exception:
+                log.exception("the serving store loop failed")
+                self._stop.wait(interval)
+
+    def _registry_loop(self) -> None:
+        while not self._stop.is_set():
+            self.check_models()
+            self._stop.wait(self.settings.serving_alias_check_s)

@@ -1,0 +1,39 @@
+"""`retail stream sales|inventory`: run a streaming job (until stopped, or drain with --available-now)."""
+
+from __future__ import annotations
+
+import typer
+
+from common.settings import get_settings
+
+stream_app = typer.Typer(
+    help="Run the streaming jobs (Kafka -> Spark -> store).", no_args_is_help=True
+)
+
+AVAILABLE_NOW = typer.Option(
+    False,
+    "--available-now",
+    help="process what the topic holds now, then exit (Trigger.AvailableNow)",
+)
+CONSOLE = typer.Option(False, "--console", help="print results to the console instead of the store")
+
+
+@stream_app.command("sales")
+def sales(available_now: bool = AVAILABLE_NOW, console: bool = CONSOLE) -> None:
+    """Sales: raw events, 5-minute window metrics, demand scores, anomalies."""
+    from streaming.sales import main
+
+    main(get_settings(), available_now=available_now, console=console)
+
+
+@stream_app.command("inventory")
+def inventory(available_now: bool = AVAILABLE_NOW, console: bool = CONSOLE) -> None:
+    """Inventory: stock levels, window metrics, stock recommendations, alerts."""
+    from streaming.inventory import main
+
+    main(get_settings(), available_now=available_now, console=console)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `retail stream ...` to the CLI."""
+    app.add_typer(stream_app, name="stream")

@@ -1,0 +1,1348 @@
+"""The inventory streaming job: current stock per store x product as streaming state, sliding window
+metrics, stock recommendations from the champion models, and alerts with a lifecycle, exactly once
+into the store.
+
+Pure transforms (static or streaming frames): ``parse_inventory``, ``with_thresholds``,
+``track_inventory`` (the stateful step), ``event_rows``, ``raw_inventory_rows``,
+``stock_level_rows``, ``alert_rows``, ``alert_change_rows``, ``inventory_panes``,
+``windows_from_panes``, ``windowed_inventory_metrics``, ``predict_lead_time_demand``,
+``predict_daily_demand`` and ``recommend_stock`` (pandas). ``InventoryBatchWriter`` is the
+``foreachBatch`` wiring and ``main()`` starts the queries.
+
+One micro-batch, end to end:
+
+1. Kafka records are parsed against the contract (bad ones go to ``dead_letters`` by a second
+   query) and deduplicated by ``event_id`` within the watermark (``INVENTORY_LATE_MINUTES``).
+2. Each event is joined with the latest stock recommendation of its store x product (re-read from
+   the store at every micro-batch): the model's reorder point and daily demand, when a champion
+   exists; without one the event's own reorder point and the in-stream demand rate are used.
+3. ``track_inventory`` runs each key's events through its state (``applyInPandasWithState``) in
+   the order they arrived on the key's partition. An event older than one already applied for the
+   key is *late*: it counts in the window metrics but never overwrites a newer level nor moves an
+   alert. Applied events move the level, the demand rate and the alerts (``streaming.alerts``) one
+   at a time, so a drain to zero and a restock in one batch still open and resolve the CRITICAL
+   alert. Since every key's result depends only on the order its events arrived, the results do
+   not depend on how events fall into micro-batches.
+4. The writer inserts raw events, pane partials, stock levels, alert versions and alert changes
+   with the batch's deduplication token, recomputes the windows the batch touched from their panes,
+   and scores the keys that moved with ``stock_optimizer@champion`` and ``demand_forecaster@champion``
+   into ``stock_recommendations`` (hot-swapped when an alias moves).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as sf
+from pyspark.sql.datasource import DataSource, DataSourceReader
+from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
+from pyspark.sql.types import (
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from common.models import ChampionModel, LoadedModel
+from common.schemas import INVENTORY_EVENT_SCHEMA, INVENTORY_EVENT_TYPES
+from common.settings import Settings, get_settings, load_settings
+from common.store import Store, open_store
+from streaming.alerts import (
+    Alert,
+    AlertChange,
+    AlertRules,
+    EventContext,
+    StockSnapshot,
+    advance_alerts,
+    evaluate_conditions,
+    stockout_eta_hours,
+)
+from streaming.runtime import (
+    CONSOLE,
+    Check,
+    batch_token,
+    deduplicate_events,
+    insert_batch,
+    parse_events,
+    read_topic,
+    run_queries,
+    start_query,
+    to_pandas,
+)
+
+log = logging.getLogger(__name__)
+
+JOB = "inventory-stream"
+CHANGES_QUERY = "inventory_changes"
+DEAD_LETTERS_QUERY = "inventory_dead_letters"
+STOCK_MODEL = "stock_optimizer"
+DEMAND_MODEL = "demand_forecaster"
+ALL_PRODUCTS = "ALL"
+MINUTES_PER_DAY = 24 * 60
+MS_PER_MINUTE = 60_000
+MS_PER_HOUR = 3_600_000
+
+APPLIED = "applied"
+LATE = "late"
+
+KIND_EVENT = "event"
+KIND_LEVEL = "level"
+KIND_ALERT = "alert"
+KIND_CHANGE = "alert_change"
+
+MODEL_THRESHOLDS = "model"
+EVENT_THRESHOLDS = "event"
+
+FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
+
+THRESHOLD_SCHEMA = StructType(
+    [
+        StructField("store_id", StringType(), False),
+        StructField("product_id", StringType(), False),
+        StructField("model_reorder_point", DoubleType(), True),
+        StructField("model_daily_demand", DoubleType(), True),
+        StructField("model_name", StringType(), True),
+        StructField("model_version", StringType(), True),
+    ]
+)
+
+# Everything the state function emits, one row per event, level, alert version or alert change.
+CHANGES_SCHEMA = StructType(
+    [
+        StructField("kind", StringType(), False),
+        StructField("store_id", StringType(), False),
+        StructField("product_id", StringType(), False),
+        StructField("event_id", StringType(), True),
+        StructField("event_time", TimestampType(), True),
+        StructField("event_type", StringType(), True),
+        StructField("quantity_change", IntegerType(), True),
+        StructField("stock_level", IntegerType(), True),
+        StructField("reorder_point", IntegerType(), True),
+        StructField("lead_time_days", DoubleType(), True),
+        StructField("unit_cost", DoubleType(), True),
+        StructField("disposition", StringType(), True),
+        StructField("effective_reorder_point", DoubleType(), True),
+        StructField("demand_per_hour", DoubleType(), True),
+        StructField("eta_hours", DoubleType(), True),
+        StructField("threshold_source", StringType(), True),
+        StructField("model_name", StringType(), True),
+        StructField("model_version", StringType(), True),
+        StructField("alert_id", StringType(), True),
+        StructField("alert_type", StringType(), True),
+        StructField("severity", StringType(), True),
+        StructField("peak_severity", StringType(), True),
+        StructField("status", StringType(), True),
+        StructField("change", StringType(), True),
+        StructField("from_severity", StringType(), True),
+        StructField("opened_at", TimestampType(), True),
+        StructField("resolved_at", TimestampType(), True),
+        StructField("updated_at", TimestampType(), True),
+        StructField("reason", StringType(), True),
+        StructField("threshold", DoubleType(), True),
+        StructField("stockout_eta", TimestampType(), True),
+        StructField("opened_event_id", StringType(), True),
+        StructField("revision", IntegerType(), True),
+        StructField("detected_at", TimestampType(), True),
+    ]
+)
+STATE_SCHEMA = StructType([StructField("state_json", StringType(), False)])
+
+_CHANGE_COLUMNS = tuple(f.name for f in CHANGES_SCHEMA.fields)
+_INPUT_COLUMNS = (
+    *[f.name for f in INVENTORY_EVENT_SCHEMA.fields],
+    "kafka_partition",
+    "kafka_offset",
+    *[f.name for f in THRESHOLD_SCHEMA.fields[2:]],
+)
+
+
+@dataclass(frozen=True)
+class InventoryRules:
+    """Windows, lateness, the demand rate without a model, and the alert thresholds."""
+
+    window_minutes: int = 10
+    slide_minutes: int = 2
+    late_minutes: int = 60
+    demand_window_minutes: int = 60
+    alerts: AlertRules = field(default_factory=AlertRules)
+
+    def __post_init__(self) -> None:
+        if self.slide_minutes <= 0 or self.window_minutes % self.slide_minutes != 0:
+            raise ValueError(
+                f"the window ({self.window_minutes} min) must be a whole number of slides "
+                f"({self.slide_minutes} min)"
+            )
+        if self.late_minutes <= 0 or self.demand_window_minutes <= 0:
+            raise ValueError("late_minutes and demand_window_minutes must be > 0")
+
+    @property
+    def panes_per_window(self) -> int:
+        return self.window_minutes // self.slide_minutes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InventoryRules:
+        return cls(
+            window_minutes=settings.inventory_window_minutes,
+            slide_minutes=settings.inventory_slide_minutes,
+            late_minutes=settings.inventory_late_minutes,
+            demand_window_minutes=settings.inventory_demand_window_minutes,
+            alerts=AlertRules(
+                overstock_factor=settings.inventory_overstock_factor,
+                slow_mover_hours=settings.inventory_slow_mover_hours,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class StockPolicy:
+    """How the model's demand becomes stock advice."""
+
+    service_level: float = 0.95
+    review_days: float = 7.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StockPolicy:
+        return cls(settings.inventory_service_level, settings.inventory_review_days)
+
+
+def _ids_present(*names: str) -> Column:
+    condition = sf.lit(True)
+    for name in names:
+        condition = condition & (sf.length(sf.trim(sf.col(name))) > 0)
+    return condition
+
+
+def inventory_checks() -> tuple[Check, ...]:
+    """The rules a parsed inventory event must satisfy (else it becomes a dead letter)."""
+    event_type = sf.col("event_type")
+    change = sf.col("quantity_change")
+    return (
+        Check(
+            f"event_type must be one of {', '.join(INVENTORY_EVENT_TYPES)}",
+            event_type.isin(*INVENTORY_EVENT_TYPES),
+        ),
+        Check("stock_level must be >= 0", sf.col("stock_level") >= 0),
+        Check(
+            "quantity_change must be < 0 for a sale or shrinkage, > 0 for a restock, "
+            "0 for a snapshot",
+            sf.when(event_type.isin("sale", "shrinkage"), change < 0)
+            .when(event_type == "restock", change > 0)
+            .when(event_type == "snapshot", change == 0)
+            .otherwise(sf.lit(True)),
+        ),
+        Check("reorder_point must be >= 0", sf.col("reorder_point") >= 0),
+        Check("lead_time_days must be between 0 and 365", sf.col("lead_time_days").between(0, 365)),
+        Check("unit_cost must be between 0 and 1e6", sf.col("unit_cost").between(0, 1e6)),
+        Check(
+            "event_id, store_id and product_id must not be blank",
+            _ids_present("event_id", "store_id", "product_id"),
+        ),
+    )
+
+
+def parse_inventory(raw: DataFrame, job: str = JOB) -> tuple[DataFrame, DataFrame]:
+    """Raw Kafka records -> (valid inventory events, dead letters)."""
+    return parse_events(raw, INVENTORY_EVENT_SCHEMA, inventory_checks(), job=job)
+
+
+# ---------------------------------------------------------------- thresholds from the store
+
+THRESHOLDS_SQL = """
+SELECT store_id, product_id, reorder_point AS model_reorder_point,
+    daily_demand AS model_daily_demand, stock_model_name AS model_name,
+    stock_model_version AS model_version
+FROM stock_recommendations FINAL
+"""
+
+
+class StockThresholdsSource(DataSource):
+    """The latest stock recommendation of every store x product, read from the store.
+
+    Used as the static side of a stream-static join: Spark plans it again at every micro-batch, so
+    each batch sees the recommendations the previous batches wrote (and those of a hot-swapped
+    model). Option ``data_dir`` points the executors at the embedded store's folder.
+    """
+
+    @classmethod
+    def name(cls) -> str:
+        return "retail_stock_thresholds"
+
+    def schema(self) -> StructType:
+        return THRESHOLD_SCHEMA
+
+    def reader(self, schema: StructType) -> DataSourceReader:
+        return StockThresholdsReader(self.options.get("data_dir"))
+
+
+class StockThresholdsReader(DataSourceReader):
+    """Reads ``stock_recommendations`` FINAL in one partition."""
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.data_dir = data_dir
+
+    def read(self, partition: Any) -> Iterator[tuple]:
+        settings = load_settings(data_dir=self.data_dir) if self.data_dir else get_settings()
+        frame = open_store(settings).query_df(THRESHOLDS_SQL)
+        for row in frame.itertuples(index=False):
+            yield (
+                row.store_id,
+                row.product_id,
+                float(row.model_reorder_point),
+                float(row.model_daily_demand),
+                row.model_name,
+                row.model_version,
+            )
+
+
+def read_thresholds(spark: SparkSession, settings: Settings) -> DataFrame:
+    """The stock thresholds of the champion models, as a frame re-read at every micro-batch."""
+    spark.dataSource.register(StockThresholdsSource)
+    reader = spark.read.format(StockThresholdsSource.name())
+    if settings.uses_embedded_store:
+        reader = reader.option("data_dir", str(settings.data_root))
+    return reader.load()
+
+
+def with_thresholds(events: DataFrame, thresholds: DataFrame | None = None) -> DataFrame:
+    """Events with the model's reorder point and daily demand of their key (null: none yet)."""
+    if thresholds is None:
+        return events.select(
+            "*",
+            *[sf.lit(None).cast(f.dataType).alias(f.name) for f in THRESHOLD_SCHEMA.fields[2:]],
+        )
+    return events.join(sf.broadcast(thresholds), ["store_id", "product_id"], "left")
+
+
+# ---------------------------------------------------------------- per-key state
+
+
+@dataclass
+class StockState:
+    """What the job remembers about one store x product between micro-batches."""
+
+    stock_level: int
+    event_time: int  # epoch ms of the latest applied event
+    event_id: str
+    event_type: str
+    reorder_point: int
+    lead_time_days: float
+    unit_cost: float
+    first_seen: int
+    last_sale: int | None
+    sold_by_minute: dict[int, int]  # epoch minute -> units sold, within the demand window
+    effective_reorder_point: float
+    demand_per_hour: float | None
+    threshold_source: str
+    model_name: str
+    model_version: str
+    alerts: dict[str, Alert]
+
+    def to_json(self) -> str:
+        value = asdict(self)
+        value["alerts"] = {k: a.to_state() for k, a in self.alerts.items()}
+        value["sold_by_minute"] = {str(k): v for k, v in self.sold_by_minute.items()}
+        return json.dumps(value, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> StockState:
+        value = json.loads(text)
+        value["alerts"] = {k: Alert.from_state(a) for k, a in value["alerts"].items()}
+        value["sold_by_minute"] = {int(k): v for k, v in value["sold_by_minute"].items()}
+        return cls(**value)
+
+
+def units_sold(event_type: str, quantity_change: int) -> int:
+    """Units a movement sold (sales carry a negative change)."""
+    return -quantity_change if event_type == "sale" else 0
+
+
+def demand_per_hour(sold_by_minute: dict[int, int], now_ms: int, window_minutes: int) -> float:
+    """Units sold in the ``window_minutes`` whole minutes up to ``now_ms``, per hour."""
+    last = now_ms // MS_PER_MINUTE
+    first = last - window_minutes + 1
+    units = sum(u for minute, u in sold_by_minute.items() if first <= minute <= last)
+    return units * 60 / window_minutes
+
+
+def _ms(value: pd.Timestamp) -> int:
+    return value.value // 1_000_000
+
+
+def _timestamp(ms: int | None) -> pd.Timestamp | None:
+    return None if ms is None else pd.Timestamp(ms, unit="ms")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+class Movement(NamedTuple):
+    """One inventory event as the state function sees it."""
+
+    event_id: str
+    event_time: pd.Timestamp
+    store_id: str
+    product_id: str
+    event_type: str
+    quantity_change: int
+    stock_level: int
+    reorder_point: int
+    lead_time_days: float
+    unit_cost: float
+    kafka_partition: Any
+    kafka_offset: Any
+    model_reorder_point: Any
+    model_daily_demand: Any
+    model_name: Any
+    model_version: Any
+
+
+def arrival_order(events: pd.DataFrame) -> list[Movement]:
+    """A key's events as tuples in the order they arrived (partition, offset); by event time
+    when the frame has no Kafka coordinates."""
+    columns = [events[name].tolist() for name in Movement._fields]
+    movements = [Movement(*values) for values in zip(*columns, strict=True)]
+    if all(pd.notna(m.kafka_offset) for m in movements):
+        movements.sort(key=lambda m: (m.kafka_partition, m.kafka_offset))
+    else:
+        movements.sort(key=lambda m: (m.event_time, m.event_id))
+    return movements
+
+
+def track_key(
+    store_id: str,
+    product_id: str,
+    state: StockState | None,
+    events: pd.DataFrame,
+    rules: InventoryRules,
+    detected_at: pd.Timestamp,
+) -> tuple[StockState | None, pd.DataFrame]:
+    """Run one key's events (one micro-batch) through its state; the new state and output rows.
+
+    Output rows (CHANGES_SCHEMA): one ``event`` row per event (disposition applied or late), one
+    ``level`` row with the latest level when an event was applied, the latest version of every
+    alert an event touched (``alert``) and every alert lifecycle change (``alert_change``).
+    """
+    rows: list[dict[str, Any]] = []
+    versions: dict[str, Alert] = {}
+    applied = False
+    for event in arrival_order(events):
+        time_ms = _ms(event.event_time)
+        sold = units_sold(event.event_type, int(event.quantity_change))
+        if state is not None and time_ms < state.event_time:
+            _remember_sale(state, time_ms, sold, rules)
+            rows.append(_event_row(event, LATE, detected_at))
+            continue
+        state = _apply(state, event, time_ms, sold, rules)
+        applied = True
+        rows.append(_event_row(event, APPLIED, detected_at, state))
+        snapshot = StockSnapshot(
+            stock_level=state.stock_level,
+            reorder_point=state.effective_reorder_point,
+            lead_time_days=state.lead_time_days,
+            demand_per_hour=state.demand_per_hour,
+            hours_without_sale=(time_ms - (state.last_sale or state.first_seen)) / MS_PER_HOUR,
+        )
+        context = EventContext(
+            store_id=store_id,
+            product_id=product_id,
+            event_id=event.event_id,
+            event_time=time_ms,
+            stock_level=state.stock_level,
+            reorder_point=state.effective_reorder_point,
+            model_name=state.model_name,
+            model_version=state.model_version,
+        )
+        state.alerts, touched, changes = advance_alerts(
+            state.alerts, evaluate_conditions(snapshot, rules.alerts), context
+        )
+        versions.update((a.alert_id, a) for a in touched)
+        rows.extend(_change_row(c, detected_at) for c in changes)
+    if state is not None:
+        _forget_old_sales(state, rules)
+    if applied:
+        rows.append(_level_row(store_id, product_id, state, detected_at))
+    rows.extend(_alert_row(a, detected_at) for a in versions.values())
+    return state, _changes_frame(rows)
+
+
+def _apply(
+    state: StockState | None, event: Any, time_ms: int, sold: int, rules: InventoryRules
+) -> StockState:
+    if state is None:
+        state = StockState(
+            stock_level=0,
+            event_time=time_ms,
+            event_id="",
+            event_type="",
+            reorder_point=0,
+            lead_time_days=0.0,
+            unit_cost=0.0,
+            first_seen=time_ms,
+            last_sale=None,
+            sold_by_minute={},
+            effective_reorder_point=0.0,
+            demand_per_hour=None,
+            threshold_source=EVENT_THRESHOLDS,
+            model_name="",
+            model_version="",
+            alerts={},
+        )
+    state.stock_level = int(event.stock_level)
+    state.event_time = time_ms
+    state.event_id = event.event_id
+    state.event_type = event.event_type
+    state.reorder_point = int(event.reorder_point)
+    state.lead_time_days = float(event.lead_time_days)
+    state.unit_cost = float(event.unit_cost)
+    if sold > 0:
+        state.last_sale = time_ms
+    _remember_sale(state, time_ms, sold, rules)
+    if pd.notna(event.model_reorder_point):
+        state.effective_reorder_point = float(event.model_reorder_point)
+        state.demand_per_hour = max(float(event.model_daily_demand), 0.0) / 24
+        state.threshold_source = MODEL_THRESHOLDS
+        state.model_name = _text(event.model_name)
+        state.model_version = _text(event.model_version)
+    else:
+        state.effective_reorder_point = float(event.reorder_point)
+        state.demand_per_hour = demand_per_hour(
+            state.sold_by_minute, time_ms, rules.demand_window_minutes
+        )
+        state.threshold_source = EVENT_THRESHOLDS
+        state.model_name = ""
+        state.model_version = ""
+    return state
+
+
+def _remember_sale(state: StockState, time_ms: int, sold: int, rules: InventoryRules) -> None:
+    if sold <= 0:
+        return
+    minute = time_ms // MS_PER_MINUTE
+    if minute > state.event_time // MS_PER_MINUTE - rules.demand_window_minutes:
+        state.sold_by_minute[minute] = state.sold_by_minute.get(minute, 0) + sold
+
+
+def _forget_old_sales(state: StockState, rules: InventoryRules) -> None:
+    first = state.event_time // MS_PER_MINUTE - rules.demand_window_minutes + 1
+    state.sold_by_minute = {m: u for m, u in state.sold_by_minute.items() if m >= first}
+
+
+def _event_row(
+    event: Any, disposition: str, detected_at: pd.Timestamp, state: StockState | None = None
+) -> dict[str, Any]:
+    row = {
+        "kind": KIND_EVENT,
+        "store_id": event.store_id,
+        "product_id": event.product_id,
+        "event_id": event.event_id,
+        "event_time": event.event_time,
+        "event_type": event.event_type,
+        "quantity_change": int(event.quantity_change),
+        "stock_level": int(event.stock_level),
+        "reorder_point": int(event.reorder_point),
+        "lead_time_days": float(event.lead_time_days),
+        "unit_cost": float(event.unit_cost),
+        "disposition": disposition,
+        "detected_at": detected_at,
+    }
+    if state is not None:
+        row.update(_threshold_fields(state))
+    return row
+
+
+def _threshold_fields(state: StockState) -> dict[str, Any]:
+    return {
+        "effective_reorder_point": state.effective_reorder_point,
+        "demand_per_hour": state.demand_per_hour,
+        "eta_hours": stockout_eta_hours(state.stock_level, state.demand_per_hour),
+        "threshold_source": state.threshold_source,
+        "model_name": state.model_name,
+        "model_version": state.model_version,
+    }
+
+
+def _level_row(
+    store_id: str, product_id: str, state: StockState, detected_at: pd.Timestamp
+) -> dict[str, Any]:
+    return {
+        "kind": KIND_LEVEL,
+        "store_id": store_id,
+        "product_id": product_id,
+        "event_id": state.event_id,
+        "event_time": _timestamp(state.event_time),
+        "event_type": state.event_type,
+        "stock_level": state.stock_level,
+        "reorder_point": state.reorder_point,
+        "lead_time_days": state.lead_time_days,
+        "unit_cost": state.unit_cost,
+        **_threshold_fields(state),
+        "updated_at": detected_at,
+        "detected_at": detected_at,
+    }
+
+
+def _alert_row(alert: Alert, detected_at: pd.Timestamp) -> dict[str, Any]:
+    return {
+        "kind": KIND_ALERT,
+        "store_id": alert.store_id,
+        "product_id": alert.product_id,
+        "event_id": alert.last_event_id,
+        "stock_level": alert.stock_level,
+        "effective_reorder_point": alert.reorder_point,
+        "eta_hours": alert.eta_hours,
+        "model_name": alert.model_name,
+        "model_version": alert.model_version,
+        "alert_id": alert.alert_id,
+        "alert_type": alert.alert_type,
+        "severity": alert.severity.name,
+        "peak_severity": alert.peak_severity.name,
+        "status": alert.status,
+        "opened_at": _timestamp(alert.opened_at),
+        "resolved_at": _timestamp(alert.resolved_at),
+        "updated_at": _timestamp(alert.updated_at),
+        "reason": alert.reason,
+        "threshold": alert.threshold,
+        "stockout_eta": _timestamp(alert.stockout_eta),
+        "opened_event_id": alert.opened_event_id,
+        "revision": alert.revision,
+        "detected_at": detected_at,
+    }
+
+
+def _change_row(change: AlertChange, detected_at: pd.Timestamp) -> dict[str, Any]:
+    return {
+        "kind": KIND_CHANGE,
+        "store_id": change.store_id,
+        "product_id": change.product_id,
+        "event_id": change.event_id,
+        "event_time": _timestamp(change.event_time),
+        "stock_level": change.stock_level,
+        "effective_reorder_point": change.reorder_point,
+        "eta_hours": change.eta_hours,
+        "model_name": change.model_name,
+        "model_version": change.model_version,
+        "alert_id": change.alert_id,
+        "alert_type": change.alert_type,
+        "severity": change.to_severity.name if change.to_severity else "",
+        "change": change.change,
+        "from_severity": change.from_severity.name if change.from_severity else "",
+        "reason": change.reason,
+        "detected_at": detected_at,
+    }
+
+
+def _changes_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The output rows as one object block (Arrow casts each column to CHANGES_SCHEMA)."""
+    table = np.empty((len(rows), len(_CHANGE_COLUMNS)), dtype=object)
+    for i, row in enumerate(rows):
+        table[i] = [row.get(name) for name in _CHANGE_COLUMNS]
+    return pd.DataFrame(table, columns=_CHANGE_COLUMNS)
+
+
+def _static_tracker(rules: InventoryRules) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
+    def track(key: tuple, events: pd.DataFrame) -> pd.DataFrame:
+        _, rows = track_key(
+            key[0], key[1], None, events, rules, pd.Timestamp.now("UTC").tz_localize(None)
+        )
+        return rows
+
+    return track
+
+
+def _streaming_tracker(
+    rules: InventoryRules,
+) -> Callable[[tuple, Iterator[pd.DataFrame], GroupState], Iterator[pd.DataFrame]]:
+    def track(
+        key: tuple, chunks: Iterator[pd.DataFrame], state: GroupState
+    ) -> Iterator[pd.DataFrame]:
+        events = pd.concat(list(chunks), ignore_index=True)
+        previous = StockState.from_json(state.get[0]) if state.exists else None
+        now = pd.Timestamp.now("UTC").tz_localize(None)
+        current, rows = track_key(key[0], key[1], previous, events, rules, now)
+        if current is not None:
+            state.update((current.to_json(),))
+        yield rows
+
+    return track
+
+
+def track_inventory(events: DataFrame, rules: InventoryRules) -> DataFrame:
+    """Run every store x product's events through its stock state (see ``track_key``).
+
+    Streaming frames keep the state across micro-batches (``applyInPandasWithState``); a static
+    frame is one batch from an empty state. Missing Kafka or threshold columns read as null.
+    """
+    present = set(events.columns)
+    optional = {
+        "kafka_partition": IntegerType(),
+        "kafka_offset": LongType(),
+        **{f.name: f.dataType for f in THRESHOLD_SCHEMA.fields[2:]},
+    }
+    columns = [
+        sf.col(name) if name in present else sf.lit(None).cast(optional[name]).alias(name)
+        for name in _INPUT_COLUMNS
+    ]
+    grouped = events.select(*columns).groupBy("store_id", "product_id")
+    if events.isStreaming:
+        return grouped.applyInPandasWithState(
+            _streaming_tracker(rules),
+            CHANGES_SCHEMA,
+            STATE_SCHEMA,
+            "Append",
+            GroupStateTimeout.NoTimeout,
+        )
+    return grouped.applyInPandas(_static_tracker(rules), CHANGES_SCHEMA)
+
+
+# ---------------------------------------------------------------- shaping the changes for tables
+
+
+def event_rows(changes: DataFrame) -> DataFrame:
+    """The events that passed deduplication (applied or late): they count in every metric."""
+    return changes.where(sf.col("kind") == KIND_EVENT)
+
+
+def raw_inventory_rows(events: DataFrame) -> DataFrame:
+    """Events shaped like the ``inventory_events`` table (source 'stream')."""
+    return events.select(
+        *[f.name for f in INVENTORY_EVENT_SCHEMA.fields], sf.lit("stream").alias("source")
+    )
+
+
+def stock_level_rows(changes: DataFrame) -> DataFrame:
+    """The latest level of every key a batch moved, shaped like ``stock_levels``."""
+    return changes.where(sf.col("kind") == KIND_LEVEL).select(
+        "store_id",
+        "product_id",
+        "stock_level",
+        "event_time",
+        "reorder_point",
+        "lead_time_days",
+        "unit_cost",
+        "effective_reorder_point",
+        "demand_per_hour",
+        "eta_hours",
+        "threshold_source",
+        "model_name",
+        "model_version",
+        sf.col("event_id").alias("last_event_id"),
+        sf.col("event_type").alias("last_event_type"),
+        "updated_at",
+    )
+
+
+def alert_rows(changes: DataFrame) -> DataFrame:
+    """The latest version of every alert a batch touched, shaped like ``stock_alerts``."""
+    return changes.where(sf.col("kind") == KIND_ALERT).select(
+        "alert_id",
+        "store_id",
+        "product_id",
+        "alert_type",
+        "severity",
+        "peak_severity",
+        "status",
+        "opened_at",
+        "updated_at",
+        "resolved_at",
+        "reason",
+        "stock_level",
+        sf.col("effective_reorder_point").alias("reorder_point"),
+        "threshold",
+        "eta_hours",
+        "stockout_eta",
+        "model_name",
+        "model_version",
+        "opened_event_id",
+        sf.col("event_id").alias("last_event_id"),
+        "revision",
+        "detected_at",
+    )
+
+
+def alert_change_rows(changes: DataFrame) -> DataFrame:
+    """Alert lifecycle changes, shaped like ``stock_alert_changes``."""
+    return changes.where(sf.col("kind") == KIND_CHANGE).select(
+        "alert_id",
+        "store_id",
+        "product_id",
+        "alert_type",
+        "change",
+        "from_severity",
+        sf.col("severity").alias("to_severity"),
+        "event_id",
+        "event_time",
+        "stock_level",
+        sf.col("effective_reorder_point").alias("reorder_point"),
+        "eta_hours",
+        "model_name",
+        "model_version",
+        "reason",
+        "detected_at",
+    )
+
+
+# ---------------------------------------------------------------- window metrics
+
+
+def inventory_panes(events: DataFrame, slide_minutes: int) -> DataFrame:
+    """Pane partials (one pane = one slide) per store x product.
+
+    Columns: pane_start, store_id, product_id, units_sold, units_received, units_shrinkage,
+    units_adjusted (net), stock_level_sum (of the level after each event), events.
+    """
+    change = sf.col("quantity_change").cast("long")
+
+    def units(event_type: str, sign: int) -> Column:
+        return sf.sum(sf.when(sf.col("event_type") == event_type, change * sign).otherwise(0))
+
+    pane = sf.window("event_time", f"{slide_minutes} minutes")
+    return (
+        events.groupBy(pane.alias("pane"), "store_id", "product_id")
+        .agg(
+            units("sale", -1).alias("units_sold"),
+            units("restock", 1).alias("units_received"),
+            units("shrinkage", -1).alias("units_shrinkage"),
+            units("adjustment", 1).alias("units_adjusted"),
+            sf.sum(sf.col("stock_level").cast("long")).alias("stock_level_sum"),
+            sf.count(sf.lit(1)).alias("events"),
+        )
+        .select(
+            sf.col("pane.start").alias("pane_start"),
+            "store_id",
+            "product_id",
+            "units_sold",
+            "units_received",
+            "units_shrinkage",
+            "units_adjusted",
+            "stock_level_sum",
+            "events",
+        )
+    )
+
+
+def _window_ratios(frame: DataFrame, window_minutes: int) -> DataFrame:
+    per_day = MINUTES_PER_DAY / window_minutes
+    return frame.select(
+        "window_start",
+        (sf.col("window_start") + sf.make_dt_interval(mins=sf.lit(window_minutes))).alias(
+            "window_end"
+        ),
+        "store_id",
+        "product_id",
+        "units_sold",
+        "units_received",
+        "units_shrinkage",
+        "units_adjusted",
+        "events",
+        sf.col("products").cast("long").alias("products"),
+        "avg_on_hand",
+        sf.when(sf.col("avg_on_hand") > 0, sf.col("units_sold") / sf.col("avg_on_hand")).alias(
+            "turnover"
+        ),
+        sf.when(
+            sf.col("units_sold") > 0, sf.col("avg_on_hand") / (sf.col("units_sold") * per_day)
+        ).alias("days_of_cover"),
+    )
+
+
+def windows_from_panes(panes: DataFrame, window_minutes: int, slide_minutes: int) -> DataFrame:
+    """Combine panes into windows sliding by one pane, per store x product and per store ('ALL').
+
+    avg_on_hand is the mean level after each event in the window (a store's is the sum over its
+    products that moved), turnover = units_sold / avg_on_hand, days_of_cover = avg_on_hand over the
+    units sold per day at the window's rate. Output columns are those of ``inventory_metrics``.
+    """
+    count = window_minutes // slide_minutes
+    spread = panes.select("*", sf.explode(sf.sequence(sf.lit(0), sf.lit(count - 1))).alias("k"))
+    spread = spread.withColumn(
+        "window_start",
+        sf.col("pane_start") - sf.make_dt_interval(mins=sf.col("k") * sf.lit(slide_minutes)),
+    )
+    sums = [
+        sf.sum(c).alias(c)
+        for c in ("units_sold", "units_received", "units_shrinkage", "units_adjusted", "events")
+    ]
+    products = spread.groupBy("window_start", "store_id", "product_id").agg(
+        *sums,
+        (sf.sum("stock_level_sum") / sf.sum("events")).alias("avg_on_hand"),
+        sf.lit(1).alias("products"),
+    )
+    stores = products.groupBy("window_start", "store_id").agg(
+        *sums,
+        sf.sum("avg_on_hand").alias("avg_on_hand"),
+        sf.count(sf.lit(1)).alias("products"),
+        sf.lit(ALL_PRODUCTS).alias("product_id"),
+    )
+    return _window_ratios(products.unionByName(stores), window_minutes)
+
+
+def windowed_inventory_metrics(events: DataFrame, rules: InventoryRules) -> DataFrame:
+    """Sliding window metrics of a set of counted events (the ``inventory_metrics`` rows)."""
+    return windows_from_panes(
+        inventory_panes(events, rules.slide_minutes), rules.window_minutes, rules.slide_minutes
+    )
+
+
+REFRESH_PRODUCT_WINDOWS_SQL = """
+INSERT INTO inventory_metrics (window_start, window_end, store_id, product_id, units_sold,
+    units_received, units_shrinkage, units_adjusted, events, products, avg_on_hand, turnover,
+    days_of_cover)
+SELECT w_start, w_start + toIntervalMinute({window_minutes:UInt32}), store_id, product_id,
+    w_sold, w_received, w_shrinkage, w_adjusted, w_events, 1, w_on_hand,
+    if(w_on_hand > 0, w_sold / w_on_hand, NULL),
+    if(w_sold > 0, w_on_hand / (w_sold * {per_day:Float64}), NULL)
+FROM (
+    SELECT w_start, store_id, product_id, sum(units_sold) AS w_sold,
+        sum(units_received) AS w_received, sum(units_shrinkage) AS w_shrinkage,
+        sum(units_adjusted) AS w_adjusted, sum(events) AS w_events,
+        sum(stock_level_sum) / w_events AS w_on_hand
+    FROM inventory_panes
+    ARRAY JOIN arrayMap(
+        k -> pane_start - toIntervalMinute(k * {slide_minutes:UInt32}), range({panes:UInt32})
+    ) AS w_start
+    WHERE pane_start >= {first_window:DateTime('UTC')}
+      AND pane_start < {last_pane:DateTime('UTC')} + toIntervalMinute({window_minutes:UInt32})
+      AND w_start >= {first_window:DateTime('UTC')}
+      AND w_start <= {last_pane:DateTime('UTC')}
+    GROUP BY w_start, store_id, product_id
+)
+"""
+
+REFRESH_STORE_WINDOWS_SQL = """
+INSERT INTO inventory_metrics (window_start, window_end, store_id, product_id, units_sold,
+    units_received, units_shrinkage, units_adjusted, events, products, avg_on_hand, turnover,
+    days_of_cover)
+SELECT window_start, any(window_end), store_id, 'ALL', sum(units_sold) AS s_sold,
+    sum(units_received), sum(units_shrinkage), sum(units_adjusted), sum(events), count(),
+    sum(avg_on_hand) AS s_on_hand,
+    if(s_on_hand > 0, s_sold / s_on_hand, NULL),
+    if(s_sold > 0, s_on_hand / (s_sold * {per_day:Float64}), NULL)
+FROM inventory_metrics FINAL
+WHERE window_start >= {first_window:DateTime('UTC')}
+  AND window_start <= {last_pane:DateTime('UTC')}
+  AND product_id != 'ALL'
+GROUP BY window_start, store_id
+"""
+
+
+def refresh_windows(
+    store: Store, rules: InventoryRules, first_pane: dt.datetime, last_pane: dt.datetime
+) -> None:
+    """Recompute every window that contains a pane in [first_pane, last_pane] from its panes."""
+    params = {
+        "window_minutes": rules.window_minutes,
+        "slide_minutes": rules.slide_minutes,
+        "panes": rules.panes_per_window,
+        "per_day": MINUTES_PER_DAY / rules.window_minutes,
+        "first_window": first_pane
+        - dt.timedelta(minutes=rules.window_minutes - rules.slide_minutes),
+        "last_pane": last_pane,
+    }
+    store.execute(REFRESH_PRODUCT_WINDOWS_SQL, params)
+    store.execute(REFRESH_STORE_WINDOWS_SQL, params)
+
+
+# ---------------------------------------------------------------- stock recommendations
+
+
+def predict_lead_time_demand(features: DataFrame, loaded: LoadedModel) -> DataFrame:
+    """Units expected over the lead time per store x product and day, from one pinned version.
+
+    Output: store_id, product_id, forecast_date, lead_time_demand (never negative),
+    stock_model_name, stock_model_version.
+    """
+    return loaded.model.transform(features).select(
+        "store_id",
+        "product_id",
+        sf.col("date").cast("date").alias("forecast_date"),
+        sf.greatest(sf.col("prediction").cast("double"), sf.lit(0.0)).alias("lead_time_demand"),
+        sf.lit(loaded.name).alias("stock_model_name"),
+        sf.lit(loaded.version).alias("stock_model_version"),
+    )
+
+
+def predict_daily_demand(features: DataFrame, loaded: LoadedModel) -> DataFrame:
+    """Units expected per day per store x product, from one pinned version.
+
+    Output: store_id, product_id, forecast_date, daily_demand (never negative),
+    demand_model_name, demand_model_version.
+    """
+    return loaded.model.transform(features).select(
+        "store_id",
+        "product_id",
+        sf.col("date").cast("date").alias("forecast_date"),
+        sf.greatest(sf.col("prediction").cast("double"), sf.lit(0.0)).alias("daily_demand"),
+        sf.lit(loaded.name).alias("demand_model_name"),
+        sf.lit(loaded.version).alias("demand_model_version"),
+    )
+
+
+def recommend_stock(frame: pd.DataFrame, policy: StockPolicy) -> pd.DataFrame:
+    """Stock advice from the predicted demand at each key's current level (pandas, per batch).
+
+    ``frame``: store_id, product_id, as_of, stock_level, lead_time_days, lead_time_demand,
+    daily_demand (NaN without a demand model), safety_factor and the model name/version columns.
+
+    safety_stock = safety_factor x sqrt(lead_time_demand + 1) (the model's residual quantile at the
+    service level, scaled like its count residuals); reorder_point = lead_time_demand +
+    safety_stock; daily demand = the demand model's, else lead_time_demand / lead_time_days;
+    order_up_to = reorder_point + daily demand x review_days; order_quantity = order_up_to - level,
+    rounded up, when the level is at or below the reorder point (else 0); days_of_cover = level /
+    daily demand; stockout ETA = as_of + 24 x days_of_cover hours.
+    """
+    lead_time_demand = frame["lead_time_demand"].clip(lower=0.0)
+    safety_stock = frame["safety_factor"].clip(lower=0.0) * np.sqrt(lead_time_demand + 1)
+    reorder_point = lead_time_demand + safety_stock
+    per_lead_day = lead_time_demand / frame["lead_time_days"].clip(lower=1 / 24)
+    daily = frame["daily_demand"].where(frame["daily_demand"].notna(), per_lead_day).clip(lower=0)
+    order_up_to = reorder_point + daily * policy.review_days
+    level = frame["stock_level"].astype(float)
+    reorder_now = level <= reorder_point
+    order_quantity = np.where(reorder_now, np.ceil((order_up_to - level).clip(lower=0)), 0)
+    days_of_cover = (level / daily).where(daily > 0)
+    eta_hours = days_of_cover * 24
+    as_of = pd.to_datetime(frame["as_of"])
+    return pd.DataFrame(
+        {
+            "store_id": frame["store_id"],
+            "product_id": frame["product_id"],
+            "as_of": as_of,
+            "forecast_date": frame["forecast_date"],
+            "stock_level": frame["stock_level"].astype("int32"),
+            "lead_time_days": frame["lead_time_days"].astype(float),
+            "lead_time_demand": lead_time_demand,
+            "daily_demand": daily,
+            "safety_stock": safety_stock,
+            "reorder_point": reorder_point,
+            "order_up_to": order_up_to,
+            "order_quantity": order_quantity.astype("int64"),
+            "reorder_now": reorder_now.astype("uint8"),
+            "days_of_cover": days_of_cover,
+            "eta_hours": eta_hours,
+            "stockout_eta": as_of + pd.to_timedelta(eta_hours, unit="h"),
+            "service_level": policy.service_level,
+            "stock_model_name": frame["stock_model_name"],
+            "stock_model_version": frame["stock_model_version"],
+            "demand_model_name": frame["demand_model_name"].fillna(""),
+            "demand_model_version": frame["demand_model_version"].fillna(""),
+        }
+    )
+
+
+def safety_factor(loaded: LoadedModel, service_level: float) -> float:
+    """The model's conformal residual quantile at ``service_level`` (its MLflow metadata), else the
+    normal quantile: the number of residual scales the safety stock holds."""
+    from mlflow.models import get_model_info
+
+    key = f"q{service_level:g}"
+    try:
+        metadata = get_model_info(loaded.uri).metadata or {}
+    except Exception:  # a model without readable metadata still gets the textbook factor
+        log.warning(
+            "%s v%s: metadata unreadable; normal safety factor", loaded.name, loaded.version
+        )
+        metadata = {}
+    for name in ("conformal_quantiles", "residual_quantiles", "quantiles"):
+        quantiles = metadata.get(name)
+        if isinstance(quantiles, str):
+            quantiles = json.loads(quantiles)
+        if isinstance(quantiles, dict) and key in quantiles:
+            return float(quantiles[key])
+    return NormalDist().inv_cdf(service_level)
+
+
+def default_feature_builder() -> FeatureBuilder | None:
+    """The training package's ``build_scoring_features`` (one feature code path), if installed."""
+    try:
+        from training.features import build_scoring_features
+    except ImportError:
+        return None
+    return build_scoring_features
+
+
+# ---------------------------------------------------------------- the foreachBatch writer
+
+
+def stream_token(spark: SparkSession, query_name: str, batch_id: int) -> str:
+    """``<query>.<stream id>-<batch id>``: the batch token, unique to the query's checkpoint.
+
+    The stream id survives restarts from the same checkpoint (a replayed batch gets the same token
+    and is dropped) but differs for a new checkpoint, whose batch ids start at 0 again.
+    """
+    ids = [q.id for q in spark.streams.active if q.name == query_name]
+    suffix = f".{ids[0]}" if ids else ""
+    return batch_token(f"{query_name}{suffix}", batch_id)
+
+
+class InventoryBatchWriter:
+    """The ``foreachBatch`` function of the inventory job: one micro-batch into every table."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        *,
+        rules: InventoryRules,
+        policy: StockPolicy,
+        query_name: str = CHANGES_QUERY,
+        stock_champion: ChampionModel | None = None,
+        demand_champion: ChampionModel | None = None,
+        feature_builder: FeatureBuilder | None = None,
+    ) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.store = open_store(settings)
+        self.rules = rules
+        self.policy = policy
+        self.query_name = query_name
+        self.stock_champion = stock_champion
+        self.demand_champion = demand_champion
+        self.feature_builder = feature_builder
+        self._predictions: dict[tuple[str, str, dt.date, str, str], tuple[float, float]] = {}
+        self._safety_factors: dict[str, float] = {}
+        self._scoring_note = ""
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        token = stream_token(self.spark, self.query_name, batch_id)
+        changes = batch.persist()
+        try:
+            events = event_rows(changes)
+            raw = to_pandas(raw_inventory_rows(events))
+            if raw.empty:
+                return
+            panes = to_pandas(inventory_panes(events, self.rules.slide_minutes))
+            levels = to_pandas(stock_level_rows(changes))
+            alerts = to_pandas(alert_rows(changes))
+            alert_changes = to_pandas(alert_change_rows(changes))
+        finally:
+            changes.unpersist()
+        # Every Spark action ran above: the thresholds reader on the executors needs the store too.
+        with self.store.session():
+            self.store.insert_df("inventory_events", raw, dedup_token=token)
+            self.store.insert_df("inventory_panes", panes, dedup_token=token)
+            refresh_windows(
+                self.store,
+                self.rules,
+                panes["pane_start"].min().to_pydatetime(),
+                panes["pane_start"].max().to_pydatetime(),
+            )
+            self.store.insert_df("stock_levels", levels, dedup_token=token)
+            self.store.insert_df("stock_alerts", alerts, dedup_token=token)
+            self.store.insert_df("stock_alert_changes", alert_changes, dedup_token=token)
+        self._recommend(levels, batch_id, token)
+
+    def _recommend(self, levels: pd.DataFrame, batch_id: int, token: str) -> None:
+        if levels.empty or self.stock_champion is None or self.feature_builder is None:
+            return
+        stock = self.stock_champion.current()  # pinned: the whole batch uses one version
+        if stock is None:
+            self._note(
+                "no stock_optimizer@champion: no stock scoring; alerts use each event's reorder "
+                "point and the in-stream demand rate"
+            )
+            return
+        demand = self.demand_champion.current() if self.demand_champion else None
+        frame = levels.assign(
+            as_of=pd.to_datetime(levels["event_time"]),
+            forecast_date=pd.to_datetime(levels["event_time"]).dt.date,
+        )
+        try:
+            predicted = self._predicted(frame, stock, demand)
+        except Exception as exc:
+            self._note(f"stock scoring failed for batch {batch_id} ({type(exc).__name__}: {exc})")
+            return
+        self._scoring_note = ""
+        scored = predicted.dropna(subset=["lead_time_demand"])
+        recommendations = recommend_stock(scored, self.policy).assign(
+            query_name=self.query_name, batch_id=batch_id
+        )
+        self.store.insert_df("stock_recommendations", recommendations, dedup_token=token)
+
+    def _predicted(
+        self, frame: pd.DataFrame, stock: LoadedModel, demand: LoadedModel | None
+    ) -> pd.DataFrame:
+        versions = (stock.version, demand.version if demand else "")
+        keys = list(
+            zip(frame["store_id"], frame["product_id"], frame["forecast_date"], strict=True)
+        )
+        todo = sorted({k for k in keys if (*k, *versions) not in self._predictions})
+        for day in sorted({k[2] for k in todo}):
+            pairs = [(k[0], k[1]) for k in todo if k[2] == day]
+            self._predict_day(pairs, day, stock, demand, versions)
+        if stock.version not in self._safety_factors:
+            self._safety_factors[stock.version] = safety_factor(stock, self.policy.service_level)
+        values = [self._predictions[(*k, *versions)] for k in keys]
+        return frame.assign(
+            lead_time_demand=[v[0] for v in values],
+            daily_demand=[v[1] for v in values],
+            safety_factor=self._safety_factors[stock.version],
+            stock_model_name=stock.name,
+            stock_model_version=stock.version,
+            demand_model_name=demand.name if demand else "",
+            demand_model_version=demand.version if demand else "",
+        )
+
+    def _predict_day(
+        self,
+        pairs: list[tuple[str, str]],
+        day: dt.date,
+        stock: LoadedModel,
+        demand: LoadedModel | None,
+        versions: tuple[str, str],
+    ) -> None:
+        keys = self.spark.createDataFrame(pairs, "store_id string, product_id string")
+        features = self.feature_builder(self.spark, self.store, keys, day).persist()
+        try:
+            lead = to_pandas(predict_lead_time_demand(features, stock))
+            daily = to_pandas(predict_daily_demand(features, demand)) if demand else None
+        finally:
+            features.unpersist()
+        daily_of = {}
+        if daily is not None:
+            for row in daily.itertuples(index=False):
+                daily_of[(row.store_id, row.product_id)] = float(row.daily_demand)
+        for row in lead.itertuples(index=False):
+            value = daily_of.get((row.store_id, row.product_id), math.nan)
+            self._predictions[(row.store_id, row.product_id, day, *versions)] = (
+                float(row.lead_time_demand),
+                float(value),
+            )
+        for store_id, product_id in pairs:  # keys the features could not cover: no advice
+            self._predictions.setdefault(
+                (store_id, product_id, day, *versions), (math.nan, math.nan)
+            )
+
+    def _note(self, message: str) -> None:
+        if message != self._scoring_note:
+            log.warning("%s: %s", JOB, message)
+            self._scoring_note = message
+
+
+class DeadLetterWriter:
+    """The ``foreachBatch`` function of the dead-letter query (token unique to its checkpoint)."""
+
+    def __init__(self, spark: SparkSession, settings: Settings, query_name: str) -> None:
+        self.spark = spark
+        self.store = open_store(settings)
+        self.query_name = query_name
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        token = stream_token(self.spark, self.query_name, batch_id)
+        insert_batch(self.store, "dead_letters", batch, token)
+
+
+# ---------------------------------------------------------------- wiring
+
+
+def console_view(changes: DataFrame) -> DataFrame:
+    """The levels and alert changes, for the console sink."""
+    return changes.where(sf.col("kind").isin(KIND_LEVEL, KIND_CHANGE)).select(
+        "kind",
+        "store_id",
+        "product_id",
+        "event_time",
+        "stock_level",
+        "effective_reorder_point",
+        "alert_type",
+        "change",
+        "severity",
+        "reason",
+    )
+
+
+def build_queries(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    rules: InventoryRules,
+    policy: StockPolicy,
+    available_now: bool = False,
+    console: bool = False,
+    stock_champion: ChampionModel | None = None,
+    demand_champion: ChampionModel | None = None,
+    feature_builder: FeatureBuilder | None = None,
+    query_names: tuple[str, str] = (CHANGES_QUERY, DEAD_LETTERS_QUERY),
+) -> list[Any]:
+    """Start the inventory job's queries: the stateful changes into the store, dead letters."""
+    changes_query, dead_query = query_names
+    raw = read_topic(spark, settings, settings.inventory_topic, JOB)
+    valid, dead = parse_inventory(raw)
+    events = deduplicate_events(valid, f"{rules.late_minutes} minutes")
+    common = {"job": JOB, "settings": settings, "available_now": available_now}
+    if console:
+        changes = track_inventory(with_thresholds(events), rules)
+        return [
+            start_query(console_view(changes), query_name=changes_query, sink=CONSOLE, **common),
+            start_query(dead, query_name=dead_query, sink=CONSOLE, **common),
+        ]
+    changes = track_inventory(with_thresholds(events, read_thresholds(spark, settings)), rules)
+    writer = InventoryBatchWriter(
+        spark,
+        settings,
+        rules=rules,
+        policy=policy,
+        query_name=changes_query,
+        stock_champion=stock_champion,
+        demand_champion=demand_champion,
+        feature_builder=feature_builder,
+    )
+    return [
+        start_query(changes, query_name=changes_query, sink=writer, **common),
+        start_query(
+            dead,
+            query_name=dead_query,
+            sink=DeadLetterWriter(spark, settings, dead_query),
+            **common,
+        ),
+    ]
+
+
+def main(
+    settings: Settings | None = None, available_now: bool = False, console: bool = False
+) -> None:
+    """Run the inventory job until stopped (or, with ``available_now``, until the topic is drained)."""
+    from common.spark import build_spark_session
+    from common.store import migrate
+
+    settings = settings or get_settings()
+    spark = build_spark_session(JOB, settings)
+    champions: list[ChampionModel] = []
+    if not console:
+        migrate(open_store(settings))
+        champions = [
+            ChampionModel(STOCK_MODEL, job=JOB, settings=settings),
+            ChampionModel(DEMAND_MODEL, job=JOB, settings=settings),
+        ]
+    feature_builder = default_feature_builder()
+    if feature_builder is None:
+        log.warning("training.features is not installed: stock scoring is off")
+    queries = build_queries(
+        spark,
+        settings,
+        rules=InventoryRules.from_settings(settings),
+        policy=StockPolicy.from_settings(settings),
+        available_now=available_now,
+        console=console,
+        stock_champion=champions[0] if champions else None,
+        demand_champion=champions[1] if champions else None,
+        feature_builder=feature_builder,
+    )
+    try:
+        run_queries(spark, queries, job=JOB, settings=settings)
+    finally:
+        for champion in champions:
+            champion.close()

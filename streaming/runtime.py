@@ -1,0 +1,591 @@
+"""The streaming runtime shared by the sales and the inventory jobs.
+
+Everything a job needs between Kafka and the store, so that a job module only holds its pure
+transforms and a thin ``main()``. Public API (stable; the inventory job builds on it):
+
+Reading and parsing
+    ``read_topic(spark, settings, topic, application)`` -> raw Kafka rows (``key``, ``value``,
+    ``topic``, ``partition``, ``offset``, ``timestamp``), consumer group ``{application}-group``,
+    ``startingOffsets`` and ``maxOffsetsPerTrigger`` from the settings.
+
+    ``parse_events(raw, schema, checks, job=...)`` -> ``(valid, dead)``. ``valid`` holds the
+    contract's fields (the ``time_fields`` parsed to timestamps) plus ``kafka_topic``,
+    ``kafka_partition``, ``kafka_offset`` and ``kafka_timestamp``. ``dead`` has exactly the
+    columns of the ``dead_letters`` table. ``classify_events`` is the same with one frame and an
+    ``error`` column (null when the record is good), for a job that writes both from one query.
+    A record is dead when it is empty, not UTF-8 (the payload is then kept as base64), not a JSON
+    object, has a value of the wrong type, misses a required field, has an unreadable timestamp or
+    fails one of the job's ``Check`` rules (``Check("quantity must be > 0", col("quantity") > 0)``).
+    Bad records never raise: the query keeps running.
+
+    ``deduplicate_events(valid, delay)`` -> the events with a watermark on ``event_time`` and every
+    ``event_id`` kept once while it is within the watermark (``dropDuplicatesWithinWatermark``).
+    ``deduplicate_classified(classified, delay)`` does the same on a ``classify_events`` frame and
+    lets every bad record through, so that one query writes both (``valid_events`` and
+    ``dead_letters`` split a batch again).
+
+Writing
+    ``store_sink(table, query_name, settings, transform_batch=None)`` -> a ``foreachBatch``
+    function that inserts each micro-batch into ``table`` with the deduplication token
+    ``batch_token(query_name, batch_id)`` = ``"<query>-<batch id>"``: a batch replayed after a crash
+    writes nothing twice. ``insert_batch(store, table, frame, token)`` does one such insert from
+    inside a job's own ``foreachBatch`` function (a token is per table, so one batch may write
+    several tables with the same token).
+
+Running
+    ``start_query(frame, job=..., query_name=..., settings=..., sink=...)`` starts a query with its
+    checkpoint under ``CHECKPOINT_DIR/<job>/<query>`` (``sink="console"`` prints instead, with its
+    own checkpoint ``<query>.console``). ``run_queries(spark, queries, job=..., settings=...)`` waits
+    for them, records progress (input and processed rate, batch duration, Kafka lag, watermark) to
+    the log and the ``stream_progress`` table, stops them gracefully on SIGTERM/SIGINT (the running
+    batch finishes first) and stops them all when one fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as sf
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+from pyspark.sql.types import StringType, StructField, StructType
+
+from common.schemas import required_fields
+from common.settings import Settings
+from common.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+BatchFunction = Callable[[DataFrame, int], None]
+CONSOLE: Literal["console"] = "console"
+
+_CORRUPT = "_corrupt_record"
+_KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
+DEAD_LETTER_COLUMNS = [
+    "topic",
+    "kafka_partition",
+    "kafka_offset",
+    "raw_payload",
+    "payload_encoding",
+    "error",
+    "job",
+    "received_at",
+]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule a parsed event must satisfy; ``message`` becomes the dead letter's error text."""
+
+    message: str
+    condition: Column
+
+
+def consumer_group(application: str) -> str:
+    """The Kafka consumer group of a job: ``{application}-group``."""
+    return f"{application}-group"
+
+
+def kafka_source_options(settings: Settings, topic: str, application: str) -> dict[str, str]:
+    """The options of the Kafka source for ``topic`` (starting offsets and rate from settings)."""
+    options = {
+        "kafka.bootstrap.servers": settings.kafka_bootstrap_servers,
+        "subscribe": topic,
+        "startingOffsets": settings.starting_offsets,
+        "groupIdPrefix": consumer_group(application),
+        "kafka.client.id": f"{application}-spark",
+    }
+    if settings.max_offsets_per_trigger is not None:
+        options["maxOffsetsPerTrigger"] = str(settings.max_offsets_per_trigger)
+    return options
+
+
+def read_topic(spark: SparkSession, settings: Settings, topic: str, application: str) -> DataFrame:
+    """The raw records of ``topic`` as a streaming frame (Kafka's own columns)."""
+    return (
+        spark.readStream.format("kafka")
+        .options(**kafka_source_options(settings, topic, application))
+        .load()
+    )
+
+
+def _type_name(field: StructField) -> str:
+    return field.dataType.simpleString()
+
+
+def classify_events(
+    raw: DataFrame,
+    schema: StructType,
+    checks: Sequence[Check] = (),
+    *,
+    job: str,
+    time_fields: Sequence[str] = ("event_time",),
+) -> DataFrame:
+    """Parse every raw record against ``schema``; ``error`` says why a record is bad, else null.
+
+    Output: the schema's fields (``time_fields`` as timestamps), the Kafka coordinates, the raw
+    payload (text, or base64 when not UTF-8) with its encoding, ``error``, ``job`` and
+    ``received_at``.
+    """
+    text = sf.col("value").cast("string")
+    typed_schema = StructType([*schema.fields, StructField(_CORRUPT, StringType(), True)])
+    as_text_schema = StructType([StructField(f.name, StringType(), True) for f in schema.fields])
+    utf8 = sf.is_valid_utf8(text)
+    parsed = raw.select(
+        sf.col("topic").alias("kafka_topic"),
+        sf.col("partition").alias("kafka_partition"),
+        sf.col("offset").alias("kafka_offset"),
+        sf.col("timestamp").alias("kafka_timestamp"),
+        sf.col("value"),
+        utf8.alias("_utf8"),
+        sf.when(utf8, text).alias("_text"),
+    ).select(
+        "*",
+        sf.from_json(
+            sf.col("_text"),
+            typed_schema,
+            {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT},
+        ).alias("_event"),
+    )
+    corrupt = sf.col(f"_event.{_CORRUPT}").isNotNull()
+    # Only a corrupt record is parsed a second time, as text, to name the fields of the wrong type.
+    as_text = sf.when(corrupt, sf.from_json(sf.col("_text"), as_text_schema))
+    wrong_types = sf.concat_ws(
+        ", ",
+        *[
+            sf.when(
+                as_text[f.name].isNotNull() & sf.col(f"_event.{f.name}").isNull(),
+                sf.lit(f"{f.name} (expected {_type_name(f)})"),
+            )
+            for f in schema.fields
+        ],
+    )
+    missing = sf.concat_ws(
+        ", ",
+        *[
+            sf.when(sf.col(f"_event.{name}").isNull(), sf.lit(name))
+            for name in required_fields(schema)
+        ],
+    )
+    bad_times = sf.concat_ws(
+        ", ",
+        *[
+            sf.when(
+                sf.col(f"_event.{name}").isNotNull()
+                & sf.try_to_timestamp(sf.col(f"_event.{name}")).isNull(),
+                sf.lit(name),
+            )
+            for name in time_fields
+        ],
+    )
+    failed_checks = sf.concat_ws("; ", *[sf.when(~c.condition, sf.lit(c.message)) for c in checks])
+    error = (
+        sf.when(sf.col("value").isNull(), sf.lit("empty payload"))
+        .when(~sf.col("_utf8"), sf.lit("payload is not valid UTF-8"))
+        .when(corrupt & (wrong_types == ""), sf.lit("malformed JSON: not a JSON object"))
+        .when(corrupt, sf.concat(sf.lit("wrong type for field(s): "), wrong_types))
+        .when(missing != "", sf.concat(sf.lit("missing required field(s): "), missing))
+        .when(bad_times != "", sf.concat(sf.lit("not an ISO-8601 timestamp: "), bad_times))
+        .when(failed_checks != "", failed_checks)
+    )
+    fields = [
+        (
+            sf.try_to_timestamp(sf.col(f"_event.{f.name}"))
+            if f.name in time_fields
+            else sf.col(f"_event.{f.name}")
+        ).alias(f.name)
+        for f in schema.fields
+    ]
+    # The checks refer to the parsed fields by name, so they are evaluated over a frame that has them.
+    with_fields = parsed.select("*", *fields)
+    return with_fields.select(
+        *[f.name for f in schema.fields],
+        *_KAFKA_COLUMNS,
+        sf.coalesce(sf.col("_text"), sf.base64("value")).alias("raw_payload"),
+        sf.when(sf.col("_utf8") | sf.col("value").isNull(), sf.lit("utf-8"))
+        .otherwise(sf.lit("base64"))
+        .alias("payload_encoding"),
+        error.alias("error"),
+        sf.lit(job).alias("job"),
+        sf.current_timestamp().alias("received_at"),
+    )
+
+
+def valid_events(classified: DataFrame, schema: StructType) -> DataFrame:
+    """The good records of ``classify_events``: the contract's fields plus the Kafka coordinates."""
+    return classified.where(sf.col("error").isNull()).select(
+        *[f.name for f in schema.fields], *_KAFKA_COLUMNS
+    )
+
+
+def dead_letters(classified: DataFrame) -> DataFrame:
+    """The bad records of ``classify_events``, shaped like the ``dead_letters`` table."""
+    return classified.where(sf.col("error").isNotNull()).select(
+        sf.col("kafka_topic").alias("topic"),
+        *[c for c in DEAD_LETTER_COLUMNS if c != "topic"],
+    )
+
+
+def parse_events(
+    raw: DataFrame,
+    schema: StructType,
+    checks: Sequence[Check] = (),
+    *,
+    job: str,
+    time_fields: Sequence[str] = ("event_time",),
+) -> tuple[DataFrame, DataFrame]:
+    """Split raw Kafka records into ``(valid, dead)`` frames; see ``classify_events``."""
+    classified = classify_events(raw, schema, checks, job=job, time_fields=time_fields)
+    return valid_events(classified, schema), dead_letters(classified)
+
+
+def deduplicate_events(
+    events: DataFrame,
+    delay: str = "10 minutes",
+    key: str = "event_id",
+    time_column: str = "event_time",
+) -> DataFrame:
+    """Watermark ``time_column`` by ``delay`` and keep each ``key`` once within the watermark.
+
+    Events older than the watermark are dropped by Spark (they are late beyond the allowed delay).
+    """
+    return events.withWatermark(time_column, delay).dropDuplicatesWithinWatermark([key])
+
+
+def deduplicate_classified(
+    classified: DataFrame,
+    delay: str = "10 minutes",
+    key: str = "event_id",
+    time_column: str = "event_time",
+) -> DataFrame:
+    """``deduplicate_events`` for a ``classify_events`` frame, so that one query (one Kafka read)
+    carries good and bad records: good records are watermarked and kept once per ``key``; bad ones
+    get a null ``time_column`` (so they never move the watermark and are never late) and a key of
+    their Kafka coordinates (so none is dropped). Split the batch with ``error``.
+    """
+    good = sf.col("error").isNull()
+    dedup_key = sf.when(good, sf.col(key)).otherwise(
+        sf.concat_ws(":", sf.lit("dead"), "kafka_topic", "kafka_partition", "kafka_offset")
+    )
+    return (
+        classified.withColumn(time_column, sf.when(good, sf.col(time_column)))
+        .withColumn("_dedup_key", dedup_key)
+        .withWatermark(time_column, delay)
+        .dropDuplicatesWithinWatermark(["_dedup_key"])
+        .drop("_dedup_key")
+    )
+
+
+def batch_token(query_name: str, batch_id: int) -> str:
+    """The insert deduplication token of one micro-batch: ``<query>-<batch id>``."""
+    return f"{query_name}-{batch_id}"
+
+
+def to_pandas(frame: DataFrame) -> pd.DataFrame:
+    """Collect a (small, per-batch) frame to pandas through Arrow."""
+    return frame.toPandas()
+
+
+def insert_batch(store: Store, table: str, frame: DataFrame | pd.DataFrame, token: str) -> int:
+    """Insert one micro-batch's rows into ``table`` idempotently (``token`` = batch_token)."""
+    rows = frame if isinstance(frame, pd.DataFrame) else to_pandas(frame)
+    return store.insert_df(table, rows, dedup_token=token)
+
+
+def store_sink(
+    table: str,
+    query_name: str,
+    settings: Settings,
+    transform_batch: Callable[[DataFrame, int], DataFrame] | None = None,
+) -> BatchFunction:
+    """A ``foreachBatch`` function inserting each batch into ``table`` exactly once."""
+
+    def write(batch: DataFrame, batch_id: int) -> None:
+        frame = transform_batch(batch, batch_id) if transform_batch else batch
+        written = insert_batch(
+            open_store(settings), table, frame, batch_token(query_name, batch_id)
+        )
+        log.debug("%s batch %d: %d rows into %s", query_name, batch_id, written, table)
+
+    return write
+
+
+def write_to_store(
+    table: str,
+    query_name: str,
+    settings: Settings,
+    transform_batch: Callable[[DataFrame, int], DataFrame] | None = None,
+) -> BatchFunction:
+    """Alias of ``store_sink`` (the name the design notes use)."""
+    return store_sink(table, query_name, settings, transform_batch)
+
+
+def checkpoint_location(settings: Settings, job: str, query_name: str) -> Path:
+    """``CHECKPOINT_DIR/<job>/<query>``: where a query keeps its offsets and state."""
+    return settings.checkpoint_root / job / query_name
+
+
+def start_query(
+    frame: DataFrame,
+    *,
+    job: str,
+    query_name: str,
+    settings: Settings,
+    sink: BatchFunction | Literal["console"],
+    output_mode: str = "append",
+    available_now: bool = False,
+    trigger_interval: str | None = None,
+) -> StreamingQuery:
+    """Start ``frame`` as a named query into ``sink`` (a foreachBatch function or ``"console"``)."""
+    writer = frame.writeStream.queryName(query_name).outputMode(output_mode)
+    if sink == CONSOLE:
+        location = checkpoint_location(settings, job, f"{query_name}.console")
+        writer = writer.format("console").option("truncate", "false").option("numRows", 50)
+    else:
+        location = checkpoint_location(settings, job, query_name)
+        writer = writer.foreachBatch(sink)
+    writer = writer.option("checkpointLocation", str(location))
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    elif trigger_interval:
+        writer = writer.trigger(processingTime=trigger_interval)
+    query = writer.start()
+    _RESTARTS[str(query.id)] = writer.start
+    log.info("started query %s of job %s (checkpoint %s)", query_name, job, location)
+    return query
+
+
+# How to start each query again from its checkpoint (by query id, which a restart keeps).
+_RESTARTS: dict[str, Callable[[], StreamingQuery]] = {}
+MAX_RESTARTS = 3
+
+
+def hit_kafka_metrics_bug(error: Any) -> bool:
+    """The failure is Spark 4.1's NullPointerException in ``KafkaMicroBatchStream.metrics``
+    (SPARK-55271): the first batch after a restart re-runs a batch planned before the crash, and
+    its progress report fails *after* the batch was committed. Starting the query again is safe."""
+    trace = str(error) + str(getattr(error, "getStackTrace", lambda: "")())
+    return "NullPointerException" in trace and "KafkaMicroBatchStream" in trace
+
+
+def _offsets(text: str | None) -> dict[tuple[str, str], int]:
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {
+        (topic, partition): int(offset)
+        for topic, partitions in parsed.items()
+        if isinstance(partitions, dict)
+        for partition, offset in partitions.items()
+    }
+
+
+def kafka_lag(sources: Iterable[Any]) -> int:
+    """Messages behind the end of the topic after a batch, summed over the Kafka partitions."""
+    lag = 0
+    for source in sources:
+        latest = _offsets(source.latestOffset)
+        end = _offsets(source.endOffset)
+        lag += sum(max(latest[key] - end.get(key, latest[key]), 0) for key in latest)
+    return lag
+
+
+def _watermark(event_time: dict[str, str]) -> datetime | None:
+    value = (event_time or {}).get("watermark")
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None if moment.timestamp() <= 0 else moment
+
+
+def progress_row(job: str, progress: Any) -> dict[str, Any]:
+    """One ``stream_progress`` row from a ``StreamingQueryProgress``."""
+    return {
+        "job": job,
+        "query_name": progress.name or "",
+        "batch_id": int(progress.batchId),
+        "batch_time": datetime.fromisoformat(progress.timestamp.replace("Z", "+00:00")),
+        "input_rows": int(progress.numInputRows or 0),
+        "input_rows_per_second": float(progress.inputRowsPerSecond or 0.0),
+        "processed_rows_per_second": float(progress.processedRowsPerSecond or 0.0),
+        "batch_duration_ms": int(progress.batchDuration or 0),
+        "lag_messages": kafka_lag(progress.sources),
+        "watermark": _watermark(progress.eventTime),
+    }
+
+
+class ProgressRecorder(StreamingQueryListener):
+    """Log each batch's progress of the named queries and write it to ``stream_progress``."""
+
+    def __init__(self, job: str, settings: Settings, query_names: Iterable[str]) -> None:
+        super().__init__()
+        self.job = job
+        self.settings = settings
+        self.query_names = set(query_names)
+        self.terminated: set[str] = set()
+
+    def onQueryStarted(self, event: Any) -> None:  # noqa: N802 - Spark's listener API
+        return None
+
+    def onQueryProgress(self, event: Any) -> None:  # noqa: N802 - Spark's listener API
+        progress = event.progress
+        if progress.name not in self.query_names:
+            return
+        try:
+            row = progress_row(self.job, progress)
+            log.info(
+                "%s/%s batch %d: %d rows, %.0f in/s, %.0f processed/s, %d ms, lag %d, watermark %s",
+                self.job,
+                row["query_name"],
+                row["batch_id"],
+                row["input_rows"],
+                row["input_rows_per_second"],
+                row["processed_rows_per_second"],
+                row["batch_duration_ms"],
+                row["lag_messages"],
+                row["watermark"],
+            )
+            frame = pd.DataFrame([row])
+            frame["watermark"] = pd.to_datetime(frame["watermark"], utc=True)
+            open_store(self.settings).insert_df("stream_progress", frame)
+        except Exception:  # progress is diagnostics: it must never stop the job
+            log.exception("could not record the progress of %s", progress.name)
+
+    def onQueryIdle(self, event: Any) -> None:  # noqa: N802 - Spark's listener API
+        return None
+
+    def onQueryTerminated(self, event: Any) -> None:  # noqa: N802 - Spark's listener API
+        self.terminated.add(str(event.id))
+
+
+class _StopRequest:
+    """Set by SIGTERM/SIGINT; the run loop then stops the queries between batches."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name = ""
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+
+def stop_gracefully(query: StreamingQuery, timeout_s: float = 60.0) -> None:
+    """Let the running batch (if any) finish, then stop ``query``."""
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    query.stop()
+
+
+def _wait_for_end_or_stop(
+    queries: list[StreamingQuery],
+    request: _StopRequest,
+    stop: threading.Event,
+    poll_interval_s: float,
+) -> bool:
+    """Block until every query ended, one failed (False), or a stop was requested (True).
+
+    A query that hit the known Spark bug (``hit_kafka_metrics_bug``) is started again in place,
+    at most ``MAX_RESTARTS`` times.
+    """
+    restarts = 0
+    while any(q.isActive for q in queries):
+        for index, query in enumerate(queries):
+            error = None if query.isActive else query.exception()
+            if error is None:
+                continue
+            if not hit_kafka_metrics_bug(error) or restarts >= MAX_RESTARTS:
+                return False
+            restarts += 1
+            log.warning(
+                "query %s hit Spark's Kafka metrics bug (SPARK-55271) after committing its batch; "
+                "starting it again from the checkpoint",
+                query.name,
+            )
+            queries[index] = _RESTARTS[str(query.id)]()
+        if request.event.is_set() or stop.is_set():
+            log.info(
+                "stop requested (%s): stopping %s after the running batch",
+                request.signal_name or "by caller",
+                ", ".join(q.name for q in queries),
+            )
+            return True
+        time.sleep(poll_interval_s)
+    return False
+
+
+def _await_termination_events(
+    recorder: ProgressRecorder, queries: Sequence[StreamingQuery], timeout_s: float = 10.0
+) -> None:
+    """Let Spark deliver the queries' last listener events before the listener goes away."""
+    deadline = time.monotonic() + timeout_s
+    wanted = {str(q.id) for q in queries}
+    while not wanted <= recorder.terminated and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def run_queries(
+    spark: SparkSession,
+    queries: Sequence[StreamingQuery],
+    *,
+    job: str,
+    settings: Settings,
+    stop: threading.Event | None = None,
+    poll_interval_s: float = 0.5,
+    stop_timeout_s: float = 60.0,
+) -> list[StreamingQuery]:
+    """Run ``queries`` until they end (AvailableNow), one fails, or SIGTERM/SIGINT/``stop`` arrives.
+
+    Progress of every batch goes to the log and ``stream_progress``. On a stop request each query
+    finishes its running batch and stops; the checkpoint then resumes from the next one. If one
+    query fails the others are stopped and the failure is raised. Returns the queries as they ended
+    (a query restarted after SPARK-55271 is a new ``StreamingQuery`` object).
+    """
+    queries = list(queries)
+    recorder = ProgressRecorder(job, settings, [q.name for q in queries])
+    spark.streams.addListener(recorder)
+    request = _StopRequest()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if in_main_thread:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, request)
+    stop = stop or threading.Event()
+    try:
+        stopping = _wait_for_end_or_stop(queries, request, stop, poll_interval_s)
+        for query in queries:
+            try:
+                if query.isActive:
+                    stop_gracefully(query, stop_timeout_s)
+            except Exception as exc:  # e.g. the JVM got the signal too and is shutting down
+                if not stopping:
+                    raise
+                log.warning("query %s did not stop cleanly: %s", query.name, str(exc)[:300])
+        if not stopping:
+            for query in queries:
+                error = query.exception()
+                if error is not None:
+                    raise RuntimeError(f"query {query.name} of job {job} failed: {error}") from None
+        _await_termination_events(recorder, queries)
+        log.info("job %s stopped; it resumes from its checkpoints", job)
+        return queries
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        spark.streams.removeListener(recorder)

@@ -1,0 +1,856 @@
+"""The sales streaming job: raw events, 5-minute sliding window metrics per store and overall,
+in-stream demand scoring with the champion model, and anomalies, exactly once into the store.
+
+Pure transforms (static or streaming frames): ``parse_sales``, ``sales_panes``,
+``windows_from_panes``, ``windowed_sales_metrics`` (panes, the job's way),
+``sliding_window_metrics`` (Spark's sliding ``window()``, the slow way, used for the console sink),
+``score_demand`` and ``detect_sales_anomalies``. ``SalesBatchWriter`` is the ``foreachBatch``
+wiring and ``main()`` starts the queries.
+
+How a micro-batch becomes store rows (results do not depend on how events fall into batches):
+valid events are deduplicated by ``event_id`` within the watermark, then each batch inserts its
+raw events and its 1-minute pane partials (sums in cents, sorted distinct id arrays) with the
+token ``sales_events-<batch id>``; the 5-minute windows touched by the batch are recomputed from
+all partials of their panes (``sum`` and ``uniqExactArray``: exact) and replace their earlier rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as sf
+from pyspark.sql.streaming import StreamingQuery
+
+from common.models import ChampionModel, LoadedModel, Probe, check_signature
+from common.schemas import SALES_EVENT_SCHEMA
+from common.settings import Settings, get_settings
+from common.store import Store, open_store
+from streaming.runtime import (
+    CONSOLE,
+    DEAD_LETTER_COLUMNS,
+    Check,
+    batch_token,
+    classify_events,
+    deduplicate_classified,
+    deduplicate_events,
+    parse_events,
+    read_topic,
+    run_queries,
+    start_query,
+    to_pandas,
+    valid_events,
+)
+
+log = logging.getLogger(__name__)
+
+JOB = "sales-stream"
+DEMAND_MODEL = "demand_forecaster"
+OVERALL = "ALL"
+PANE_MINUTES = 1
+WINDOW_MINUTES = 5
+MINUTES_PER_DAY = 24 * 60
+ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
+MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
+
+FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
+
+
+def _ids_present(*names: str) -> Column:
+    condition = sf.lit(True)
+    for name in names:
+        condition = condition & (sf.length(sf.trim(sf.col(name))) > 0)
+    return condition
+
+
+def sales_checks() -> tuple[Check, ...]:
+    """The rules a parsed sales event must satisfy (impossible values go to dead letters)."""
+    return (
+        Check("quantity must be > 0", sf.col("quantity") > 0),
+        Check(
+            "unit_price must be > 0 and <= 1e6",
+            (sf.col("unit_price") > 0) & (sf.col("unit_price") <= 1e6),
+        ),
+        Check("discount must be in [0, 1)", (sf.col("discount") >= 0) & (sf.col("discount") < 1)),
+        Check("total_amount must be between 0 and 1e9", sf.col("total_amount").between(0, 1e9)),
+        Check(
+            "event_id, transaction_id, store_id and product_id must not be blank",
+            _ids_present("event_id", "transaction_id", "store_id", "product_id"),
+        ),
+    )
+
+
+def parse_sales(raw: DataFrame, job: str = JOB) -> tuple[DataFrame, DataFrame]:
+    """Raw Kafka records -> (valid sales events, dead letters)."""
+    return parse_events(raw, SALES_EVENT_SCHEMA, sales_checks(), job=job)
+
+
+def classify_sales(raw: DataFrame, job: str = JOB) -> DataFrame:
+    """Raw Kafka records -> every record parsed, with ``error`` null for a valid sales event."""
+    return classify_events(raw, SALES_EVENT_SCHEMA, sales_checks(), job=job)
+
+
+RAW_SALES_COLUMNS = [*SALES_EVENT_SCHEMA.fieldNames(), "source"]
+
+
+def storable_rows(classified: DataFrame) -> DataFrame:
+    """One frame holding both what ``sales_events`` and ``dead_letters`` need, so that a batch is
+    collected once: the event's fields and ``source`` ('stream'), ``error``, and the dead-letter
+    columns (the raw payload only on bad records)."""
+    bad = sf.col("error").isNotNull()
+    return classified.select(
+        *[f.name for f in SALES_EVENT_SCHEMA.fields if f.name != "on_promotion"],
+        sf.coalesce(sf.col("on_promotion").cast("int"), sf.lit(0)).alias("on_promotion"),
+        sf.lit("stream").alias("source"),
+        "error",
+        sf.col("kafka_topic").alias("topic"),
+        "kafka_partition",
+        "kafka_offset",
+        sf.when(bad, sf.col("raw_payload")).alias("raw_payload"),
+        "payload_encoding",
+        "job",
+        "received_at",
+    )
+
+
+def sales_panes(events: DataFrame) -> DataFrame:
+    """1-minute pane partials per store and overall (``store_id`` 'ALL').
+
+    Columns: pane_start, store_id, revenue_cents (sum of total_amount in whole cents, so sums are
+    exact), units, line_items, transaction_ids and customer_ids (distinct, in no particular order;
+    anonymous customers are not counted).
+    """
+    lines = events.select(
+        sf.date_trunc("minute", "event_time").alias("pane_start"),
+        "store_id",
+        "transaction_id",
+        "customer_id",
+        sf.round(sf.col("total_amount") * 100).cast("long").alias("revenue_cents"),
+        sf.col("quantity").cast("long").alias("units"),
+    )
+    panes = lines.groupingSets(
+        [["pane_start", "store_id"], ["pane_start"]], "pane_start", "store_id"
+    ).agg(
+        sf.sum("revenue_cents").alias("revenue_cents"),
+        sf.sum("units").alias("units"),
+        sf.count(sf.lit(1)).alias("line_items"),
+        sf.collect_set("transaction_id").alias("transaction_ids"),
+        sf.collect_set("customer_id").alias("customer_ids"),
+        sf.grouping("store_id").alias("is_overall"),
+    )
+    return panes.select(
+        "pane_start",
+        sf.when(sf.col("is_overall") == 1, sf.lit(OVERALL))
+        .otherwise(sf.col("store_id"))
+        .alias("store_id"),
+        "revenue_cents",
+        "units",
+        "line_items",
+        "transaction_ids",
+        "customer_ids",
+    )
+
+
+def _window_metrics(frame: DataFrame, revenue_cents: Column) -> DataFrame:
+    revenue = (revenue_cents / 100).alias("revenue")
+    return frame.select(
+        "window_start",
+        (sf.col("window_start") + sf.make_dt_interval(mins=sf.lit(WINDOW_MINUTES))).alias(
+            "window_end"
+        ),
+        "store_id",
+        revenue,
+        sf.col("transactions").cast("long").alias("transactions"),
+        sf.col("customers").cast("long").alias("customers"),
+        sf.col("units").cast("long").alias("units"),
+        sf.col("line_items").cast("long").alias("line_items"),
+        sf.when(sf.col("transactions") > 0, revenue / sf.col("transactions"))
+        .otherwise(0.0)
+        .alias("avg_basket"),
+        sf.when(sf.col("transactions") > 0, sf.col("units") / sf.col("transactions"))
+        .otherwise(0.0)
+        .alias("units_per_transaction"),
+    )
+
+
+def windows_from_panes(panes: DataFrame) -> DataFrame:
+    """Combine 1-minute panes into 5-minute windows sliding by 1 minute (exact distinct counts).
+
+    Output: window_start, window_end, store_id, revenue, transactions, customers, units,
+    line_items, avg_basket, units_per_transaction.
+    """
+    offsets = sf.sequence(sf.lit(0), sf.lit(WINDOW_MINUTES // PANE_MINUTES - 1))
+    spread = panes.select("*", sf.explode(offsets).alias("offset")).withColumn(
+        "window_start", sf.col("pane_start") - sf.make_dt_interval(mins=sf.col("offset"))
+    )
+    combined = spread.groupBy("window_start", "store_id").agg(
+        sf.sum("revenue_cents").alias("revenue_cents"),
+        sf.size(sf.array_distinct(sf.flatten(sf.collect_list("transaction_ids")))).alias(
+            "transactions"
+        ),
+        sf.size(sf.array_distinct(sf.flatten(sf.collect_list("customer_ids")))).alias("customers"),
+        sf.sum("units").alias("units"),
+        sf.sum("line_items").alias("line_items"),
+    )
+    return _window_metrics(combined, sf.col("revenue_cents"))
+
+
+def windowed_sales_metrics(events: DataFrame) -> DataFrame:
+    """5-minute windows sliding by 1 minute, per store and overall, from sales events (via panes)."""
+    return windows_from_panes(sales_panes(events))
+
+
+def sliding_window_metrics(events: DataFrame) -> DataFrame:
+    """The same metrics with Spark's sliding ``window()`` (each event lands in five windows).
+
+    Works on a streaming frame too (exact distinct counts through ``collect_set``), which is what
+    the console sink shows.
+    """
+    lines = events.select(
+        sf.window("event_time", f"{WINDOW_MINUTES} minutes", f"{PANE_MINUTES} minute").alias("w"),
+        "store_id",
+        "transaction_id",
+        "customer_id",
+        sf.round(sf.col("total_amount") * 100).cast("long").alias("revenue_cents"),
+        sf.col("quantity").cast("long").alias("units"),
+    )
+    # One aggregation (a rollup), so that it also runs as a single streaming aggregation.
+    combined = (
+        lines.rollup("w", "store_id")
+        .agg(
+            sf.sum("revenue_cents").alias("revenue_cents"),
+            sf.size(sf.collect_set("transaction_id")).alias("transactions"),
+            sf.size(sf.collect_set("customer_id")).alias("customers"),
+            sf.sum("units").alias("units"),
+            sf.count(sf.lit(1)).alias("line_items"),
+            sf.grouping("store_id").alias("is_overall"),
+        )
+        .where(sf.col("w").isNotNull())
+        .select(
+            "*",
+            sf.col("w.start").alias("window_start"),
+            sf.when(sf.col("is_overall") == 1, sf.lit(OVERALL))
+            .otherwise(sf.col("store_id"))
+            .alias("store_key"),
+        )
+        .drop("store_id")
+        .withColumnRenamed("store_key", "store_id")
+    )
+    return _window_metrics(combined, sf.col("revenue_cents"))
+
+
+def score_demand(features: DataFrame, loaded: LoadedModel, date_column: str = "date") -> DataFrame:
+    """Expected units per store, product and day from one pinned model version.
+
+    Output: store_id, product_id, forecast_date, predicted_units (never negative), model_name,
+    model_version: every row of one call carries the same version.
+    """
+    scored = loaded.model.transform(features)
+    return scored.select(
+        "store_id",
+        "product_id",
+        sf.col(date_column).cast("date").alias("forecast_date"),
+        sf.greatest(sf.col("prediction").cast("double"), sf.lit(0.0)).alias("predicted_units"),
+        sf.lit(loaded.name).alias("model_name"),
+        sf.lit(loaded.version).alias("model_version"),
+    )
+
+
+@dataclass(frozen=True)
+class AnomalyRules:
+    """How far a closed window must stray, and from what, to be an anomaly."""
+
+    baseline_minutes: int = 60  # preceding windows (not overlapping the judged one) in the baseline
+    min_history: int = 10  # fewer baseline windows: no judgement yet
+    threshold: float = 3.5  # |robust z| from the median/MAD baseline
+    critical_threshold: float = 7.0
+    model_tolerance: float = 0.5  # relative gap to the model's expectation, same direction
+    min_scale_fraction: float = 0.05  # the MAD scale is at least this share of the median
+    min_scale: float = 1.0  # and at least one unit (or currency unit)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AnomalyRules:
+        """The rules with the thresholds of SALES_ANOMALY_* settings."""
+        return cls(
+            baseline_minutes=settings.sales_anomaly_baseline_minutes,
+            threshold=settings.sales_anomaly_z,
+            critical_threshold=2 * settings.sales_anomaly_z,
+            model_tolerance=settings.sales_anomaly_model_tolerance,
+        )
+
+
+def _array_median(values: Column) -> Column:
+    """The exact median of an array of numbers (null when empty)."""
+    ordered = sf.array_sort(values)
+    n = sf.size(ordered)
+    middle = sf.floor(n / 2).cast("int")
+    return (
+        sf.when(n == 0, sf.lit(None).cast("double"))
+        .when(n % 2 == 1, sf.element_at(ordered, middle + 1))
+        .otherwise((sf.element_at(ordered, middle) + sf.element_at(ordered, middle + 1)) / 2)
+    )
+
+
+def _with_baselines(
+    metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime, baseline_minutes: int
+) -> DataFrame:
+    """The judged store windows (a store without a row in a judged minute sold nothing there), each
+    with the revenue and units of its baseline windows as arrays. Baseline windows missing since
+    the first window of ``metrics`` count as zero; before it, history is unknown."""
+    observed = metrics.select(
+        "store_id",
+        "window_start",
+        sf.col("revenue").cast("double").alias("revenue"),
+        sf.col("units").cast("double").alias("units"),
+    )
+    first_judged = judge_after - dt.timedelta(minutes=WINDOW_MINUTES - PANE_MINUTES)
+    last_judged = max(judge_until - dt.timedelta(minutes=WINDOW_MINUTES), first_judged)
+    judged_starts = observed.sparkSession.range(1).select(
+        sf.explode(
+            sf.sequence(
+                sf.lit(first_judged),
+                sf.lit(last_judged),
+                sf.make_dt_interval(mins=sf.lit(PANE_MINUTES)),
+            )
+        ).alias("window_start")
+    )
+    silent = (
+        observed.select("store_id")
+        .distinct()
+        .crossJoin(judged_starts)
+        .join(observed, ["store_id", "window_start"], "left_anti")
+        .select(
+            "store_id", "window_start", sf.lit(0.0).alias("revenue"), sf.lit(0.0).alias("units")
+        )
+    )
+    seconds = sf.unix_timestamp("window_start")
+    before = (
+        Window.partitionBy("store_id")
+        .orderBy(seconds)
+        .rangeBetween(-baseline_minutes * 60, -WINDOW_MINUTES * 60)
+    )
+    first_seen = observed.agg(sf.unix_timestamp(sf.min("window_start")).alias("first_seen"))
+    window_end = sf.col("window_start") + sf.make_dt_interval(mins=sf.lit(WINDOW_MINUTES))
+    rows = (
+        observed.unionByName(silent)
+        .select(
+            "*",
+            window_end.alias("window_end"),
+            sf.collect_list("revenue").over(before).alias("baseline_revenue"),
+            sf.collect_list("units").over(before).alias("baseline_units"),
+        )
+        .where(
+            (sf.col("window_end") > sf.lit(judge_after))
+            & (sf.col("window_end") <= sf.lit(judge_until))
+        )
+        .crossJoin(sf.broadcast(first_seen))
+    )
+    earliest = sf.greatest(seconds - baseline_minutes * 60, sf.col("first_seen"))
+    latest = seconds - WINDOW_MINUTES * 60
+    expected = sf.when(latest >= earliest, ((latest - earliest) / 60).cast("int") + 1).otherwise(0)
+
+    def padded(column: str) -> Column:
+        zeros = sf.greatest(expected - sf.size(column), sf.lit(0))
+        return sf.concat(sf.col(column), sf.array_repeat(sf.lit(0.0), zeros))
+
+    return rows.select(
+        "store_id",
+        "window_start",
+        "window_end",
+        "revenue",
+        "units",
+        padded("baseline_revenue").alias("baseline_revenue"),
+        padded("baseline_units").alias("baseline_units"),
+    )
+
+
+def detect_sales_anomalies(
+    metrics: DataFrame,
+    judge_after: dt.datetime,
+    judge_until: dt.datetime,
+    expectations: DataFrame | None = None,
+    rules: AnomalyRules = AnomalyRules(),
+) -> DataFrame:
+    """Judge the windows with ``judge_after < window_end <= judge_until`` against their baseline.
+
+    ``metrics``: window_start, store_id, revenue, units for the judged windows and the
+    ``baseline_minutes`` before them (a store's missing windows count as zero sales).
+    ``expectations``: store_id, forecast_date, expected_units_day, model_name, model_version (the
+    champion's daily forecast summed over the store's products; ``ALL`` for the overall row), or
+    None. A window is an anomaly when its robust z-score ``(observed - median) / (1.4826 MAD)``
+    reaches ``threshold`` and, when the model has an expectation for it, it also strays from that
+    expectation by ``model_tolerance`` in the same direction. The model's daily units are spread
+    evenly over the day; its revenue expectation uses the baseline's revenue per unit.
+    """
+    judged = _with_baselines(metrics, judge_after, judge_until, rules.baseline_minutes)
+    total_units = sf.aggregate("baseline_units", sf.lit(0.0), lambda acc, x: acc + x)
+    total_revenue = sf.aggregate("baseline_revenue", sf.lit(0.0), lambda acc, x: acc + x)
+    long = judged.select(
+        "store_id",
+        "window_start",
+        "window_end",
+        sf.when(total_units > 0, total_revenue / total_units).alias("revenue_per_unit"),
+        sf.explode(
+            sf.array(
+                sf.struct(
+                    sf.lit("revenue").alias("metric"),
+                    sf.col("revenue").alias("observed"),
+                    sf.col("baseline_revenue").alias("values"),
+                ),
+                sf.struct(
+                    sf.lit("units").alias("metric"),
+                    sf.col("units").alias("observed"),
+                    sf.col("baseline_units").alias("values"),
+                ),
+            )
+        ).alias("m"),
+    ).select("*", "m.metric", "m.observed", "m.values")
+    with_median = long.withColumn("expected", _array_median(sf.col("values")))
+    mad = _array_median(sf.transform("values", lambda x: sf.abs(x - sf.col("expected"))))
+    scale = sf.greatest(
+        sf.col("baseline_mad") * 1.4826,
+        sf.abs(sf.col("expected")) * rules.min_scale_fraction,
+        sf.lit(rules.min_scale),
+    )
+    baseline = (
+        with_median.withColumn("baseline_mad", mad)
+        .withColumn("history_windows", sf.size("values"))
+        .where(sf.col("history_windows") >= rules.min_history)
+        .withColumn("score", (sf.col("observed") - sf.col("expected")) / scale)
+        .withColumn("forecast_date", sf.to_date("window_start"))
+    )
+    if expectations is None:
+        with_model = baseline.select(
+            "*",
+            sf.lit(None).cast("double").alias("expected_units_day"),
+            sf.lit(None).cast("string").alias("model_name"),
+            sf.lit(None).cast("string").alias("model_version"),
+        )
+    else:
+        with_model = baseline.join(
+            sf.broadcast(
+                expectations.select(
+                    "store_id", "forecast_date", "expected_units_day", "model_name", "model_version"
+                )
+            ),
+            ["store_id", "forecast_date"],
+            "left",
+        )
+    units_expected = sf.col("expected_units_day") * (WINDOW_MINUTES / MINUTES_PER_DAY)
+    model_expected = sf.when(sf.col("metric") == "units", units_expected).otherwise(
+        units_expected * sf.col("revenue_per_unit")
+    )
+    scored = with_model.withColumn("model_expected", model_expected)
+    gap = sf.col("observed") - sf.col("model_expected")
+    strays_from_model = (
+        sf.abs(gap) >= rules.model_tolerance * sf.greatest(sf.col("model_expected"), sf.lit(1e-9))
+    ) & (sf.signum(gap) == sf.signum(sf.col("score")))
+    flagged = scored.where(
+        (sf.abs(sf.col("score")) >= rules.threshold)
+        & (sf.col("model_expected").isNull() | strays_from_model)
+    )
+    direction = sf.when(sf.col("score") > 0, sf.lit("above")).otherwise(sf.lit("below"))
+    model_part = sf.when(
+        sf.col("model_expected").isNull(),
+        sf.lit("; no model expectation: rolling baseline only"),
+    ).otherwise(
+        sf.format_string(
+            "; %.0f%% %s the expectation %.2f of %s v%s",
+            sf.abs(gap) / sf.greatest(sf.col("model_expected"), sf.lit(1e-9)) * 100,
+            direction,
+            sf.col("model_expected"),
+            sf.col("model_name"),
+            sf.col("model_version"),
+        )
+    )
+    reason = sf.concat(
+        sf.format_string(
+            "%s %.2f is %.1f robust SDs %s the rolling median %.2f (MAD %.2f over %d windows)",
+            sf.col("metric"),
+            sf.col("observed"),
+            sf.abs(sf.col("score")),
+            direction,
+            sf.col("expected"),
+            sf.col("baseline_mad"),
+            sf.col("history_windows"),
+        ),
+        model_part,
+    )
+    return flagged.select(
+        "window_start",
+        "window_end",
+        "store_id",
+        "metric",
+        sf.col("observed").cast("double").alias("observed"),
+        sf.col("expected").cast("double").alias("expected"),
+        sf.col("baseline_mad").cast("double").alias("baseline_mad"),
+        sf.col("score").cast("double").alias("score"),
+        "model_expected",
+        "model_name",
+        "model_version",
+        direction.alias("direction"),
+        sf.when(sf.abs(sf.col("score")) >= rules.critical_threshold, sf.lit("critical"))
+        .otherwise(sf.lit("warning"))
+        .alias("severity"),
+        reason.alias("reason"),
+    )
+
+
+REFRESH_WINDOWS_SQL = """
+INSERT INTO sales_metrics (window_start, window_end, store_id, revenue, transactions, customers,
+    units, line_items, avg_basket, units_per_transaction)
+SELECT
+    window_start,
+    window_start + toIntervalMinute({window_minutes:UInt32}) AS window_end,
+    store_id,
+    sum(revenue_cents) / 100 AS revenue,
+    uniqExactArray(transaction_ids) AS transactions,
+    uniqExactArray(customer_ids) AS customers,
+    sum(units) AS units,
+    sum(line_items) AS line_items,
+    if(transactions > 0, revenue / transactions, 0) AS avg_basket,
+    if(transactions > 0, units / transactions, 0) AS units_per_transaction
+FROM sales_panes
+ARRAY JOIN arrayMap(k -> pane_start - toIntervalMinute(k), range({window_minutes:UInt32})) AS window_start
+WHERE pane_start >= {first_pane:DateTime('UTC')} - toIntervalMinute({window_minutes:UInt32} - 1)
+  AND pane_start <= {last_pane:DateTime('UTC')} + toIntervalMinute({window_minutes:UInt32} - 1)
+  AND window_start >= {first_pane:DateTime('UTC')} - toIntervalMinute({window_minutes:UInt32} - 1)
+  AND window_start <= {last_pane:DateTime('UTC')}
+GROUP BY window_start, store_id
+"""
+
+WINDOWS_FOR_JUDGING_SQL = """
+SELECT window_start, store_id, revenue, units
+FROM sales_metrics FINAL
+WHERE window_start >= {first_start:DateTime('UTC')} AND window_end <= {judge_until:DateTime('UTC')}
+"""
+
+STORE_EXPECTATIONS_SQL = """
+WITH latest AS (
+    SELECT store_id, product_id, forecast_date,
+        argMax(predicted_units, scored_at) AS units,
+        argMax(model_name, scored_at) AS model_name,
+        argMax(model_version, scored_at) AS model_version
+    FROM demand_scores
+    WHERE forecast_date >= {first_date:Date} AND forecast_date <= {last_date:Date}
+    GROUP BY store_id, product_id, forecast_date
+)
+SELECT store_id, forecast_date, sum(units) AS expected_units_day,
+    any(model_name) AS model_name, max(model_version) AS model_version
+FROM latest GROUP BY store_id, forecast_date
+UNION ALL
+SELECT 'ALL' AS store_id, forecast_date, sum(units) AS expected_units_day,
+    any(model_name) AS model_name, max(model_version) AS model_version
+FROM latest GROUP BY forecast_date
+"""
+
+HORIZON_SQL = (
+    "SELECT max(judged_until) FROM sales_anomaly_horizon FINAL WHERE query_name = {query:String}"
+)
+
+
+def refresh_windows(store: Store, first_pane: dt.datetime, last_pane: dt.datetime) -> None:
+    """Recompute every 5-minute window that contains a pane in [first_pane, last_pane]."""
+    store.execute(
+        REFRESH_WINDOWS_SQL,
+        {"window_minutes": WINDOW_MINUTES, "first_pane": first_pane, "last_pane": last_pane},
+    )
+
+
+def default_feature_builder() -> FeatureBuilder | None:
+    """The training package's ``build_scoring_features`` (one feature code path), if installed."""
+    try:
+        from training.features import build_scoring_features
+    except ImportError:
+        return None
+    return build_scoring_features
+
+
+def default_probes() -> list[Probe]:
+    """Reject a champion whose signature asks for columns the feature builder does not make."""
+    try:
+        from training.features import model_input_columns
+    except ImportError:
+        return []
+    return [check_signature([*model_input_columns(DEMAND_MODEL), "store_id", "product_id", "date"])]
+
+
+def _minute_floor(moment: pd.Timestamp) -> dt.datetime:
+    return moment.floor("min").to_pydatetime()
+
+
+class SalesBatchWriter:
+    """The ``foreachBatch`` function of the sales job: one micro-batch into every sales table."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        *,
+        query_name: str,
+        champion: ChampionModel | None = None,
+        feature_builder: FeatureBuilder | None = None,
+        rules: AnomalyRules = AnomalyRules(),
+        anomaly_interval_s: float = ANOMALY_INTERVAL_S,
+    ) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.store = open_store(settings)
+        self.query_name = query_name
+        self.champion = champion
+        self.feature_builder = feature_builder
+        self.rules = rules
+        self.watermark_delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
+        self._scored: set[tuple[str, str, dt.date, str]] = set()
+        self._judged_until: dt.datetime | None = None
+        self._horizon_loaded = False
+        self._scoring_error = ""
+        self.anomaly_interval_s = anomaly_interval_s
+        self._last_judged_at = -float("inf")
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        token = batch_token(self.query_name, batch_id)
+        classified = batch.persist()
+        steps = _StepTimer()
+        try:
+            rows = to_pandas(storable_rows(classified))
+            if rows.empty:
+                return
+            good = rows["error"].isna()
+            dead = rows.loc[~good, DEAD_LETTER_COLUMNS]
+            raw = rows.loc[good, RAW_SALES_COLUMNS]
+            if not dead.empty:
+                self.store.insert_df("dead_letters", dead, dedup_token=token)
+            if raw.empty:
+                return
+            steps.lap("collect")
+            panes = to_pandas(sales_panes(valid_events(classified, SALES_EVENT_SCHEMA)))
+            steps.lap("panes")
+            times = pd.to_datetime(raw["event_time"])
+            with self.store.session():
+                self.store.insert_df("sales_events", raw, dedup_token=token)
+                self.store.insert_df("sales_panes", _listify(panes), dedup_token=token)
+                refresh_windows(self.store, _minute_floor(times.min()), _minute_floor(times.max()))
+            steps.lap("store")
+            self._score_demand(raw, batch_id, token)
+            steps.lap("scoring")
+            if time.monotonic() - self._last_judged_at >= self.anomaly_interval_s:
+                self._judge_windows(times.max(), token)
+                self._last_judged_at = time.monotonic()
+                steps.lap("anomalies")
+            log.info("%s batch %d: %d events; %s", self.query_name, batch_id, len(raw), steps)
+        finally:
+            classified.unpersist()
+
+    def _score_demand(self, raw: pd.DataFrame, batch_id: int, token: str) -> None:
+        if self.champion is None or self.feature_builder is None:
+            return
+        loaded = self.champion.current()  # pinned: this whole batch uses one version
+        if loaded is None:
+            return
+        keys = raw.assign(forecast_date=pd.to_datetime(raw["event_time"], utc=True).dt.date)[
+            ["store_id", "product_id", "forecast_date"]
+        ].drop_duplicates()
+        todo = [
+            row
+            for row in keys.itertuples(index=False)
+            if (row.store_id, row.product_id, row.forecast_date, loaded.version) not in self._scored
+        ]
+        if not todo:
+            return
+        try:
+            scores = self._scores_for(todo, loaded)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._scoring_error:
+                log.exception("demand scoring failed for batch %d; metrics go on", batch_id)
+                self._scoring_error = message
+            return
+        self._scoring_error = ""
+        scores = scores.assign(query_name=self.query_name, batch_id=batch_id)
+        self.store.insert_df("demand_scores", scores, dedup_token=token)
+        self._scored.update((r[0], r[1], r[2], loaded.version) for r in todo)
+
+    def _scores_for(self, todo: list[Any], loaded: LoadedModel) -> pd.DataFrame:
+        frames = []
+        for day in sorted({row.forecast_date for row in todo}):
+            pairs = pd.DataFrame(
+                [(r.store_id, r.product_id) for r in todo if r.forecast_date == day],
+                columns=["store_id", "product_id"],
+            )
+            keys = self.spark.createDataFrame(pairs, "store_id string, product_id string")
+            features = self.feature_builder(self.spark, self.store, keys, day)
+            frames.append(to_pandas(score_demand(features, loaded)))
+        return pd.concat(frames, ignore_index=True)
+
+    def _judge_windows(self, max_event_time: pd.Timestamp, token: str) -> None:
+        if not self._horizon_loaded:
+            value = self.store.scalar(HORIZON_SQL, {"query": self.query_name})
+            self._judged_until = None if pd.isna(value) or value is None else _naive_utc(value)
+            self._horizon_loaded = True
+        closed = _minute_floor(max_event_time - self.watermark_delay)
+        baseline_span = dt.timedelta(minutes=self.rules.baseline_minutes + WINDOW_MINUTES)
+        # A new job judges from one baseline span back; a long backlog is judged in steps.
+        judge_after = self._judged_until or closed - baseline_span
+        horizon = min(closed, judge_after + MAX_JUDGED_SPAN)
+        if horizon <= judge_after:
+            return
+        first_start = judge_after - baseline_span
+        metrics = self.store.query_df(
+            WINDOWS_FOR_JUDGING_SQL, {"first_start": first_start, "judge_until": horizon}
+        )
+        if not metrics.empty:
+            anomalies = self._detect(metrics, judge_after, horizon)
+            self.store.insert_df("sales_anomalies", anomalies, dedup_token=token)
+        row = pd.DataFrame([{"query_name": self.query_name, "judged_until": horizon}])
+        self.store.insert_df("sales_anomaly_horizon", row, dedup_token=token)
+        self._judged_until = horizon
+
+    def _detect(
+        self, metrics: pd.DataFrame, judge_after: dt.datetime, horizon: dt.datetime
+    ) -> pd.DataFrame:
+        metrics = metrics.assign(
+            window_start=pd.to_datetime(metrics["window_start"], utc=True).dt.tz_localize(None),
+            revenue=metrics["revenue"].astype(float),
+            units=metrics["units"].astype(float),
+        )
+        frame = self.spark.createDataFrame(
+            metrics, "window_start timestamp, store_id string, revenue double, units double"
+        )
+        expectations = self.store.query_df(
+            STORE_EXPECTATIONS_SQL,
+            {"first_date": judge_after.date(), "last_date": horizon.date()},
+        )
+        expected = None
+        if not expectations.empty:
+            expected = self.spark.createDataFrame(
+                expectations.assign(
+                    forecast_date=pd.to_datetime(expectations["forecast_date"]).dt.date,
+                    expected_units_day=expectations["expected_units_day"].astype(float),
+                    model_version=expectations["model_version"].astype(str),
+                ),
+                "store_id string, forecast_date date, expected_units_day double, "
+                "model_name string, model_version string",
+            )
+        return to_pandas(detect_sales_anomalies(frame, judge_after, horizon, expected, self.rules))
+
+
+class _StepTimer:
+    """Seconds spent in each step of a batch, for the log line."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[tuple[str, float]] = []
+
+    def lap(self, step: str) -> None:
+        now = time.monotonic()
+        self._steps.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.2f} s" for step, seconds in self._steps)
+
+
+def _naive_utc(value: Any) -> dt.datetime:
+    moment = pd.Timestamp(value)
+    if moment.tzinfo is not None:
+        moment = moment.tz_convert("UTC").tz_localize(None)
+    return moment.to_pydatetime()
+
+
+def _listify(panes: pd.DataFrame) -> pd.DataFrame:
+    """Arrow gives numpy arrays for array columns; the store inserts plain lists."""
+    return panes.assign(
+        transaction_ids=panes["transaction_ids"].map(list),
+        customer_ids=panes["customer_ids"].map(list),
+    )
+
+
+def query_names(job: str) -> dict[str, str]:
+    """The job's query names (also their checkpoint folders and token prefixes)."""
+    return {
+        "events": f"{job}-events",
+        "dead_letters": f"{job}-dead-letters",
+        "windows": f"{job}-windows",
+    }
+
+
+def build_queries(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    job: str = JOB,
+    available_now: bool = False,
+    console: bool = False,
+    champion: ChampionModel | None = None,
+    feature_builder: FeatureBuilder | None = None,
+    rules: AnomalyRules | None = None,
+    anomaly_interval_s: float = ANOMALY_INTERVAL_S,
+) -> list[StreamingQuery]:
+    """Start the sales job: one query (one read of the topic) into every sales table and
+    ``dead_letters``; with ``console``, the sliding windows and the dead letters on the console."""
+    names = query_names(job)
+    raw = read_topic(spark, settings, settings.sales_topic, job)
+    delay = f"{settings.sales_watermark_minutes} minutes"
+    common = {"job": job, "settings": settings, "available_now": available_now}
+    if console:
+        valid, dead = parse_sales(raw, job)
+        events = deduplicate_events(valid, delay)
+        return [
+            start_query(
+                sliding_window_metrics(events),
+                query_name=names["windows"],
+                sink=CONSOLE,
+                output_mode="update",
+                **common,
+            ),
+            start_query(dead, query_name=names["dead_letters"], sink=CONSOLE, **common),
+        ]
+    writer = SalesBatchWriter(
+        spark,
+        settings,
+        query_name=names["events"],
+        champion=champion,
+        feature_builder=feature_builder,
+        rules=rules or AnomalyRules.from_settings(settings),
+        anomaly_interval_s=anomaly_interval_s,
+    )
+    classified = deduplicate_classified(classify_sales(raw, job), delay)
+    return [start_query(classified, query_name=names["events"], sink=writer, **common)]
+
+
+def main(
+    settings: Settings | None = None, available_now: bool = False, console: bool = False
+) -> None:
+    """Run the sales job until stopped (or, with ``available_now``, until the topic is drained)."""
+    from common.spark import build_spark_session
+    from common.store import migrate
+
+    settings = settings or get_settings()
+    spark = build_spark_session(JOB, settings)
+    champion = None
+    feature_builder = default_feature_builder()
+    if feature_builder is None:
+        log.warning("training.features is not installed: demand scoring is off")
+    if not console:
+        migrate(open_store(settings))
+        champion = ChampionModel(DEMAND_MODEL, job=JOB, settings=settings, probe=default_probes())
+    queries = build_queries(
+        spark,
+        settings,
+        available_now=available_now,
+        console=console,
+        champion=champion,
+        feature_builder=feature_builder,
+    )
+    try:
+        run_queries(spark, queries, job=JOB, settings=settings)
+    finally:
+        if champion is not None:
+            champion.close()

@@ -1,0 +1,143 @@
+"""The model runtime against the real MLflow server: alias resolution, hot swap, keeping the last
+good model when a promoted version is broken, and the model_events it writes."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+from pyspark.ml import Pipeline
+from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.regression import LinearRegression
+from pyspark.sql import DataFrame, SparkSession
+
+from common.models import ChampionModel, check_transform
+
+pytestmark = [pytest.mark.services, pytest.mark.spark]
+
+
+def toy_pipeline(spark: SparkSession, slope: float, feature: str = "signal"):
+    """A fitted pipeline predicting ``slope * feature`` (exactly, on a line)."""
+    data = spark.createDataFrame(
+        [(x, slope * x) for x in (1.0, 2.0, 3.0, 4.0)], f"{feature} double, label double"
+    )
+    return Pipeline(
+        stages=[
+            VectorAssembler(inputCols=[feature], outputCol="features"),
+            LinearRegression(maxIter=10, regParam=0.0),
+        ]
+    ).fit(data)
+
+
+def register_spark_model(model, name: str) -> str:
+    """Log ``model`` in a run and register it under ``name``; its version."""
+    import mlflow
+    import mlflow.spark
+
+    with mlflow.start_run():
+        info = mlflow.spark.log_model(
+            model, "model", registered_model_name=name, pip_requirements=[]
+        )
+    return str(info.registered_model_version)
+
+
+def register_python_model(name: str) -> str:
+    """A version that is not a Spark model at all: ``mlflow.spark.load_model`` refuses it."""
+    import mlflow
+    import mlflow.pyfunc
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return [0.0] * len(model_input)
+
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=Constant(), registered_model_name=name, pip_requirements=[]
+        )
+    return str(info.registered_model_version)
+
+
+def events(store, name: str) -> list[tuple[str, str]]:
+    frame = store.query_df(
+        "SELECT event_type, model_version FROM model_events WHERE model_name = {n:String} "
+        "ORDER BY event_time",
+        {"n": name},
+    )
+    return list(zip(frame["event_type"], frame["model_version"], strict=True))
+
+
+def predictions(loaded, frame: DataFrame) -> list[float]:
+    return [round(r.prediction, 6) for r in loaded.model.transform(frame).collect()]
+
+
+def test_alias_moves_hot_swap_and_broken_versions_keep_the_last_good_model(
+    spark, services, store
+) -> None:
+    from mlflow import MlflowClient
+
+    name = f"test_models_{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(services.mlflow_tracking_uri)
+    features = spark.createDataFrame([(2.0,)], "signal double")
+    champion = ChampionModel(
+        name,
+        job="test-models",
+        store=store,
+        settings=services,
+        probe=check_transform(features.limit(0)),
+    )
+
+    assert champion.current() is None  # nothing registered yet: run without scoring
+    v1 = register_spark_model(toy_pipeline(spark, 1.0), name)
+    v2 = register_spark_model(toy_pipeline(spark, 2.0), name)
+    not_spark = register_python_model(name)
+    wrong_inputs = register_spark_model(toy_pipeline(spark, 3.0, feature="other"), name)
+
+    client.set_registered_model_alias(name, "champion", v1)
+    first = champion.current()
+    assert (first.version, predictions(first, features)) == (v1, [2.0])
+    assert champion.current() is first  # alias unchanged: no reload
+
+    client.set_registered_model_alias(name, "champion", v2)
+    second = champion.current()
+    assert (second.version, predictions(second, features)) == (v2, [4.0])
+
+    for broken in (not_spark, wrong_inputs):
+        client.set_registered_model_alias(name, "champion", broken)
+        assert champion.current() is second  # the last good model keeps scoring
+        assert champion.current() is second  # and the broken one is not retried every batch
+
+    client.delete_registered_model_alias(name, "champion")
+    assert champion.current() is None
+
+    assert events(store, name) == [
+        ("no_champion", ""),
+        ("loaded", v1),
+        ("loaded", v2),
+        ("load_failed", not_spark),
+        ("load_failed", wrong_inputs),
+        ("no_champion", v2),
+    ]
+    detail = store.scalar(
+        "SELECT detail FROM model_events WHERE model_name = {n:String} AND model_version = {v:String}",
+        {"n": name, "v": wrong_inputs},
+    )
+    assert "keeping version " + v2 in detail and "other" in detail
+
+
+def test_an_unreachable_registry_keeps_the_current_model(
+    spark, services, store, monkeypatch
+) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    name = f"test_models_{uuid.uuid4().hex[:8]}"
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = MlflowClient(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    champion = ChampionModel(
+        name, job="test-models", store=store, settings=services, client=dead, registry_timeout_s=10
+    )
+    assert champion.current() is None
+    assert champion.current() is None  # one event per outage, not one per batch
+    assert events(store, name) == [("registry_unreachable", "")]

@@ -1,0 +1,87 @@
+"""Reading the serving tables into memory: only what changed, newest row per day, fallbacks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pandas as pd
+from serving_world import FORECAST_DAYS, ORIGIN, forecast_rows
+
+from serving.snapshot import ServingData, read_changed_tables
+
+
+def test_a_first_read_holds_the_stored_forecasts_and_the_catalog(serving_store, world):
+    data = read_changed_tables(serving_store, ServingData(), world.demand_model)
+
+    days = data.forecasts[(world.store_id, world.product_id)]
+    expected = forecast_rows(world, "1", 1.0)
+    assert [d.date for d in days.values()] == [
+        ORIGIN + dt.timedelta(days=i) for i in range(FORECAST_DAYS)
+    ]
+    assert [d.predicted_units for d in days.values()] == list(expected["predicted_units"])
+    assert [d.upper_90 for d in days.values()] == list(expected["upper_90"])
+    assert {d.model_version for d in days.values()} == {"1"}
+    assert {world.store_id, world.other_store_id} <= data.known_stores
+    assert data.products[world.product_id].case_pack == 6
+    assert data.forecast_origin == ORIGIN
+    assert data.table_errors == {}
+
+
+def test_a_later_read_rereads_only_the_changed_tables_and_the_newest_row_wins(serving_store, world):
+    first = read_changed_tables(serving_store, ServingData(), world.demand_model)
+    unchanged = read_changed_tables(serving_store, first, world.demand_model)
+    assert unchanged.read_at == first.read_at
+    assert unchanged.forecasts is first.forecasts
+
+    other_model = f"other_{uuid.uuid4().hex[:6]}"
+    newer = forecast_rows(world, "7", 5.0).assign(model_name=other_model)
+    serving_store.insert_df("forecasts", newer)
+    changed = read_changed_tables(serving_store, unchanged, other_model)
+
+    assert changed.read_at["forecasts"] > unchanged.read_at["forecasts"]
+    assert changed.read_at["products"] == unchanged.read_at["products"]
+    days = changed.forecasts[(world.store_id, world.product_id)]
+    assert [d.predicted_units for d in days.values()] == list(newer["predicted_units"])
+    assert changed.forecast_versions() == {"7": FORECAST_DAYS}
+    # The other model's newer rows replaced this model's (one row per key and day, FINAL).
+    assert (world.store_id, world.product_id) not in read_changed_tables(
+        serving_store, ServingData(), world.demand_model
+    ).forecasts
+    serving_store.insert_df("forecasts", forecast_rows(world, "1", 1.0))
+
+
+def test_stock_levels_fall_back_to_the_latest_inventory_event(serving_settings, world):
+    from common.settings import load_settings
+    from common.store import migrate, open_store
+
+    store_id = f"SI{uuid.uuid4().hex[:6]}"
+    settings = load_settings(data_dir=serving_settings.data_root / f"fallback-{store_id}")
+    store = open_store(settings)
+    migrate(store)
+    events = pd.DataFrame(
+        [
+            {
+                "event_id": f"{store_id}-{i}",
+                "event_time": pd.Timestamp("2025-03-10 08:00") + pd.Timedelta(hours=i),
+                "store_id": store_id,
+                "product_id": world.product_id,
+                "event_type": "sale",
+                "quantity_change": -1,
+                "stock_level": level,
+                "reorder_point": 4,
+                "lead_time_days": 3.0,
+                "unit_cost": 1.0,
+            }  # fmt: skip
+            for i, level in enumerate([9, 8, 7])
+        ]
+    )
+    store.insert_df("inventory_events", events)
+
+    data = read_changed_tables(store, ServingData(), world.demand_model)
+
+    level = data.stock_levels[(store_id, world.product_id)]
+    assert level.stock_level == 7
+    assert level.as_of == dt.datetime(2025, 3, 10, 10, tzinfo=dt.UTC)
+    assert level.lead_time_days == 3.0
+    assert store_id in data.known_stores

@@ -1,0 +1,277 @@
+"""The streaming runtime: parsing and dead-lettering, the idempotent store sink, Kafka options,
+progress recording and stopping, on static frames and on the real broker."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as sf
+
+from common.schemas import INVENTORY_EVENT_SCHEMA, SALES_EVENT_SCHEMA
+from streaming.runtime import (
+    Check,
+    checkpoint_location,
+    classify_events,
+    hit_kafka_metrics_bug,
+    kafka_lag,
+    kafka_source_options,
+    parse_events,
+    read_topic,
+    run_queries,
+    start_query,
+    store_sink,
+)
+
+RAW_COLUMNS = "topic string, partition int, offset long, value binary, timestamp timestamp"
+GOOD = {
+    "event_id": "e1",
+    "event_time": "2026-04-01T10:00:00.250Z",
+    "store_id": "S1",
+    "product_id": "P1",
+    "event_type": "restock",
+    "quantity_change": 12,
+    "stock_level": 40,
+    "reorder_point": 10,
+    "lead_time_days": 3.5,
+    "unit_cost": 1.2,
+}
+
+
+def raw_frame(spark: SparkSession, payloads: list[bytes | None], topic: str = "t") -> DataFrame:
+    now = dt.datetime(2026, 4, 1, 10, 0, 1)
+    rows = [(topic, 0, offset, value, now) for offset, value in enumerate(payloads)]
+    return spark.createDataFrame(rows, RAW_COLUMNS)
+
+
+def encoded(event: dict) -> bytes:
+    return json.dumps(event).encode()
+
+
+@pytest.mark.spark
+def test_every_kind_of_bad_record_is_named_and_kept(spark: SparkSession) -> None:
+    payloads = [
+        encoded(GOOD),
+        b'{"event_id": "e2", "stock_level": ',
+        b"[1, 2, 3]",
+        encoded({**GOOD, "stock_level": "forty", "unit_cost": "cheap"}),
+        encoded({k: v for k, v in GOOD.items() if k not in ("store_id", "event_type")}),
+        encoded({**GOOD, "event_time": "last tuesday"}),
+        encoded({**GOOD, "stock_level": -3}),
+        b"\xc3\x28 not utf-8",
+        None,
+    ]
+    checks = [Check("stock_level must be >= 0", sf.col("stock_level") >= 0)]
+    classified = classify_events(
+        raw_frame(spark, payloads), INVENTORY_EVENT_SCHEMA, checks, job="test-runtime"
+    )
+    errors = {r.kafka_offset: r.error for r in classified.select("kafka_offset", "error").collect()}
+    assert errors == {
+        0: None,
+        1: "malformed JSON: not a JSON object",
+        2: "malformed JSON: not a JSON object",
+        3: "wrong type for field(s): stock_level (expected int), unit_cost (expected double)",
+        4: "missing required field(s): store_id, event_type",
+        5: "not an ISO-8601 timestamp: event_time",
+        6: "stock_level must be >= 0",
+        7: "payload is not valid UTF-8",
+        8: "empty payload",
+    }
+
+    valid, dead = parse_events(
+        raw_frame(spark, payloads), INVENTORY_EVENT_SCHEMA, checks, job="test-runtime"
+    )
+    good = valid.collect()
+    assert len(good) == 1 and good[0].event_time == dt.datetime(2026, 4, 1, 10, 0, 0, 250000)
+    assert valid.columns == [
+        *INVENTORY_EVENT_SCHEMA.fieldNames(),
+        "kafka_topic",
+        "kafka_partition",
+        "kafka_offset",
+        "kafka_timestamp",
+    ]
+    assert dead.columns == [
+        "topic",
+        "kafka_partition",
+        "kafka_offset",
+        "raw_payload",
+        "payload_encoding",
+        "error",
+        "job",
+        "received_at",
+    ]
+    binary = dead.where("kafka_offset = 7").first()
+    assert binary.payload_encoding == "base64"
+    assert base64.b64decode(binary.raw_payload) == payloads[7]
+    text = dead.where("kafka_offset = 3").first()
+    assert (text.payload_encoding, text.raw_payload) == ("utf-8", payloads[3].decode())
+    assert valid.count() + dead.count() == len(payloads)
+
+
+@pytest.mark.spark
+def test_store_sink_writes_a_replayed_batch_once(spark: SparkSession, settings, store) -> None:
+    query = f"test-sink-{uuid.uuid4().hex[:8]}"
+    _, dead = parse_events(
+        raw_frame(spark, [b"x", b"y"], topic=query), SALES_EVENT_SCHEMA, job=query
+    )
+    write = store_sink("dead_letters", query, settings)
+
+    write(dead, 0)
+    write(dead, 0)  # the same batch again, as after a crash before the checkpoint commit
+    assert (
+        store.scalar("SELECT count() FROM dead_letters WHERE topic = {t:String}", {"t": query}) == 2
+    )
+    write(dead.withColumn("kafka_offset", sf.col("kafka_offset") + 2), 1)
+    assert (
+        store.scalar("SELECT count() FROM dead_letters WHERE topic = {t:String}", {"t": query}) == 4
+    )
+
+
+def test_kafka_options_and_checkpoints_come_from_settings(settings) -> None:
+    tuned = settings.model_copy(
+        update={"starting_offsets": "latest", "max_offsets_per_trigger": 5000}
+    )
+    options = kafka_source_options(tuned, "sales_events", "sales-stream")
+    assert options["subscribe"] == "sales_events"
+    assert options["startingOffsets"] == "latest"
+    assert options["maxOffsetsPerTrigger"] == "5000"
+    assert options["groupIdPrefix"] == "sales-stream-group"
+    assert "maxOffsetsPerTrigger" not in kafka_source_options(settings, "t", "a")
+    assert checkpoint_location(settings, "sales-stream", "q") == (
+        settings.checkpoint_root / "sales-stream" / "q"
+    )
+
+
+def test_lag_is_summed_over_partitions() -> None:
+    sources = [
+        SimpleNamespace(
+            endOffset=json.dumps({"t": {"0": 10, "1": 7}}),
+            latestOffset=json.dumps({"t": {"0": 15, "1": 7}}),
+        ),
+        SimpleNamespace(endOffset=None, latestOffset=None),
+    ]
+    assert kafka_lag(sources) == 5
+
+
+def test_only_sparks_kafka_metrics_bug_is_restarted() -> None:
+    npe = (
+        'java.lang.NullPointerException: Cannot invoke "scala.collection.IterableOps.map" because '
+        'the return value of "scala.Option.get()" is null\n\tat org.apache.spark.sql.kafka010.'
+        "KafkaMicroBatchStream$.metrics(KafkaMicroBatchStream.scala:520)"
+    )
+    assert hit_kafka_metrics_bug(RuntimeError(npe))
+    assert not hit_kafka_metrics_bug(RuntimeError("StoreError: the store is full"))
+    assert not hit_kafka_metrics_bug(RuntimeError("java.lang.NullPointerException in my sink"))
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for value in values:
+        producer.send(topic, value=value)
+    producer.flush()
+    producer.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.3)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_queries_record_progress_and_stop_between_batches(
+    spark: SparkSession, settings, kafka, store
+) -> None:
+    from common import stack
+
+    tag = uuid.uuid4().hex[:8]
+    topic, job = f"runtime-{tag}", f"runtime-test-{tag}"
+    stack.ensure_topics(
+        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic}), 2
+    )
+    produce(kafka, topic, [encoded({**GOOD, "event_id": f"e{i}"}) for i in range(40)])
+    tuned = settings.model_copy(update={"max_offsets_per_trigger": 10})
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def count_rows(batch: DataFrame, batch_id: int) -> None:
+        with lock:
+            seen.append(batch.count())
+
+    raw = read_topic(spark, tuned, topic, job)
+    valid, _ = parse_events(raw, INVENTORY_EVENT_SCHEMA, job=job)
+    query = start_query(valid, job=job, query_name=f"{job}-q", settings=tuned, sink=count_rows)
+    stop = threading.Event()
+    threading.Thread(
+        target=lambda: (wait_for(lambda: sum(seen) == 40, 180, "all rows"), stop.set()),
+        daemon=True,
+    ).start()
+
+    run_queries(spark, [query], job=job, settings=tuned, stop=stop)
+
+    assert not query.isActive and query.exception() is None
+    assert sum(seen) == 40 and len(seen) >= 4  # at most 10 offsets per trigger
+    assert (settings.checkpoint_root / job / f"{job}-q" / "offsets").is_dir()
+
+    def progress_rows() -> int:
+        return int(
+            store.scalar(
+                "SELECT sum(input_rows) FROM stream_progress FINAL WHERE job = {j:String}",
+                {"j": job},
+            )
+            or 0
+        )
+
+    wait_for(lambda: progress_rows() == 40, 60, "the progress of every batch")
+    last = store.query_df(
+        "SELECT lag_messages, batch_duration_ms FROM stream_progress FINAL WHERE job = {j:String} "
+        "AND input_rows > 0 ORDER BY batch_id DESC LIMIT 1",
+        {"j": job},
+    )
+    assert last["lag_messages"][0] == 0 and last["batch_duration_ms"][0] > 0
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_available_now_drains_the_topic_and_returns(spark: SparkSession, settings, kafka) -> None:
+    from common import stack
+
+    tag = uuid.uuid4().hex[:8]
+    topic, job = f"runtime-now-{tag}", f"runtime-now-{tag}"
+    stack.ensure_topics(
+        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic}), 2
+    )
+    produce(kafka, topic, [encoded({**GOOD, "event_id": f"e{i}"}) for i in range(15)])
+    collected: list[DataFrame] = []
+
+    def keep(batch: DataFrame, batch_id: int) -> None:
+        collected.append(batch.select("event_id").toPandas())
+
+    raw = read_topic(spark, settings.model_copy(update={"max_offsets_per_trigger": 4}), topic, job)
+    valid, _ = parse_events(raw, INVENTORY_EVENT_SCHEMA, job=job)
+    query = start_query(
+        valid,
+        job=job,
+        query_name=f"{job}-q",
+        settings=settings,
+        sink=keep,
+        available_now=True,
+    )
+    run_queries(spark, [query], job=job, settings=settings)
+
+    ids = sorted(i for frame in collected for i in frame["event_id"])
+    assert ids == sorted(f"e{i}" for i in range(15))
+    assert len(collected) >= 4  # at most 4 offsets per batch, also when draining

@@ -1,0 +1,616 @@
+"""The sales job: hand-computed window metrics, anomalies and scoring on static frames, then the real
+thing on the real broker: duplicates, late events, exactly once across a SIGKILL, and alias swaps."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as sf
+from pyspark.testing import assertDataFrameEqual
+
+from streaming.sales import (
+    AnomalyRules,
+    detect_sales_anomalies,
+    sliding_window_metrics,
+    windowed_sales_metrics,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+EVENT_COLUMNS = (
+    "event_id string, event_time timestamp, transaction_id string, store_id string, "
+    "customer_id string, product_id string, category string, quantity int, unit_price double, "
+    "discount double, total_amount double, payment_method string, channel string, "
+    "on_promotion boolean"
+)
+METRIC_COLUMNS = (
+    "window_start timestamp, window_end timestamp, store_id string, revenue double, "
+    "transactions long, customers long, units long, line_items long, avg_basket double, "
+    "units_per_transaction double"
+)
+
+
+def at(day: dt.date, clock: str) -> dt.datetime:
+    """A UTC moment on ``day`` from 'HH:MM:SS[.fff]'."""
+    return dt.datetime.combine(day, dt.time.fromisoformat(clock), tzinfo=dt.UTC)
+
+
+def sale(
+    event_id: str,
+    moment: dt.datetime,
+    transaction_id: str,
+    store_id: str,
+    customer_id: str | None,
+    quantity: int,
+    total_amount: float,
+    product_id: str = "P1",
+) -> dict:
+    """One line item as the generator would send it."""
+    return {
+        "event_id": event_id,
+        "event_time": moment.isoformat().replace("+00:00", "Z"),
+        "transaction_id": transaction_id,
+        "store_id": store_id,
+        "customer_id": customer_id,
+        "product_id": product_id,
+        "category": "grocery",
+        "quantity": quantity,
+        "unit_price": round(total_amount / quantity, 4),
+        "discount": 0.0,
+        "total_amount": total_amount,
+        "payment_method": "card",
+        "channel": "store",
+        "on_promotion": False,
+    }
+
+
+def hand_events(day: dt.date, s1: str, s2: str) -> list[dict]:
+    """Six line items in two stores; the expected windows below are worked out by hand."""
+    return [
+        sale("e1", at(day, "10:00:10"), "t1", s1, "c1", 2, 10.00),
+        sale("e2", at(day, "10:00:40"), "t1", s1, "c1", 1, 5.50, "P2"),
+        sale("e3", at(day, "10:02:05"), "t2", s1, "c2", 3, 15.00),
+        sale("e4", at(day, "10:06:30"), "t3", s1, None, 1, 4.25),
+        sale("e5", at(day, "10:01:00"), "t4", s2, "c1", 4, 20.00, "P3"),
+        sale("e6", at(day, "10:01:59.999"), "t5", s2, "c3", 1, 5.00, "P3"),
+    ]
+
+
+def hand_windows(day: dt.date, s1: str, s2: str) -> list[tuple]:
+    """(window start, store, revenue, transactions, customers, units, line items), by hand."""
+    rows = [
+        ("09:56", s1, 15.50, 1, 1, 3, 2),
+        ("09:57", s1, 15.50, 1, 1, 3, 2),
+        ("09:58", s1, 30.50, 2, 2, 6, 3),
+        ("09:59", s1, 30.50, 2, 2, 6, 3),
+        ("10:00", s1, 30.50, 2, 2, 6, 3),
+        ("10:01", s1, 15.00, 1, 1, 3, 1),
+        ("10:02", s1, 19.25, 2, 1, 4, 2),  # e4 is anonymous: no customer
+        ("10:03", s1, 4.25, 1, 0, 1, 1),
+        ("10:04", s1, 4.25, 1, 0, 1, 1),
+        ("10:05", s1, 4.25, 1, 0, 1, 1),
+        ("10:06", s1, 4.25, 1, 0, 1, 1),
+        ("09:57", s2, 25.00, 2, 2, 5, 2),
+        ("09:58", s2, 25.00, 2, 2, 5, 2),
+        ("09:59", s2, 25.00, 2, 2, 5, 2),
+        ("10:00", s2, 25.00, 2, 2, 5, 2),
+        ("10:01", s2, 25.00, 2, 2, 5, 2),
+        ("09:56", "ALL", 15.50, 1, 1, 3, 2),
+        ("09:57", "ALL", 40.50, 3, 2, 8, 4),  # c1 shops in both stores: counted once
+        ("09:58", "ALL", 55.50, 4, 3, 11, 5),
+        ("09:59", "ALL", 55.50, 4, 3, 11, 5),
+        ("10:00", "ALL", 55.50, 4, 3, 11, 5),
+        ("10:01", "ALL", 40.00, 3, 3, 8, 3),
+        ("10:02", "ALL", 19.25, 2, 1, 4, 2),
+        ("10:03", "ALL", 4.25, 1, 0, 1, 1),
+        ("10:04", "ALL", 4.25, 1, 0, 1, 1),
+        ("10:05", "ALL", 4.25, 1, 0, 1, 1),
+        ("10:06", "ALL", 4.25, 1, 0, 1, 1),
+    ]
+    result = []
+    for start, store, revenue, transactions, customers, units, lines in rows:
+        window_start = at(day, f"{start}:00").replace(tzinfo=None)
+        result.append(
+            (
+                window_start,
+                window_start + dt.timedelta(minutes=5),
+                store,
+                revenue,
+                transactions,
+                customers,
+                units,
+                lines,
+                revenue / transactions,
+                units / transactions,
+            )
+        )
+    return result
+
+
+def events_frame(spark: SparkSession, events: list[dict]) -> DataFrame:
+    rows = [
+        {**e, "event_time": dt.datetime.fromisoformat(e["event_time"].replace("Z", "+00:00"))}
+        for e in events
+    ]
+    return spark.createDataFrame(pd.DataFrame(rows), EVENT_COLUMNS)
+
+
+@pytest.mark.spark
+def test_window_metrics_equal_hand_computed(spark: SparkSession) -> None:
+    day = dt.date(2026, 3, 2)
+    events = events_frame(spark, hand_events(day, "S1", "S2"))
+    expected = spark.createDataFrame(hand_windows(day, "S1", "S2"), METRIC_COLUMNS)
+
+    assertDataFrameEqual(windowed_sales_metrics(events), expected)
+    assertDataFrameEqual(sliding_window_metrics(events), expected)
+
+
+def baseline_metrics(
+    spark: SparkSession, day: dt.date, store: str, last_revenue: float, last_units: float
+) -> DataFrame:
+    """An hour of steady windows (revenue 100 +/- 4, units 10 +/- 1), then one judged window."""
+    start = at(day, "09:00:00").replace(tzinfo=None)
+    rows = [
+        (start + dt.timedelta(minutes=i), store, 100.0 + (i % 5 - 2) * 2, 10.0 + (i % 3 - 1))
+        for i in range(60)
+    ]
+    rows.append((start + dt.timedelta(minutes=60), store, last_revenue, last_units))
+    return spark.createDataFrame(
+        rows, "window_start timestamp, store_id string, revenue double, units double"
+    )
+
+
+@pytest.mark.spark
+def test_anomaly_needs_baseline_and_model_to_agree(spark: SparkSession) -> None:
+    day = dt.date(2026, 3, 3)
+    judged_end = at(day, "10:05:00").replace(tzinfo=None)
+    after = judged_end - dt.timedelta(minutes=1)
+    metrics = baseline_metrics(spark, day, "S1", last_revenue=400.0, last_units=40.0)
+    rules = AnomalyRules()
+
+    no_model = detect_sales_anomalies(metrics, after, judged_end, None, rules).collect()
+    assert {(r.metric, r.direction, r.severity) for r in no_model} == {
+        ("revenue", "above", "critical"),
+        ("units", "above", "critical"),
+    }
+    revenue = next(r for r in no_model if r.metric == "revenue")
+    assert revenue.expected == 100.0  # the median of the 56 baseline windows
+    assert revenue.baseline_mad == 2.0
+    assert revenue.score == pytest.approx((400.0 - 100.0) / max(2.0 * 1.4826, 5.0, 1.0))
+    assert revenue.model_expected is None and "rolling baseline only" in revenue.reason
+
+    # The model expected this surge (40 units in 5 minutes = 11520 a day): not an anomaly.
+    agrees = spark.createDataFrame(
+        [("S1", day, 11520.0, "demand_forecaster", "3")],
+        "store_id string, forecast_date date, expected_units_day double, model_name string, "
+        "model_version string",
+    )
+    assert detect_sales_anomalies(metrics, after, judged_end, agrees, rules).count() == 0
+
+    # The model expected the usual 10 units: both disagree with the observation.
+    usual = agrees.withColumn("expected_units_day", sf.lit(2880.0))
+    flagged = detect_sales_anomalies(metrics, after, judged_end, usual, rules).collect()
+    units = next(r for r in flagged if r.metric == "units")
+    assert units.model_expected == pytest.approx(10.0)
+    assert units.model_version == "3" and "300% above the expectation" in units.reason
+
+
+@pytest.mark.spark
+def test_a_quiet_window_and_a_store_going_silent_are_judged(spark: SparkSession) -> None:
+    day = dt.date(2026, 3, 4)
+    judged_end = at(day, "10:05:00").replace(tzinfo=None)
+    after = judged_end - dt.timedelta(minutes=1)
+    normal = baseline_metrics(spark, day, "S1", last_revenue=101.0, last_units=10.0)
+    assert detect_sales_anomalies(normal, after, judged_end).count() == 0
+
+    # S2 sells steadily, then has no window row at all in the judged minute: it counts as zero.
+    silent = baseline_metrics(spark, day, "S2", 0.0, 0.0).where(
+        sf.col("window_start") < at(day, "10:00:00").replace(tzinfo=None)
+    )
+    flagged = detect_sales_anomalies(normal.unionByName(silent), after, judged_end).collect()
+    assert {(r.store_id, r.metric, r.direction) for r in flagged} == {
+        ("S2", "revenue", "below"),
+        ("S2", "units", "below"),
+    }
+
+
+# --- On the real broker ----------------------------------------------------------------------
+
+
+def create_topic(settings, topic: str, partitions: int = 2) -> None:
+    """A fresh topic for one test, so that tests never read each other's records."""
+    from common import stack
+
+    stack.ensure_topics(
+        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic}), partitions
+    )
+
+
+def produce(bootstrap: str, topic: str, records: list[dict | bytes]) -> list[tuple[int, int]]:
+    """Send records (dicts as JSON, keyed store|product; bytes as they are); their (partition, offset)."""
+    from kafka import KafkaProducer
+
+    from common.schemas import event_key
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        futures = []
+        for record in records:
+            if isinstance(record, dict):
+                key = event_key(record.get("store_id", "?"), record.get("product_id", "?"))
+                futures.append(producer.send(topic, value=json.dumps(record).encode(), key=key))
+            else:
+                futures.append(producer.send(topic, value=record, key=b"poison"))
+        producer.flush()
+        return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
+    finally:
+        producer.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def drain(queries) -> None:
+    for query in queries:
+        query.processAllAvailable()
+
+
+def stop(queries) -> None:
+    for query in queries:
+        query.stop()
+
+
+def store_metrics(store, day: dt.date, tag: str) -> pd.DataFrame:
+    """The stored windows of the test's stores (ids ending in ``-tag``) and the overall row of
+    ``day`` (each test owns its own day)."""
+    return store.query_df(
+        "SELECT window_start, window_end, store_id, revenue, transactions, customers, units, "
+        "line_items, avg_basket, units_per_transaction FROM sales_metrics FINAL "
+        "WHERE toDate(window_end - 1) >= {day:Date} AND toDate(window_start) <= {day:Date} "
+        "AND (endsWith(store_id, {suffix:String}) OR store_id = 'ALL')",
+        {"day": day, "suffix": f"-{tag}"},
+    )
+
+
+def metrics_frame(spark: SparkSession, rows: pd.DataFrame) -> DataFrame:
+    rows = rows.assign(
+        window_start=pd.to_datetime(rows["window_start"]).dt.tz_localize(None),
+        window_end=pd.to_datetime(rows["window_end"]).dt.tz_localize(None),
+    )
+    for column in ("transactions", "customers", "units", "line_items"):
+        rows[column] = rows[column].astype("int64")
+    return spark.createDataFrame(rows, METRIC_COLUMNS)
+
+
+@pytest.fixture
+def sales_job(spark, settings, kafka, store) -> Iterator[Callable[..., list]]:
+    """Start the sales job in this process on a fresh topic; stops its queries afterwards."""
+    from streaming.sales import build_queries
+
+    started: list = []
+
+    def start(topic: str, **kwargs) -> list:
+        job = f"sales-test-{uuid.uuid4().hex[:8]}"
+        job_settings = settings.model_copy(update={"sales_topic": topic})
+        queries = build_queries(spark, job_settings, job=job, **kwargs)
+        started.extend(queries)
+        return queries
+
+    yield start
+    stop(started)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_stream_counts_duplicates_and_late_events_once(
+    spark, settings, kafka, store, sales_job
+) -> None:
+    day, tag = dt.date(2026, 3, 10), uuid.uuid4().hex[:6]
+    s1, s2 = f"S1-{tag}", f"S2-{tag}"
+    events = {e["event_id"]: e for e in hand_events(day, s1, s2)}
+    for event in events.values():
+        event["event_id"] = f"{event['event_id']}-{tag}"
+    e = {key: events[key] for key in events}
+    topic = f"sales-dup-{tag}"
+    create_topic(settings, topic)
+    queries = sales_job(topic)
+
+    # First batch: everything but e3, and e2 twice (a producer re-send).
+    produce(kafka, topic, [e["e1"], e["e2"], e["e2"], e["e4"], e["e5"], e["e6"]])
+    drain(queries)
+    # Second batch: e3 arrives twice, 4.5 minutes behind the newest event (within the 10-minute
+    # watermark: it counts, once), e1 again (dropped), and an event 26 minutes behind (beyond the
+    # watermark: dropped).
+    too_late = sale(f"e7-{tag}", at(day, "09:40:00"), "t9", s1, "c9", 9, 99.0)
+    produce(kafka, topic, [e["e3"], e["e3"], e["e1"], too_late])
+    drain(queries)
+
+    raw = store.query_df(
+        "SELECT event_id FROM sales_events WHERE endsWith(store_id, {s:String})", {"s": f"-{tag}"}
+    )
+    assert sorted(raw["event_id"]) == sorted(ev["event_id"] for ev in e.values())
+    expected = spark.createDataFrame(hand_windows(day, s1, s2), METRIC_COLUMNS)
+    assertDataFrameEqual(metrics_frame(spark, store_metrics(store, day, tag)), expected)
+    assert all(q.isActive for q in queries)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_poison_records_go_to_dead_letters_and_the_query_goes_on(
+    spark, settings, kafka, store, sales_job
+) -> None:
+    day, tag = dt.date(2026, 3, 11), uuid.uuid4().hex[:6]
+    shop = f"S-{tag}"
+    good = [
+        sale(f"g{i}-{tag}", at(day, f"12:0{i}:00"), f"t{i}", shop, "c1", 1, 2.0) for i in range(3)
+    ]
+    wrong_type = {**good[0], "event_id": f"w-{tag}", "quantity": "two"}
+    missing = {k: v for k, v in good[0].items() if k != "store_id"} | {"event_id": f"m-{tag}"}
+    negative = {**good[0], "event_id": f"n-{tag}", "quantity": -1}
+    poison = {
+        "malformed JSON": b'{"event_id": "x", "quantity": ',
+        "wrong type": wrong_type,
+        "missing required field(s): store_id": missing,
+        "payload is not valid UTF-8": b"\xff\xfe\x00binary",
+        "quantity must be > 0": negative,
+    }
+    topic = f"sales-poison-{tag}"
+    create_topic(settings, topic)
+    queries = sales_job(topic)
+
+    coordinates = produce(kafka, topic, [good[0], *poison.values(), good[1]])
+    drain(queries)
+
+    dead = store.query_df(
+        "SELECT kafka_partition, kafka_offset, error, payload_encoding, raw_payload "
+        "FROM dead_letters WHERE topic = {t:String} ORDER BY kafka_partition, kafka_offset",
+        {"t": topic},
+    )
+    poison_at = dict(zip(poison, coordinates[1:-1], strict=True))
+    assert sorted(zip(dead["kafka_partition"], dead["kafka_offset"], strict=True)) == sorted(
+        poison_at.values()
+    )
+    for expected_error, (partition, offset) in poison_at.items():
+        row = dead[(dead["kafka_partition"] == partition) & (dead["kafka_offset"] == offset)].iloc[
+            0
+        ]
+        assert expected_error.split(" ")[0] in row["error"], (expected_error, row["error"])
+    binary = dead[dead["payload_encoding"] == "base64"]
+    assert list(binary["raw_payload"]) == ["//4AYmluYXJ5"]
+    valid = store.scalar(
+        "SELECT count() FROM sales_events WHERE store_id = {s:String}", {"s": shop}
+    )
+    assert valid + len(dead) == len(coordinates)
+
+    produce(kafka, topic, [good[2]])  # the queries are still running
+    drain(queries)
+    assert all(q.isActive for q in queries)
+    assert (
+        store.scalar("SELECT count() FROM sales_events WHERE store_id = {s:String}", {"s": shop})
+        == 3
+    )
+
+
+def many_events(day: dt.date, tag: str, count: int) -> list[dict]:
+    """``count`` line items over 20 minutes of ``day`` in 4 stores (2-3 items per basket)."""
+    events = []
+    for i in range(count):
+        moment = at(day, "08:00:00") + dt.timedelta(seconds=i * 1200 / count)
+        basket = i // 3
+        events.append(
+            sale(
+                f"k{i}-{tag}",
+                moment,
+                f"t{basket}-{tag}",
+                f"S{basket % 4}-{tag}",
+                None if basket % 5 == 0 else f"c{basket % 17}",
+                1 + i % 4,
+                round(1.25 + (i % 13) * 0.75, 2),
+                f"P{i % 9}",
+            )
+        )
+    return events
+
+
+def start_job_process(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    """`python -m streaming sales` in its own process group (so its JVM can be killed with it)."""
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streaming", "sales", *args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_sigkill_and_restart_write_every_event_exactly_once(
+    spark, settings, services, store, tmp_path
+) -> None:
+    day, tag = dt.date(2026, 3, 12), uuid.uuid4().hex[:6]
+    topic = f"sales-crash-{tag}"
+    create_topic(settings, topic)
+    events = many_events(day, tag, 600)
+    produce(settings.kafka_bootstrap_servers, topic, events)
+    env = {
+        **os.environ,
+        "SALES_TOPIC": topic,
+        "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+        "MAX_OFFSETS_PER_TRIGGER": "100",
+    }
+    log_path = tmp_path / "job.log"
+
+    def stored() -> int:
+        return int(
+            store.scalar(
+                "SELECT count() FROM sales_events WHERE endsWith(store_id, {s:String})",
+                {"s": f"-{tag}"},
+            )
+        )
+
+    first = start_job_process(env, log_path)
+    try:
+        wait_for(lambda: stored() >= 200, 240, "the first batches")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    assert stored() < len(events), "the job finished before it could be killed"
+
+    second = start_job_process(env, log_path)
+    try:
+        wait_for(lambda: stored() >= len(events), 300, "the restarted job to catch up")
+    finally:
+        second.send_signal(signal.SIGTERM)  # to the driver: the running batch completes first
+        try:
+            second.wait(120)
+        finally:
+            os.killpg(second.pid, signal.SIGKILL) if second.poll() is None else None
+    assert second.returncode == 0, log_path.read_text()[-3000:]
+    assert "stop requested (SIGTERM)" in log_path.read_text()
+
+    counts = store.query_df(
+        "SELECT count() AS rows, uniqExact(event_id) AS ids FROM sales_events "
+        "WHERE endsWith(store_id, {s:String})",
+        {"s": f"-{tag}"},
+    )
+    assert (counts["rows"][0], counts["ids"][0]) == (len(events), len(events))
+    stored_events = store.query_df(
+        "SELECT * EXCEPT (source, ingested_at) FROM sales_events "
+        "WHERE endsWith(store_id, {s:String})",
+        {"s": f"-{tag}"},
+    )
+    stored_events["event_time"] = stored_events["event_time"].dt.tz_localize(None)
+    stored_events["on_promotion"] = stored_events["on_promotion"].astype(bool)
+    recomputed = windowed_sales_metrics(spark.createDataFrame(stored_events, EVENT_COLUMNS))
+    assertDataFrameEqual(metrics_frame(spark, store_metrics(store, day, tag)), recomputed)
+
+
+def toy_pipeline(spark: SparkSession, slope: float, feature: str = "signal"):
+    """A fitted Spark ML pipeline predicting ``slope * feature``."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.ml.regression import LinearRegression
+
+    data = spark.createDataFrame(
+        [(x, slope * x) for x in (1.0, 2.0, 3.0)], f"{feature} double, label double"
+    )
+    stages = [VectorAssembler(inputCols=[feature], outputCol="features"), LinearRegression()]
+    return Pipeline(stages=stages).fit(data)
+
+
+def register(model, name: str) -> str:
+    import mlflow
+    import mlflow.spark
+
+    with mlflow.start_run():
+        info = mlflow.spark.log_model(
+            model, "model", registered_model_name=name, pip_requirements=[]
+        )
+    return str(info.registered_model_version)
+
+
+def toy_features(spark: SparkSession, store, keys: DataFrame, day: dt.date) -> DataFrame:
+    """The toy models' input: the keys, the day and signal = 10."""
+    return keys.select(
+        "store_id", "product_id", sf.lit(day).alias("date"), sf.lit(10.0).alias("signal")
+    )
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_used(
+    spark, settings, services, store, sales_job
+) -> None:
+    from mlflow import MlflowClient
+
+    from common.models import ChampionModel, check_transform
+
+    day, tag = dt.date(2026, 3, 13), uuid.uuid4().hex[:6]
+    name = f"test_demand_{tag}"
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    v1 = register(toy_pipeline(spark, 1.0), name)
+    v2 = register(toy_pipeline(spark, 2.0), name)
+    broken = register(toy_pipeline(spark, 3.0, feature="missing_feature"), name)
+    client.set_registered_model_alias(name, "champion", v1)
+    empty_features = toy_features(
+        spark, store, spark.createDataFrame([], "store_id string, product_id string"), day
+    )
+    champion = ChampionModel(
+        name, job="sales-test", store=store, probe=check_transform(empty_features)
+    )
+    topic = f"sales-alias-{tag}"
+    create_topic(settings, topic)
+    queries = sales_job(topic, champion=champion, feature_builder=toy_features)
+    shop = f"S-{tag}"
+
+    def send(batch: int, products: list[str]) -> None:
+        produce(
+            kafka_servers,
+            topic,
+            [
+                sale(
+                    f"a{batch}-{p}-{tag}",
+                    at(day, f"09:0{batch}:00"),
+                    f"t{batch}",
+                    shop,
+                    "c",
+                    1,
+                    1.0,
+                    p,
+                )
+                for p in products
+            ],
+        )
+        drain(queries)
+
+    kafka_servers = settings.kafka_bootstrap_servers
+    send(1, ["P1", "P2"])
+    client.set_registered_model_alias(name, "champion", v2)
+    send(2, ["P1", "P2"])  # the same pairs again: scored again by the new version
+    client.set_registered_model_alias(name, "champion", broken)
+    send(3, ["P3"])  # a new pair: still scored, by the last good version
+
+    scores = store.query_df(
+        "SELECT batch_id, product_id, model_version, predicted_units FROM demand_scores "
+        "WHERE store_id = {s:String} ORDER BY batch_id, product_id",
+        {"s": shop},
+    )
+    assert scores.groupby("batch_id")["model_version"].nunique().max() == 1  # never mixed
+    assert sorted(
+        zip(
+            scores["product_id"],
+            scores["model_version"],
+            scores["predicted_units"].round(6),
+            strict=True,
+        )
+    ) == sorted(
+        [("P1", v1, 10.0), ("P2", v1, 10.0), ("P1", v2, 20.0), ("P2", v2, 20.0), ("P3", v2, 20.0)]
+    )
+    failed = store.query_df(
+        "SELECT model_version, detail FROM model_events WHERE model_name = {n:String} "
+        "AND event_type = 'load_failed'",
+        {"n": name},
+    )
+    assert list(failed["model_version"]) == [broken]
+    assert (
+        "missing_feature" in failed["detail"][0] and f"keeping version {v2}" in failed["detail"][0]
+    )
