@@ -67,3 +67,6 @@ bench-full: setup
 
 serve: setup
 	$(RETAIL) serve
+
+chaos: setup ## the chaos table: faults, events, lost, duplicated
+	$(VENV)/bin/python -m benchmarks.chaos

@@ -152,23 +152,58 @@ def _on_run_dates(frame: DataFrame, run_dates: DataFrame) -> DataFrame:
     return frame.join(F.broadcast(run_dates), ["date"], "left_semi")
 
 
+def trailing_sums(
+    frame: DataFrame,
+    keys: list[str],
+    run_dates: DataFrame,
+    sums: dict[str, tuple[str, int, int]],
+) -> DataFrame:
+    """Per run day and key: ``sums`` of a daily frame over day windows ending that day.
+
+    ``sums`` maps an output column to (input column, first day, last day), days counted back
+    from the run day: ``("units", -6, 0)`` is the week ending the run day. Each key gets one probe
+    row per run day, so that a day without a row of its own still gets its windows; the windows
+    are range frames over the day number, one sort per key. Rows whose windows hold no data at
+    all are dropped.
+    """
+    probes = run_dates.crossJoin(frame.select(*keys).distinct()).withColumn("is_probe", F.lit(True))
+    stacked = frame.withColumn("is_probe", F.lit(False)).unionByName(
+        probes, allowMissingColumns=True
+    )
+    by_day = Window.partitionBy(*keys).orderBy(F.unix_date("date"))
+    columns = [
+        F.sum(column).over(by_day.rangeBetween(first, last)).alias(name)
+        for name, (column, first, last) in sums.items()
+    ]
+    windowed = stacked.select("date", *keys, "is_probe", *columns).where("is_probe")
+    has_data = None
+    for name in sums:
+        present = F.col(name).isNotNull()
+        has_data = present if has_data is None else has_data | present
+    return windowed.where(has_data).drop("is_probe")
+
+
 def _sales_window(sales_grain: DataFrame, run_dates: DataFrame) -> DataFrame:
     """Per run day, store and product: the day's sales and the units of the supply window."""
-    window = run_dates.select(F.col("date").alias("run_date"))
-    age = F.datediff(window["run_date"], sales_grain["date"])
-    today = F.col("age_days") == 0
-    return (
-        sales_grain.join(F.broadcast(window), (age >= 0) & (age < SUPPLY_WINDOW_DAYS))
-        .withColumn("age_days", F.datediff("run_date", "date"))
-        .select(
-            F.col("run_date").alias("date"),
-            *_PAIR,
-            F.when(today, F.col("category")).alias("sales_category"),
-            F.when(today, F.col("units")).alias("units"),
-            F.when(today, F.col("revenue")).alias("revenue"),
-            F.col("units").alias("window_units"),
-        )
+    daily = sales_grain.groupBy(*_DAY_PAIR).agg(
+        F.sum("units").alias("units"), F.sum("revenue").alias("revenue")
     )
+    windows = trailing_sums(
+        daily,
+        _PAIR,
+        run_dates,
+        {
+            "units": ("units", 0, 0),
+            "revenue": ("revenue", 0, 0),
+            "window_units": ("units", -(SUPPLY_WINDOW_DAYS - 1), 0),
+        },
+    )
+    categories = (
+        _on_run_dates(sales_grain, run_dates)
+        .groupBy(*_DAY_PAIR)
+        .agg(F.first("category").alias("sales_category"))
+    )
+    return windows.join(categories, _DAY_PAIR, "left")
 
 
 def product_day_facts(

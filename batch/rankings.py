@@ -7,74 +7,79 @@ A product is ranked in a scope (a store, or ``ALL`` stores) when it sold there i
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from batch.kpis import ALL, UNKNOWN_CATEGORY
+from batch.kpis import ALL, UNKNOWN_CATEGORY, trailing_sums
 
 WEEK_DAYS = 7
 RANKING_METRICS = {"revenue": "revenue", "margin": "gross_margin", "growth": "growth"}
 
 
-def _two_weeks(sales_grain: DataFrame, run_dates: DataFrame) -> DataFrame:
-    """Each run day joined to its sales rows of the 14 days ending that day."""
-    window = run_dates.select(F.col("date").alias("run_date"))
-    age = F.datediff(window["run_date"], sales_grain["date"])
-    return sales_grain.join(F.broadcast(window), (age >= 0) & (age < 2 * WEEK_DAYS)).withColumn(
-        "age_days", F.datediff("run_date", "date")
-    )
-
-
-def _window_sums() -> list[Column]:
+def _with_margin(sales_grain: DataFrame, products: DataFrame) -> DataFrame:
     cost = F.coalesce(F.col("unit_cost"), F.lit(0.0))
-    today = F.col("age_days") == 0
-    return [
-        F.sum(F.when(today, F.col("revenue")).otherwise(0.0)).alias("revenue"),
-        F.sum(F.when(today, F.col("units")).otherwise(0)).alias("units"),
-        F.sum(F.when(today, F.col("revenue") - F.col("units") * cost).otherwise(0.0)).alias(
-            "gross_margin"
-        ),
-        F.sum(F.when(F.col("age_days") < WEEK_DAYS, F.col("revenue")).otherwise(0.0)).alias(
-            "revenue_7d"
-        ),
-        F.sum(F.when(F.col("age_days") >= WEEK_DAYS, F.col("revenue")).otherwise(0.0)).alias(
-            "revenue_prev_7d"
-        ),
-    ]
+    return sales_grain.join(
+        F.broadcast(products.select("product_id", "unit_cost")), ["product_id"], "left"
+    ).withColumn("gross_margin", F.col("revenue") - F.col("units") * cost)
+
+
+def _weekly(daily: DataFrame, keys: list[str], run_dates: DataFrame) -> DataFrame:
+    """The run day's revenue, units and margin, and the revenue of the week ending the run day
+    and of the week before, for the keys that sold in those two weeks."""
+    windows = trailing_sums(
+        daily,
+        keys,
+        run_dates,
+        {
+            "revenue": ("revenue", 0, 0),
+            "units": ("units", 0, 0),
+            "gross_margin": ("gross_margin", 0, 0),
+            "revenue_7d": ("revenue", -(WEEK_DAYS - 1), 0),
+            "revenue_prev_7d": ("revenue", -(2 * WEEK_DAYS - 1), -WEEK_DAYS),
+        },
+    )
+    return windows.fillna(
+        0, subset=["revenue", "units", "gross_margin", "revenue_7d", "revenue_prev_7d"]
+    )
 
 
 def product_performance(
     sales_grain: DataFrame, products: DataFrame, run_dates: DataFrame
 ) -> DataFrame:
     """Revenue, margin and growth per run day, scope (store or ALL) and product."""
-    rows = _two_weeks(sales_grain, run_dates).join(
-        F.broadcast(products.select("product_id", "unit_cost")), ["product_id"], "left"
-    )
-    performance = (
-        rows.withColumn("scope", F.explode(F.array(F.col("store_id"), F.lit(ALL))))
-        .groupBy("run_date", "scope", "product_id")
-        .agg(*_window_sums())
-        .withColumnRenamed("scope", "store_id")
+    daily = (
+        _with_margin(sales_grain, products)
+        .withColumn("scope", F.explode(F.array(F.col("store_id"), F.lit(ALL))))
+        .groupBy("date", "scope", "product_id")
+        .agg(
+            F.sum("revenue").alias("revenue"),
+            F.sum("units").alias("units"),
+            F.sum("gross_margin").alias("gross_margin"),
+        )
     )
     growth = F.when(
         F.col("revenue_prev_7d") > 0, F.col("revenue_7d") / F.col("revenue_prev_7d") - 1
     )
-    return performance.join(
-        F.broadcast(products.select("product_id", "product_name", "category")),
-        ["product_id"],
-        "left",
-    ).select(
-        F.col("run_date").alias("date"),
-        "store_id",
-        "product_id",
-        F.coalesce("product_name", "product_id").alias("product_name"),
-        F.coalesce("category", F.lit(UNKNOWN_CATEGORY)).alias("category"),
-        "revenue",
-        "units",
-        "gross_margin",
-        "revenue_7d",
-        "revenue_prev_7d",
-        growth.alias("growth"),
+    return (
+        _weekly(daily, ["scope", "product_id"], run_dates)
+        .join(
+            F.broadcast(products.select("product_id", "product_name", "category")),
+            ["product_id"],
+            "left",
+        )
+        .select(
+            "date",
+            F.col("scope").alias("store_id"),
+            "product_id",
+            F.coalesce("product_name", "product_id").alias("product_name"),
+            F.coalesce("category", F.lit(UNKNOWN_CATEGORY)).alias("category"),
+            "revenue",
+            "units",
+            "gross_margin",
+            "revenue_7d",
+            "revenue_prev_7d",
+            growth.alias("growth"),
+        )
     )
 
 
@@ -129,18 +134,24 @@ def rank_stores(
 ) -> DataFrame:
     """Stores ranked per day by their trailing 7-day revenue, with the week-over-week change
     and the rank they held on the previous week's revenue."""
-    rows = _two_weeks(sales_grain, run_dates).join(
-        F.broadcast(products.select("product_id", "unit_cost")), ["product_id"], "left"
+    daily = (
+        _with_margin(sales_grain, products)
+        .groupBy("date", "store_id")
+        .agg(
+            F.sum("revenue").alias("revenue"),
+            F.sum("units").alias("units"),
+            F.sum("gross_margin").alias("gross_margin"),
+        )
     )
-    per_store = rows.groupBy("run_date", "store_id").agg(*_window_sums())
-    this_week = Window.partitionBy("run_date").orderBy(F.desc("revenue_7d"), "store_id")
-    last_week = Window.partitionBy("run_date").orderBy(F.desc("revenue_prev_7d"), "store_id")
+    per_store = _weekly(daily, ["store_id"], run_dates)
+    this_week = Window.partitionBy("date").orderBy(F.desc("revenue_7d"), "store_id")
+    last_week = Window.partitionBy("date").orderBy(F.desc("revenue_prev_7d"), "store_id")
     had_last_week = F.col("revenue_prev_7d") > 0
     ranked = per_store.withColumn("rank", F.row_number().over(this_week)).withColumn(
         "rank_prev_week", F.when(had_last_week, F.row_number().over(last_week))
     )
     return ranked.join(F.broadcast(stores), ["store_id"], "left").select(
-        F.col("run_date").alias("date"),
+        "date",
         "store_id",
         F.coalesce("store_name", "store_id").alias("store_name"),
         F.coalesce("region", F.lit(UNKNOWN_CATEGORY)).alias("region"),

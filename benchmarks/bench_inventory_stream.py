@@ -159,8 +159,8 @@ def measure_throughput(spark: Any, settings: Any) -> tuple[float, int]:
         available_now=True,
         query_names=(f"{name}_changes", f"{name}_dead"),
     )
-    run_queries(spark, queries, job=JOB, settings=settings)
-    progress = queries[0].recentProgress
+    ended = run_queries(spark, queries, job=JOB, settings=settings)
+    progress = ended[0].recentProgress
     rows = sum(p.numInputRows for p in progress)
     seconds = sum(p.durationMs.get("triggerExecution", 0) for p in progress) / 1000
     return rows / seconds, rows

@@ -196,7 +196,11 @@ def measure_latency(
     """Run the job while sending at ``rate``; per-event seconds from event_time to ingested_at."""
     queries = _job(spark, settings, model_name, available_now=False)
     try:
-        for query in queries:  # the first batch (plan, state, JVM warm-up) before the clock starts
+        # A first batch (planning, state, scoring, JVM warm-up) before the clock starts.
+        send_at_rate(
+            settings.kafka_bootstrap_servers, settings.sales_topic, rate, 0.2, f"warm{prefix}"
+        )
+        for query in queries:
             query.processAllAvailable()
         sent = send_at_rate(
             settings.kafka_bootstrap_servers, settings.sales_topic, rate, seconds, prefix

@@ -614,7 +614,7 @@ def _toy_pipeline(spark: Any, slope: float, feature: str = "signal") -> Any:
     return Pipeline(stages=stages).fit(data)
 
 
-def _register(name: str, model: Any = None) -> tuple[str, str]:
+def _register(name: str, model: Any = None) -> tuple[str, str, str]:
     """Log ``model`` (a Spark model, or a constant pyfunc when None) and register it under
     ``name``; its version and the logged model's id."""
     import mlflow
@@ -637,14 +637,15 @@ def _register(name: str, model: Any = None) -> tuple[str, str]:
             info = mlflow.spark.log_model(
                 model, "model", registered_model_name=name, pip_requirements=[]
             )
-    return str(info.registered_model_version), info.model_id
+    return str(info.registered_model_version), info.model_id, info.run_id
 
 
-def _delete_model_files(settings: Settings, model_id: str) -> int:
-    """Delete a logged model's files from the local MLflow server's artifact store."""
+def _delete_model_files(settings: Settings, model_id: str, run_id: str) -> int:
+    """Delete a logged model's files (and its run's copy) from the local MLflow server's store."""
     import shutil
 
-    folders = list((settings.data_root / "mlflow" / "artifacts").glob(f"*/models/{model_id}"))
+    artifacts = settings.data_root / "mlflow" / "artifacts"
+    folders = [*artifacts.glob(f"*/models/{model_id}"), *artifacts.glob(f"*/{run_id}")]
     for folder in folders:
         shutil.rmtree(folder)
     return len(folders)
@@ -667,11 +668,11 @@ def broken_model(stack: Stack, sizes: Sizes) -> ChaosResult:
     name = f"chaos_model_{uuid.uuid4().hex[:8]}"
     client = MlflowClient(settings.mlflow_tracking_uri)
     batch = stack.spark.createDataFrame([(1.0,), (2.0,)], "signal double")
-    good, _ = _register(name, _toy_pipeline(stack.spark, 2.0))
-    files_gone, gone_id = _register(name, _toy_pipeline(stack.spark, 5.0))
-    deleted = _delete_model_files(stack.settings, gone_id)
-    wrong_inputs, _ = _register(name, _toy_pipeline(stack.spark, 3.0, feature="other"))
-    not_spark, _ = _register(name)
+    good, *_ = _register(name, _toy_pipeline(stack.spark, 2.0))
+    files_gone, gone_model, gone_run = _register(name, _toy_pipeline(stack.spark, 5.0))
+    deleted = _delete_model_files(stack.settings, gone_model, gone_run)
+    wrong_inputs, *_ = _register(name, _toy_pipeline(stack.spark, 3.0, feature="other"))
+    not_spark, *_ = _register(name)
     store = open_store(settings)
     champion = ChampionModel(
         name, job="chaos", store=store, settings=settings, probe=check_transform(batch.limit(0))
@@ -727,7 +728,8 @@ def quality_failure(stack: Stack, sizes: Sizes, seed: int = 61) -> ChaosResult:
     from common.store import open_store
     from generator.backfill import backfill
 
-    settings = scenario_settings(stack, "quality")
+    # the tiny world's last sale of a day can be hours before midnight: a looser freshness rule
+    settings = scenario_settings(stack, "quality", batch_freshness_hours=12.0)
     store = open_store(settings)
     backfill(store, days=21, seed=seed, n_stores=2, n_products=6, n_customers=30, prefix="q-")
     good_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)

@@ -23,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from common.settings import Settings, get_settings
 from serving.advice import compute_reorder_advice
+from serving.registry import ChampionInfo
 from serving.schemas import (
     Alert,
     Alerts,
@@ -37,11 +38,13 @@ from serving.schemas import (
     Severity,
     StoreStatus,
 )
+from serving.scoring import ScoredDay
 from serving.snapshot import ForecastDay, ServingData
 from serving.state import ServingState
 
 log = logging.getLogger(__name__)
 
+MAX_DAYS_BACK = 366
 SEVERITY_RANK = {s.value: rank for rank, s in enumerate(Severity)}
 ERRORS = {404: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}}
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the server sets one")
@@ -137,7 +140,7 @@ async def ready(state: State) -> JSONResponse:
         ),
         registry_reachable=all(c.status in ("ok", "no_champion") for c in champions),
         champions=champions,
-        forecast_rows_by_version=data.forecast_versions(),
+        forecast_rows_by_version=data.forecast_versions,
         forecast_refresh=dict(state.forecast_refresh),
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if state.ready else 503)
@@ -191,6 +194,12 @@ async def answer_forecast(
     start = start or origin
     last_allowed = origin + dt.timedelta(days=limit - 1)
     dates = [start + dt.timedelta(days=i) for i in range(horizon)]
+    if start < origin - dt.timedelta(days=MAX_DAYS_BACK):
+        raise invalid(
+            "query", "start",
+            f"{start} is more than {MAX_DAYS_BACK} days before the forecast origin {origin}",
+            start,
+        )  # fmt: skip
     if dates[-1] > last_allowed:
         raise invalid(
             "query", "start",
@@ -238,7 +247,13 @@ def _origin(stored: dict[dt.date, ForecastDay]) -> dt.date | None:
     return max(firsts) if firsts else (min(stored) if stored else None)
 
 
-def _point(index: int, date: dt.date, stored, scored, champion) -> ForecastPoint:
+def _point(
+    index: int,
+    date: dt.date,
+    stored: ForecastDay | None,
+    scored: ScoredDay | None,
+    champion: ChampionInfo | None,
+) -> ForecastPoint:
     if stored is not None:
         return ForecastPoint(
             date=date, horizon_day=index, predicted_units=stored.predicted_units,

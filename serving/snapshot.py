@@ -1,11 +1,13 @@
 """What the API answers from: the store's serving tables, held in memory and re-read on change.
 
 A request never waits for the store (the embedded store opens and closes its directory under a
-lock for every operation, 30-300 ms). A background loop asks the store one cheap question per
-cycle, a fingerprint of each table's active parts (``system.parts``), and re-reads only the tables
-whose parts changed since the last read: an insert or a merge makes a new part. Every table is
-read with ``FINAL`` (the serving tables are ReplacingMergeTrees), so a newer forecast of a day
-replaces the older one whatever model version wrote it.
+lock for every operation, 30-300 ms). The store reader (:mod:`serving.reader`) asks the store one
+cheap question per cycle, a fingerprint of each table's active parts (``system.parts``), and
+re-reads only the tables whose parts changed since the last read (an insert or a merge makes a
+new part): :func:`read_changed_frames`. The API folds what it sends into a new immutable
+:class:`ServingData`: :func:`apply_read`. Every table is read with ``FINAL`` (the serving tables
+are ReplacingMergeTrees), so a newer forecast of a day replaces the older one whatever model
+version wrote it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -110,7 +113,8 @@ class StockLevel:
 
 @dataclass(frozen=True)
 class ServingData:
-    """Everything the API answers from, as of ``read_at`` per table; replaced, never mutated."""
+    """Everything the API answers from, as of ``read_at`` per table; replaced, never mutated
+    (so the derived sets below are computed once per snapshot, on first use)."""
 
     forecasts: Mapping[Key, Mapping[dt.date, ForecastDay]] = field(default_factory=dict)
     stores: frozenset[str] = frozenset()
@@ -124,18 +128,18 @@ class ServingData:
     table_errors: Mapping[str, str] = field(default_factory=dict)
     checked_at: dt.datetime | None = None
 
-    @property
+    @cached_property
     def known_stores(self) -> frozenset[str]:
         """Stores in the catalog, or seen in the forecasts or the stock levels."""
         return self.stores | {k[0] for k in self.forecasts} | {k[0] for k in self.stock_levels}
 
-    @property
+    @cached_property
     def known_products(self) -> frozenset[str]:
         """Products in the catalog, or seen in the forecasts or the stock levels."""
         seen = {k[1] for k in self.forecasts} | {k[1] for k in self.stock_levels}
         return frozenset(self.products) | seen
 
-    @property
+    @cached_property
     def forecast_origin(self) -> dt.date | None:
         """The first forecast day of the latest precomputation (its horizon day 1)."""
         firsts = [
@@ -143,6 +147,7 @@ class ServingData:
         ]
         return max(firsts) if firsts else None
 
+    @cached_property
     def forecast_versions(self) -> dict[str, int]:
         """Rows per model version among the precomputed forecasts."""
         counts: dict[str, int] = {}

@@ -135,7 +135,7 @@ class ServingState:
         running = self._refresh_thread is not None and self._refresh_thread.is_alive()
         if not self.settings.serving_refresh_forecasts or champion is None or running:
             return
-        if not self.ready or champion.version in self.data.forecast_versions():
+        if not self.ready or champion.version in self.data.forecast_versions:
             return
         now = time.monotonic()
         wait = self.settings.serving_refresh_after_s

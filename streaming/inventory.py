@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
@@ -53,7 +54,6 @@ from pyspark.sql.types import (
     StringType,
     StructField,
     StructType,
-    TimestampType,
 )
 
 from common.models import ChampionModel, LoadedModel
@@ -119,48 +119,95 @@ THRESHOLD_SCHEMA = StructType(
     ]
 )
 
-# Everything the state function emits, one row per event, level, alert version or alert change.
+# The state function emits one row per event, level, alert version or alert change: its kind, key
+# and the record's fields as JSON (times in epoch milliseconds). Four columns keep the Arrow
+# round trip per key cheap; the JVM parses each kind with its own schema below.
 CHANGES_SCHEMA = StructType(
     [
         StructField("kind", StringType(), False),
         StructField("store_id", StringType(), False),
         StructField("product_id", StringType(), False),
-        StructField("event_id", StringType(), True),
-        StructField("event_time", TimestampType(), True),
-        StructField("event_type", StringType(), True),
-        StructField("quantity_change", IntegerType(), True),
-        StructField("stock_level", IntegerType(), True),
-        StructField("reorder_point", IntegerType(), True),
-        StructField("lead_time_days", DoubleType(), True),
-        StructField("unit_cost", DoubleType(), True),
-        StructField("disposition", StringType(), True),
-        StructField("effective_reorder_point", DoubleType(), True),
-        StructField("demand_per_hour", DoubleType(), True),
-        StructField("eta_hours", DoubleType(), True),
-        StructField("threshold_source", StringType(), True),
-        StructField("model_name", StringType(), True),
-        StructField("model_version", StringType(), True),
-        StructField("alert_id", StringType(), True),
-        StructField("alert_type", StringType(), True),
-        StructField("severity", StringType(), True),
-        StructField("peak_severity", StringType(), True),
-        StructField("status", StringType(), True),
-        StructField("change", StringType(), True),
-        StructField("from_severity", StringType(), True),
-        StructField("opened_at", TimestampType(), True),
-        StructField("resolved_at", TimestampType(), True),
-        StructField("updated_at", TimestampType(), True),
-        StructField("reason", StringType(), True),
-        StructField("threshold", DoubleType(), True),
-        StructField("stockout_eta", TimestampType(), True),
-        StructField("opened_event_id", StringType(), True),
-        StructField("revision", IntegerType(), True),
-        StructField("detected_at", TimestampType(), True),
+        StructField("payload", StringType(), False),
     ]
 )
 STATE_SCHEMA = StructType([StructField("state_json", StringType(), False)])
 
-_CHANGE_COLUMNS = tuple(f.name for f in CHANGES_SCHEMA.fields)
+
+def _fields(*fields: tuple[str, Any]) -> StructType:
+    return StructType([StructField(name, kind, True) for name, kind in fields])
+
+
+_TEXT, _INT, _LONG, _REAL = StringType(), IntegerType(), LongType(), DoubleType()
+_TIME_FIELDS = frozenset(
+    {"event_time", "detected_at", "updated_at", "opened_at", "resolved_at", "stockout_eta"}
+)
+EVENT_FIELDS = _fields(
+    ("event_id", _TEXT),
+    ("event_time", _LONG),
+    ("event_type", _TEXT),
+    ("quantity_change", _INT),
+    ("stock_level", _INT),
+    ("reorder_point", _INT),
+    ("lead_time_days", _REAL),
+    ("unit_cost", _REAL),
+    ("disposition", _TEXT),
+    ("detected_at", _LONG),
+)
+LEVEL_FIELDS = _fields(
+    ("stock_level", _INT),
+    ("event_time", _LONG),
+    ("reorder_point", _INT),
+    ("lead_time_days", _REAL),
+    ("unit_cost", _REAL),
+    ("effective_reorder_point", _REAL),
+    ("demand_per_hour", _REAL),
+    ("eta_hours", _REAL),
+    ("threshold_source", _TEXT),
+    ("model_name", _TEXT),
+    ("model_version", _TEXT),
+    ("last_event_id", _TEXT),
+    ("last_event_type", _TEXT),
+    ("updated_at", _LONG),
+)
+ALERT_FIELDS = _fields(
+    ("alert_id", _TEXT),
+    ("alert_type", _TEXT),
+    ("severity", _TEXT),
+    ("peak_severity", _TEXT),
+    ("status", _TEXT),
+    ("opened_at", _LONG),
+    ("updated_at", _LONG),
+    ("resolved_at", _LONG),
+    ("reason", _TEXT),
+    ("stock_level", _INT),
+    ("reorder_point", _REAL),
+    ("threshold", _REAL),
+    ("eta_hours", _REAL),
+    ("stockout_eta", _LONG),
+    ("model_name", _TEXT),
+    ("model_version", _TEXT),
+    ("opened_event_id", _TEXT),
+    ("last_event_id", _TEXT),
+    ("revision", _INT),
+    ("detected_at", _LONG),
+)
+CHANGE_FIELDS = _fields(
+    ("alert_id", _TEXT),
+    ("alert_type", _TEXT),
+    ("change", _TEXT),
+    ("from_severity", _TEXT),
+    ("to_severity", _TEXT),
+    ("event_id", _TEXT),
+    ("event_time", _LONG),
+    ("stock_level", _INT),
+    ("reorder_point", _REAL),
+    ("eta_hours", _REAL),
+    ("model_name", _TEXT),
+    ("model_version", _TEXT),
+    ("reason", _TEXT),
+    ("detected_at", _LONG),
+)
+
 _INPUT_COLUMNS = (
     *[f.name for f in INVENTORY_EVENT_SCHEMA.fields],
     "kafka_partition",
@@ -381,10 +428,6 @@ def _ms(value: pd.Timestamp) -> int:
     return value.value // 1_000_000
 
 
-def _timestamp(ms: int | None) -> pd.Timestamp | None:
-    return None if ms is None else pd.Timestamp(ms, unit="ms")
-
-
 def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -428,15 +471,16 @@ def track_key(
     state: StockState | None,
     events: pd.DataFrame,
     rules: InventoryRules,
-    detected_at: pd.Timestamp,
+    detected_at: int,
 ) -> tuple[StockState | None, pd.DataFrame]:
     """Run one key's events (one micro-batch) through its state; the new state and output rows.
 
-    Output rows (CHANGES_SCHEMA): one ``event`` row per event (disposition applied or late), one
-    ``level`` row with the latest level when an event was applied, the latest version of every
-    alert an event touched (``alert``) and every alert lifecycle change (``alert_change``).
+    Output rows (CHANGES_SCHEMA, ``detected_at`` = epoch ms of the call): one ``event`` row per
+    event (disposition applied or late), one ``level`` row with the latest level when an event
+    was applied, the latest version of every alert an event touched (``alert``) and every alert
+    lifecycle change (``alert_change``).
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple] = []
     versions: dict[str, Alert] = {}
     applied = False
     for event in arrival_order(events):
@@ -448,7 +492,7 @@ def track_key(
             continue
         state = _apply(state, event, time_ms, sold, rules)
         applied = True
-        rows.append(_event_row(event, APPLIED, detected_at, state))
+        rows.append(_event_row(event, APPLIED, detected_at))
         snapshot = StockSnapshot(
             stock_level=state.stock_level,
             reorder_point=state.effective_reorder_point,
@@ -541,123 +585,119 @@ def _forget_old_sales(state: StockState, rules: InventoryRules) -> None:
     state.sold_by_minute = {m: u for m, u in state.sold_by_minute.items() if m >= first}
 
 
-def _event_row(
-    event: Any, disposition: str, detected_at: pd.Timestamp, state: StockState | None = None
-) -> dict[str, Any]:
-    row = {
-        "kind": KIND_EVENT,
-        "store_id": event.store_id,
-        "product_id": event.product_id,
-        "event_id": event.event_id,
-        "event_time": event.event_time,
-        "event_type": event.event_type,
-        "quantity_change": int(event.quantity_change),
-        "stock_level": int(event.stock_level),
-        "reorder_point": int(event.reorder_point),
-        "lead_time_days": float(event.lead_time_days),
-        "unit_cost": float(event.unit_cost),
-        "disposition": disposition,
-        "detected_at": detected_at,
-    }
-    if state is not None:
-        row.update(_threshold_fields(state))
-    return row
+def _record(kind: str, store_id: str, product_id: str, fields: dict[str, Any]) -> tuple:
+    return kind, store_id, product_id, json.dumps(fields, separators=(",", ":"))
 
 
-def _threshold_fields(state: StockState) -> dict[str, Any]:
-    return {
-        "effective_reorder_point": state.effective_reorder_point,
-        "demand_per_hour": state.demand_per_hour,
-        "eta_hours": stockout_eta_hours(state.stock_level, state.demand_per_hour),
-        "threshold_source": state.threshold_source,
-        "model_name": state.model_name,
-        "model_version": state.model_version,
-    }
+def _event_row(event: Movement, disposition: str, detected_at: int) -> tuple:
+    return _record(
+        KIND_EVENT,
+        event.store_id,
+        event.product_id,
+        {
+            "event_id": event.event_id,
+            "event_time": _ms(event.event_time),
+            "event_type": event.event_type,
+            "quantity_change": int(event.quantity_change),
+            "stock_level": int(event.stock_level),
+            "reorder_point": int(event.reorder_point),
+            "lead_time_days": float(event.lead_time_days),
+            "unit_cost": float(event.unit_cost),
+            "disposition": disposition,
+            "detected_at": detected_at,
+        },
+    )
 
 
-def _level_row(
-    store_id: str, product_id: str, state: StockState, detected_at: pd.Timestamp
-) -> dict[str, Any]:
-    return {
-        "kind": KIND_LEVEL,
-        "store_id": store_id,
-        "product_id": product_id,
-        "event_id": state.event_id,
-        "event_time": _timestamp(state.event_time),
-        "event_type": state.event_type,
-        "stock_level": state.stock_level,
-        "reorder_point": state.reorder_point,
-        "lead_time_days": state.lead_time_days,
-        "unit_cost": state.unit_cost,
-        **_threshold_fields(state),
-        "updated_at": detected_at,
-        "detected_at": detected_at,
-    }
+def _level_row(store_id: str, product_id: str, state: StockState, detected_at: int) -> tuple:
+    return _record(
+        KIND_LEVEL,
+        store_id,
+        product_id,
+        {
+            "stock_level": state.stock_level,
+            "event_time": state.event_time,
+            "reorder_point": state.reorder_point,
+            "lead_time_days": state.lead_time_days,
+            "unit_cost": state.unit_cost,
+            "effective_reorder_point": state.effective_reorder_point,
+            "demand_per_hour": state.demand_per_hour,
+            "eta_hours": stockout_eta_hours(state.stock_level, state.demand_per_hour),
+            "threshold_source": state.threshold_source,
+            "model_name": state.model_name,
+            "model_version": state.model_version,
+            "last_event_id": state.event_id,
+            "last_event_type": state.event_type,
+            "updated_at": detected_at,
+        },
+    )
 
 
-def _alert_row(alert: Alert, detected_at: pd.Timestamp) -> dict[str, Any]:
-    return {
-        "kind": KIND_ALERT,
-        "store_id": alert.store_id,
-        "product_id": alert.product_id,
-        "event_id": alert.last_event_id,
-        "stock_level": alert.stock_level,
-        "effective_reorder_point": alert.reorder_point,
-        "eta_hours": alert.eta_hours,
-        "model_name": alert.model_name,
-        "model_version": alert.model_version,
-        "alert_id": alert.alert_id,
-        "alert_type": alert.alert_type,
-        "severity": alert.severity.name,
-        "peak_severity": alert.peak_severity.name,
-        "status": alert.status,
-        "opened_at": _timestamp(alert.opened_at),
-        "resolved_at": _timestamp(alert.resolved_at),
-        "updated_at": _timestamp(alert.updated_at),
-        "reason": alert.reason,
-        "threshold": alert.threshold,
-        "stockout_eta": _timestamp(alert.stockout_eta),
-        "opened_event_id": alert.opened_event_id,
-        "revision": alert.revision,
-        "detected_at": detected_at,
-    }
+def _alert_row(alert: Alert, detected_at: int) -> tuple:
+    return _record(
+        KIND_ALERT,
+        alert.store_id,
+        alert.product_id,
+        {
+            "alert_id": alert.alert_id,
+            "alert_type": alert.alert_type,
+            "severity": alert.severity.name,
+            "peak_severity": alert.peak_severity.name,
+            "status": alert.status,
+            "opened_at": alert.opened_at,
+            "updated_at": alert.updated_at,
+            "resolved_at": alert.resolved_at,
+            "reason": alert.reason,
+            "stock_level": alert.stock_level,
+            "reorder_point": alert.reorder_point,
+            "threshold": alert.threshold,
+            "eta_hours": alert.eta_hours,
+            "stockout_eta": alert.stockout_eta,
+            "model_name": alert.model_name,
+            "model_version": alert.model_version,
+            "opened_event_id": alert.opened_event_id,
+            "last_event_id": alert.last_event_id,
+            "revision": alert.revision,
+            "detected_at": detected_at,
+        },
+    )
 
 
-def _change_row(change: AlertChange, detected_at: pd.Timestamp) -> dict[str, Any]:
-    return {
-        "kind": KIND_CHANGE,
-        "store_id": change.store_id,
-        "product_id": change.product_id,
-        "event_id": change.event_id,
-        "event_time": _timestamp(change.event_time),
-        "stock_level": change.stock_level,
-        "effective_reorder_point": change.reorder_point,
-        "eta_hours": change.eta_hours,
-        "model_name": change.model_name,
-        "model_version": change.model_version,
-        "alert_id": change.alert_id,
-        "alert_type": change.alert_type,
-        "severity": change.to_severity.name if change.to_severity else "",
-        "change": change.change,
-        "from_severity": change.from_severity.name if change.from_severity else "",
-        "reason": change.reason,
-        "detected_at": detected_at,
-    }
+def _change_row(change: AlertChange, detected_at: int) -> tuple:
+    return _record(
+        KIND_CHANGE,
+        change.store_id,
+        change.product_id,
+        {
+            "alert_id": change.alert_id,
+            "alert_type": change.alert_type,
+            "change": change.change,
+            "from_severity": change.from_severity.name if change.from_severity else "",
+            "to_severity": change.to_severity.name if change.to_severity else "",
+            "event_id": change.event_id,
+            "event_time": change.event_time,
+            "stock_level": change.stock_level,
+            "reorder_point": change.reorder_point,
+            "eta_hours": change.eta_hours,
+            "model_name": change.model_name,
+            "model_version": change.model_version,
+            "reason": change.reason,
+            "detected_at": detected_at,
+        },
+    )
 
 
-def _changes_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The output rows as one object block (Arrow casts each column to CHANGES_SCHEMA)."""
-    table = np.empty((len(rows), len(_CHANGE_COLUMNS)), dtype=object)
-    for i, row in enumerate(rows):
-        table[i] = [row.get(name) for name in _CHANGE_COLUMNS]
-    return pd.DataFrame(table, columns=_CHANGE_COLUMNS)
+def _changes_frame(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=[f.name for f in CHANGES_SCHEMA.fields], dtype=object)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _static_tracker(rules: InventoryRules) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
     def track(key: tuple, events: pd.DataFrame) -> pd.DataFrame:
-        _, rows = track_key(
-            key[0], key[1], None, events, rules, pd.Timestamp.now("UTC").tz_localize(None)
-        )
+        _, rows = track_key(key[0], key[1], None, events, rules, _now_ms())
         return rows
 
     return track
@@ -671,8 +711,7 @@ def _streaming_tracker(
     ) -> Iterator[pd.DataFrame]:
         events = pd.concat(list(chunks), ignore_index=True)
         previous = StockState.from_json(state.get[0]) if state.exists else None
-        now = pd.Timestamp.now("UTC").tz_localize(None)
-        current, rows = track_key(key[0], key[1], previous, events, rules, now)
+        current, rows = track_key(key[0], key[1], previous, events, rules, _now_ms())
         if current is not None:
             state.update((current.to_json(),))
         yield rows
@@ -711,9 +750,28 @@ def track_inventory(events: DataFrame, rules: InventoryRules) -> DataFrame:
 # ---------------------------------------------------------------- shaping the changes for tables
 
 
+def _records(changes: DataFrame, kind: str, fields: StructType) -> DataFrame:
+    """The ``kind`` rows of the changes with their JSON fields as typed columns."""
+    parsed = changes.where(sf.col("kind") == kind).select(
+        "store_id", "product_id", sf.from_json("payload", fields).alias("record")
+    )
+    return parsed.select(
+        "store_id",
+        "product_id",
+        *[
+            (
+                sf.timestamp_millis(f"record.{f.name}")
+                if f.name in _TIME_FIELDS
+                else sf.col(f"record.{f.name}")
+            ).alias(f.name)
+            for f in fields.fields
+        ],
+    )
+
+
 def event_rows(changes: DataFrame) -> DataFrame:
     """The events that passed deduplication (applied or late): they count in every metric."""
-    return changes.where(sf.col("kind") == KIND_EVENT)
+    return _records(changes, KIND_EVENT, EVENT_FIELDS)
 
 
 def raw_inventory_rows(events: DataFrame) -> DataFrame:
@@ -725,74 +783,19 @@ def raw_inventory_rows(events: DataFrame) -> DataFrame:
 
 def stock_level_rows(changes: DataFrame) -> DataFrame:
     """The latest level of every key a batch moved, shaped like ``stock_levels``."""
-    return changes.where(sf.col("kind") == KIND_LEVEL).select(
-        "store_id",
-        "product_id",
-        "stock_level",
-        "event_time",
-        "reorder_point",
-        "lead_time_days",
-        "unit_cost",
-        "effective_reorder_point",
-        "demand_per_hour",
-        "eta_hours",
-        "threshold_source",
-        "model_name",
-        "model_version",
-        sf.col("event_id").alias("last_event_id"),
-        sf.col("event_type").alias("last_event_type"),
-        "updated_at",
-    )
+    return _records(changes, KIND_LEVEL, LEVEL_FIELDS)
 
 
 def alert_rows(changes: DataFrame) -> DataFrame:
     """The latest version of every alert a batch touched, shaped like ``stock_alerts``."""
-    return changes.where(sf.col("kind") == KIND_ALERT).select(
-        "alert_id",
-        "store_id",
-        "product_id",
-        "alert_type",
-        "severity",
-        "peak_severity",
-        "status",
-        "opened_at",
-        "updated_at",
-        "resolved_at",
-        "reason",
-        "stock_level",
-        sf.col("effective_reorder_point").alias("reorder_point"),
-        "threshold",
-        "eta_hours",
-        "stockout_eta",
-        "model_name",
-        "model_version",
-        "opened_event_id",
-        sf.col("event_id").alias("last_event_id"),
-        "revision",
-        "detected_at",
-    )
+    records = _records(changes, KIND_ALERT, ALERT_FIELDS)
+    return records.select("alert_id", *[c for c in records.columns if c != "alert_id"])
 
 
 def alert_change_rows(changes: DataFrame) -> DataFrame:
     """Alert lifecycle changes, shaped like ``stock_alert_changes``."""
-    return changes.where(sf.col("kind") == KIND_CHANGE).select(
-        "alert_id",
-        "store_id",
-        "product_id",
-        "alert_type",
-        "change",
-        "from_severity",
-        sf.col("severity").alias("to_severity"),
-        "event_id",
-        "event_time",
-        "stock_level",
-        sf.col("effective_reorder_point").alias("reorder_point"),
-        "eta_hours",
-        "model_name",
-        "model_version",
-        "reason",
-        "detected_at",
-    )
+    records = _records(changes, KIND_CHANGE, CHANGE_FIELDS)
+    return records.select("alert_id", *[c for c in records.columns if c != "alert_id"])
 
 
 # ---------------------------------------------------------------- window metrics
@@ -1251,16 +1254,7 @@ class DeadLetterWriter:
 def console_view(changes: DataFrame) -> DataFrame:
     """The levels and alert changes, for the console sink."""
     return changes.where(sf.col("kind").isin(KIND_LEVEL, KIND_CHANGE)).select(
-        "kind",
-        "store_id",
-        "product_id",
-        "event_time",
-        "stock_level",
-        "effective_reorder_point",
-        "alert_type",
-        "change",
-        "severity",
-        "reason",
+        "kind", "store_id", "product_id", "payload"
     )
 
 

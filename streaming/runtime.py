@@ -370,12 +370,22 @@ _RESTARTS: dict[str, Callable[[], StreamingQuery]] = {}
 MAX_RESTARTS = 3
 
 
-def hit_kafka_metrics_bug(error: Any) -> bool:
+def hit_kafka_metrics_bug(trace: str) -> bool:
     """The failure is Spark 4.1's NullPointerException in ``KafkaMicroBatchStream.metrics``
     (SPARK-55271): the first batch after a restart re-runs a batch planned before the crash, and
-    its progress report fails *after* the batch was committed. Starting the query again is safe."""
-    trace = str(error) + str(getattr(error, "getStackTrace", lambda: "")())
-    return "NullPointerException" in trace and "KafkaMicroBatchStream" in trace
+    its progress report fails *after* the batch was committed. Starting the query again is safe.
+    ``trace`` is the JVM exception chain (``failure_trace``)."""
+    return "java.lang.NullPointerException" in trace and "KafkaMicroBatchStream" in trace
+
+
+def failure_trace(query: StreamingQuery) -> str:
+    """The JVM exception chain (classes, messages, frames, causes) that ended ``query``."""
+    from pyspark import SparkContext
+
+    error = query._jsq.exception()  # noqa: SLF001 - pyspark gives no stack of the cause
+    if not error.isDefined() or SparkContext._jvm is None:
+        return ""
+    return str(SparkContext._jvm.org.apache.spark.util.Utils.exceptionString(error.get()))
 
 
 def _offsets(text: str | None) -> dict[tuple[str, str], int]:
@@ -505,12 +515,12 @@ def _wait_for_end_or_stop(
     at most ``MAX_RESTARTS`` times.
     """
     restarts = 0
-    while any(q.isActive for q in queries):
+    while True:
         for index, query in enumerate(queries):
             error = None if query.isActive else query.exception()
             if error is None:
                 continue
-            if not hit_kafka_metrics_bug(error) or restarts >= MAX_RESTARTS:
+            if not hit_kafka_metrics_bug(failure_trace(query)) or restarts >= MAX_RESTARTS:
                 return False
             restarts += 1
             log.warning(
@@ -519,6 +529,8 @@ def _wait_for_end_or_stop(
                 query.name,
             )
             queries[index] = _RESTARTS[str(query.id)]()
+        if not any(q.isActive for q in queries):
+            return False
         if request.event.is_set() or stop.is_set():
             log.info(
                 "stop requested (%s): stopping %s after the running batch",
@@ -527,7 +539,6 @@ def _wait_for_end_or_stop(
             )
             return True
         time.sleep(poll_interval_s)
-    return False
 
 
 def _await_termination_events(

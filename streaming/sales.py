@@ -1,17 +1,17 @@
 """The sales streaming job: raw events, 5-minute sliding window metrics per store and overall,
 in-stream demand scoring with the champion model, and anomalies, exactly once into the store.
 
-Pure transforms (static or streaming frames): ``parse_sales``, ``sales_panes``,
-``windows_from_panes``, ``windowed_sales_metrics`` (panes, the job's way),
+Pure transforms (static or streaming frames): ``parse_sales``/``classify_sales``,
+``sales_panes``, ``windows_from_panes``, ``windowed_sales_metrics`` (panes, the job's way),
 ``sliding_window_metrics`` (Spark's sliding ``window()``, the slow way, used for the console sink),
 ``score_demand`` and ``detect_sales_anomalies``. ``SalesBatchWriter`` is the ``foreachBatch``
-wiring and ``main()`` starts the queries.
+wiring and ``main()`` starts the query.
 
 How a micro-batch becomes store rows (results do not depend on how events fall into batches):
 valid events are deduplicated by ``event_id`` within the watermark, then each batch inserts its
-raw events and its 1-minute pane partials (sums in cents, sorted distinct id arrays) with the
-token ``sales_events-<batch id>``; the 5-minute windows touched by the batch are recomputed from
-all partials of their panes (``sum`` and ``uniqExactArray``: exact) and replace their earlier rows.
+dead letters, raw events and 1-minute pane partials (sums in cents, distinct id arrays) with the
+token ``<query>-<batch id>``; the 5-minute windows touched by the batch are recomputed from all
+partials of their panes (``sum`` and ``uniqExactArray``: exact) and replace their earlier rows.
 """
 
 from __future__ import annotations

@@ -153,8 +153,8 @@ def search_space(name: str, max_trees: int = 100, max_depth: int = 12) -> dict[s
     """Hyperopt's search space for model ``name``, bounded by the tree budget."""
     if name == DEMAND_FORECASTER:
         return {
-            "num_trees": hp.quniform("num_trees", max(5, max_trees // 4), max_trees, 5),
-            "max_depth": hp.quniform("max_depth", min(6, max_depth), max_depth, 1),
+            "num_trees": hp.quniform("num_trees", *_bounds(max(5, max_trees // 4), max_trees), 5),
+            "max_depth": hp.quniform("max_depth", *_bounds(6, max_depth), 1),
             "min_instances_per_node": hp.quniform("min_instances_per_node", 1, 12, 1),
             "subsampling_rate": hp.uniform("subsampling_rate", 0.6, 1.0),
             "feature_subset_strategy": hp.choice("feature_subset_strategy", SUBSET_STRATEGIES),
@@ -162,12 +162,17 @@ def search_space(name: str, max_trees: int = 100, max_depth: int = 12) -> dict[s
     model_spec(name)
     gbt_depth = min(max_depth, 5)
     return {
-        "max_iter": hp.quniform("max_iter", max(5, max_trees // 4), max_trees, 5),
-        "max_depth": hp.quniform("max_depth", min(2, gbt_depth), gbt_depth, 1),
+        "max_iter": hp.quniform("max_iter", *_bounds(max(5, max_trees // 4), max_trees), 5),
+        "max_depth": hp.quniform("max_depth", *_bounds(2, gbt_depth), 1),
         "step_size": hp.loguniform("step_size", -3.5, -1.0),
         "subsampling_rate": hp.uniform("subsampling_rate", 0.6, 1.0),
         "min_instances_per_node": hp.quniform("min_instances_per_node", 5, 40, 5),
     }
+
+
+def _bounds(low: int, high: int) -> tuple[int, int]:
+    """(low, high) with low < high, as Hyperopt requires, keeping ``high``."""
+    return min(low, high - 1), high
 
 
 def starting_point(name: str, max_trees: int = 100, max_depth: int = 12) -> dict[str, Any]:

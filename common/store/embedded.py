@@ -69,7 +69,7 @@ class EmbeddedStore:
     def _query(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> Any:
         with self.session():
             try:
-                return self._conn.query(sql, fmt, params=dict(params or {}))
+                return self._conn.query(sql, fmt, params=_bindable(params))
             except Exception as exc:  # chDB raises plain RuntimeError with the server message
                 raise StoreError(f"{exc}\n-- while running: {sql[:500]}") from exc
 
@@ -101,6 +101,15 @@ class EmbeddedStore:
             None,
         )
         return len(frame)
+
+
+def _bindable(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """ClickHouse reads a String parameter with escape sequences; escape backslashes so that the
+    value arrives verbatim (``a\\'b`` would otherwise become ``a'b``)."""
+    return {
+        name: value.replace("\\", "\\\\") if isinstance(value, str) else value
+        for name, value in (params or {}).items()
+    }
 
 
 def _python_table(frame: pd.DataFrame) -> pd.DataFrame | pa.Table:

@@ -67,7 +67,17 @@ def serving_store(serving_settings, world):
 
 
 @pytest.fixture(scope="session")
-def registry(services, serving_settings):
+def mlflow_server(settings):
+    """Only the session's real MLflow server (no broker: serving does not read Kafka)."""
+    from common import stack
+
+    stack.start_mlflow(settings)
+    yield settings.mlflow_tracking_uri
+    stack.stop_mlflow(settings)
+
+
+@pytest.fixture(scope="session")
+def registry(mlflow_server, serving_settings):
     """An MlflowClient on the session's real MLflow server."""
     import mlflow
     from mlflow import MlflowClient

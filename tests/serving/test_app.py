@@ -102,6 +102,7 @@ KNOWN = {"store_id": "<store>", "product_id": "<product>"}
         ("/forecast", {**KNOWN, "horizon": "a week"}, 422, ["horizon"]),
         ("/forecast", {**KNOWN, "start": "2025-02-30"}, 422, ["start"]),
         ("/forecast", {**KNOWN, "start": "2025-05-01"}, 422, ["start", "28 days"]),
+        ("/forecast", {**KNOWN, "start": "2023-01-01"}, 422, ["start", "366 days"]),
         ("/alerts", {"severity": "URGENT"}, 422, ["severity"]),
         ("/reorder-advice", {**KNOWN, "service_level": 0.93}, 422, ["service_level", "0.95"]),
         ("/models/no_such_model", {}, 404, ["no_such_model"]),

@@ -43,7 +43,7 @@ def test_a_later_read_rereads_only_the_changed_tables_and_the_newest_row_wins(se
     assert changed.read_at["products"] == unchanged.read_at["products"]
     days = changed.forecasts[(world.store_id, world.product_id)]
     assert [d.predicted_units for d in days.values()] == list(newer["predicted_units"])
-    assert changed.forecast_versions() == {"7": FORECAST_DAYS}
+    assert changed.forecast_versions == {"7": FORECAST_DAYS}
     # The other model's newer rows replaced this model's (one row per key and day, FINAL).
     assert (world.store_id, world.product_id) not in read_changed_tables(
         serving_store, ServingData(), world.demand_model

@@ -29,6 +29,7 @@ from streaming.inventory import (
     JOB,
     InventoryRules,
     StockPolicy,
+    alert_change_rows,
     alert_rows,
     build_queries,
     event_rows,
@@ -527,7 +528,6 @@ def test_exactly_once_across_a_sigkill_and_restart(
         "INVENTORY_TOPIC": job_settings.inventory_topic,
         "CHECKPOINT_DIR": str(job_settings.checkpoint_root),
         "MAX_OFFSETS_PER_TRIGGER": "50",
-        "SPARK_MASTER": "local[1]",
         # No registry for this job: it runs without scoring (heuristic thresholds), quickly.
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -542,7 +542,7 @@ def test_exactly_once_across_a_sigkill_and_restart(
         try:
             wait_for(
                 lambda: (store.scalar(count_sql, {"prefix": run}) or 0) >= 50,
-                300,
+                600,
                 "the first micro-batches of the job",
             )
         finally:
@@ -582,9 +582,8 @@ def test_exactly_once_across_a_sigkill_and_restart(
         "WHERE startsWith(store_id, {prefix:String})",
         {"prefix": run},
     )
-    expected_changes = (
-        expected.where(sf.col("kind") == "alert_change").select("alert_id", "change", "event_id")
-    ).toPandas()
+    expected_changes = alert_change_rows(expected).select("alert_id", "change", "event_id")
+    expected_changes = expected_changes.toPandas()
     frames_equal(changes, expected_changes, ["alert_id", "event_id", "change"])
     metrics = store.query_df(
         "SELECT * EXCEPT computed_at FROM inventory_metrics FINAL "

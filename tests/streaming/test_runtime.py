@@ -167,9 +167,9 @@ def test_only_sparks_kafka_metrics_bug_is_restarted() -> None:
         'the return value of "scala.Option.get()" is null\n\tat org.apache.spark.sql.kafka010.'
         "KafkaMicroBatchStream$.metrics(KafkaMicroBatchStream.scala:520)"
     )
-    assert hit_kafka_metrics_bug(RuntimeError(npe))
-    assert not hit_kafka_metrics_bug(RuntimeError("StoreError: the store is full"))
-    assert not hit_kafka_metrics_bug(RuntimeError("java.lang.NullPointerException in my sink"))
+    assert hit_kafka_metrics_bug(npe)
+    assert not hit_kafka_metrics_bug("common.store.base.StoreError: the store is full")
+    assert not hit_kafka_metrics_bug("java.lang.NullPointerException at my.Sink.write")
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:

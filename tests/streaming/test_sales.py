@@ -258,12 +258,15 @@ def produce(bootstrap: str, topic: str, records: list[dict | bytes]) -> list[tup
         producer.close()
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 2.0
+) -> None:
+    """Poll ``condition`` (each poll takes the store's lock, so not too often)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(interval_s)
 
 
 def drain(queries) -> None:
