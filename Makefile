@@ -70,3 +70,9 @@ serve: setup
 
 chaos: setup ## the chaos table: faults, events, lost, duplicated
 	$(VENV)/bin/python -m benchmarks.chaos
+
+train: setup
+	$(RETAIL) train
+
+promote: setup
+	$(RETAIL) promote
