@@ -517,6 +517,7 @@ def frames_equal(actual: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) 
 
 @pytest.mark.services
 @pytest.mark.spark
+@pytest.mark.timeout(1800)  # two job processes, each starting its own JVM and Python workers
 def test_exactly_once_across_a_sigkill_and_restart(
     spark: SparkSession, store: Store, job_settings: Settings, tmp_path: Path
 ) -> None:
@@ -527,7 +528,7 @@ def test_exactly_once_across_a_sigkill_and_restart(
         **os.environ,
         "INVENTORY_TOPIC": job_settings.inventory_topic,
         "CHECKPOINT_DIR": str(job_settings.checkpoint_root),
-        "MAX_OFFSETS_PER_TRIGGER": "50",
+        "MAX_OFFSETS_PER_TRIGGER": "80",
         # No registry for this job: it runs without scoring (heuristic thresholds), quickly.
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -541,7 +542,7 @@ def test_exactly_once_across_a_sigkill_and_restart(
         )  # fmt: skip
         try:
             wait_for(
-                lambda: (store.scalar(count_sql, {"prefix": run}) or 0) >= 50,
+                lambda: (store.scalar(count_sql, {"prefix": run}) or 0) >= 80,
                 600,
                 "the first micro-batches of the job",
             )
