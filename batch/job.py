@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterable
@@ -32,7 +33,8 @@ from common.settings import Settings, get_settings
 from common.store import Store, migrate, open_store
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
     from expectations.gate import DataQualityGate, ExpectationOutcome
     from expectations.policy import GateDecision
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_DAYS = 28
+# Frames up to this size go to Spark as local relations, larger ones through parquet files.
+LOCAL_RELATION_ROWS = 20_000
 VOLUME_WINDOW_DAYS = 7
 PUBLISHED = "published"
 FAILED = "failed"
@@ -146,6 +150,7 @@ def run_batch(
             raw_inventory_days=[d for d, c in checked.items() if c.sources["inventory"] == "raw"],
             products=products,
             stores=stores,
+            staging_dir=settings.data_root / "batch",
         )
         for day, check in checked.items():
             _finish_day(store, gate, settings, run_id, results[day], check, computed, started)
@@ -248,11 +253,14 @@ def compute_outputs(
     raw_inventory_days: Iterable[date] = (),
     products: pd.DataFrame | None = None,
     stores: pd.DataFrame | None = None,
+    staging_dir: Path,
 ) -> dict[str, pd.DataFrame]:
     """KPIs, rankings and the revenue trend of ``run_dates`` (pandas frames).
 
     ClickHouse reduces the events to daily grains (from the views; the ``raw_*_days`` from the
-    raw tables without the run's quarantined rows) and Spark computes the rest.
+    raw tables without the run's quarantined rows) and Spark computes the rest. Large grains
+    reach Spark as parquet files under ``staging_dir`` (removed afterwards): with a cluster
+    master it must be on storage the executors see, like the streaming checkpoints.
     """
     from batch import kpis, rankings
 
@@ -280,36 +288,47 @@ def compute_outputs(
         before = views.stock_before(store, first)
         forecasts = views.forecasts(store, history_first, last)
 
-    run_dates_df = kpis.frame_to_spark(
-        session, pd.DataFrame({"date": sorted(run_dates)}), kpis.RUN_DATES_SCHEMA
-    )
-    all_dates = kpis.frame_to_spark(session, pd.DataFrame({"date": days}), kpis.RUN_DATES_SCHEMA)
-    sales_df = kpis.frame_to_spark(session, sales_grain, kpis.SALES_GRAIN_SCHEMA)
-    products_df = kpis.frame_to_spark(session, products, kpis.PRODUCTS_SCHEMA)
-    forecasts_df = kpis.frame_to_spark(session, forecasts, kpis.FORECASTS_SCHEMA)
-    positions = kpis.daily_stock_positions(
-        kpis.frame_to_spark(session, inventory, kpis.INVENTORY_DAYS_SCHEMA),
-        kpis.frame_to_spark(session, before, kpis.STOCK_BEFORE_SCHEMA),
-        all_dates,
-    )
-    facts = kpis.product_day_facts(sales_df, positions, products_df, forecasts_df, run_dates_df)
-    computed = {
-        "kpis": kpis.daily_kpis(
-            facts, kpis.frame_to_spark(session, basket, kpis.BASKET_COUNTS_SCHEMA)
-        ).toPandas(),
-        "product_rankings": rankings.rank_products(
-            rankings.product_performance(sales_df, products_df, run_dates_df),
-            top_n,
-        ).toPandas(),
-        "store_rankings": rankings.rank_stores(
-            sales_df,
-            products_df,
-            kpis.frame_to_spark(session, stores, kpis.STORES_SCHEMA),
-            run_dates_df,
-        ).toPandas(),
-        "trend": kpis.daily_trend(sales_df, forecasts_df).toPandas(),
-        "forecasts": forecasts,
-    }
+    staging = staging_dir / f"spark-inputs-{uuid.uuid4().hex[:8]}"
+    try:
+
+        def to_spark(name: str, frame: pd.DataFrame, schema: StructType) -> DataFrame:
+            if len(frame) <= LOCAL_RELATION_ROWS:
+                return kpis.frame_to_spark(session, frame, schema)
+            staging.mkdir(parents=True, exist_ok=True)
+            path = staging / f"{name}.parquet"
+            kpis.typed_frame(frame, schema).to_parquet(path, index=False)
+            return session.read.schema(schema).parquet(str(path))
+
+        run_dates_df = to_spark(
+            "run_dates", pd.DataFrame({"date": sorted(run_dates)}), kpis.RUN_DATES_SCHEMA
+        )
+        sales_df = to_spark("sales", sales_grain, kpis.SALES_GRAIN_SCHEMA)
+        products_df = to_spark("products", products, kpis.PRODUCTS_SCHEMA)
+        forecasts_df = to_spark("forecasts", forecasts, kpis.FORECASTS_SCHEMA)
+        positions = kpis.daily_stock_positions(
+            to_spark("inventory", inventory, kpis.INVENTORY_DAYS_SCHEMA),
+            to_spark("stock_before", before, kpis.STOCK_BEFORE_SCHEMA),
+            to_spark("days", pd.DataFrame({"date": days}), kpis.RUN_DATES_SCHEMA),
+        )
+        facts = kpis.product_day_facts(sales_df, positions, products_df, forecasts_df, run_dates_df)
+        computed = {
+            "kpis": kpis.daily_kpis(
+                facts, to_spark("baskets", basket, kpis.BASKET_COUNTS_SCHEMA)
+            ).toPandas(),
+            "product_rankings": rankings.rank_products(
+                rankings.product_performance(sales_df, products_df, run_dates_df), top_n
+            ).toPandas(),
+            "store_rankings": rankings.rank_stores(
+                sales_df,
+                products_df,
+                to_spark("stores", stores, kpis.STORES_SCHEMA),
+                run_dates_df,
+            ).toPandas(),
+            "trend": kpis.daily_trend(sales_df, forecasts_df).toPandas(),
+            "forecasts": forecasts,
+        }
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for name in ("kpis", "product_rankings", "store_rankings", "trend"):
         computed[name]["date"] = pd.to_datetime(computed[name]["date"]).dt.date
     ranked = computed["store_rankings"]

@@ -84,7 +84,11 @@ def product_performance(
 
 
 def rank_products(performance: DataFrame, top_n: int) -> DataFrame:
-    """The top and bottom ``top_n`` products per day and scope by revenue, margin and growth."""
+    """The top and bottom ``top_n`` products per day and scope by revenue, margin and growth.
+
+    One sort per day, scope and metric: the bottom list is the top list read from the end, so
+    ties are broken by product id ascending at the top and descending at the bottom.
+    """
     metrics = F.array(
         *[
             F.struct(F.lit(metric).alias("metric"), F.col(column).cast("double").alias("value"))
@@ -103,9 +107,7 @@ def rank_products(performance: DataFrame, top_n: int) -> DataFrame:
         .withColumn(
             "top_rank", F.row_number().over(per_metric.orderBy(F.desc("value"), "product_id"))
         )
-        .withColumn(
-            "bottom_rank", F.row_number().over(per_metric.orderBy(F.asc("value"), "product_id"))
-        )
+        .withColumn("bottom_rank", F.count("*").over(per_metric) - F.col("top_rank") + 1)
         .where((F.col("top_rank") <= top_n) | (F.col("bottom_rank") <= top_n))
         .withColumn("ranked_direction", F.explode(directions))
         .select("*", "ranked_direction.*")

@@ -143,13 +143,13 @@ def _best_of(repeats: int, action: Any) -> float:
     return min(timings)
 
 
-def _kpi_rows(spark: Any, store: Any, rows: int, top_n: int) -> list[dict[str, Any]]:
+def _kpi_rows(spark: Any, store: Any, rows: int, top_n: int, folder: Path) -> list[dict[str, Any]]:
     from batch.job import compute_outputs
 
     days = list(pd.date_range(FIRST_DAY, periods=DAYS, freq="D").date)
 
     def kpis() -> None:
-        computed = compute_outputs(spark, store, days, days, top_n=top_n)
+        computed = compute_outputs(spark, store, days, days, top_n=top_n, staging_dir=folder)
         assert len(computed["kpis"]) == DAYS * (1 + STORES + 10), len(computed["kpis"])
 
     kpis()  # warm the JVM and the store's caches once, as a daily job runs warm in production
@@ -244,7 +244,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         _catalog(store)
         load_seconds = _load(store, rows)
         log.info("loaded %d sales rows in %.1f s", rows, load_seconds)
-        results = _kpi_rows(spark, store, rows, settings.batch_top_n)
+        results = _kpi_rows(spark, store, rows, settings.batch_top_n, folder)
         results += _insert_rows(store, folder, 200_000 if quick else 1_000_000)
     results.append(
         {

@@ -56,8 +56,11 @@ def scoring_features(
     from training.features import FEATURE_HISTORY_DAYS, score_rows_with_history
 
     keys = spark.createDataFrame([(store_id, product_id)], "store_id string, product_id string")
-    catalog_rows = load_catalog_rows(spark, store, keys, list(dates)).withColumn(
-        "units_sold", F.lit(None).cast("double")
+    catalog_rows = materialize(
+        spark,
+        load_catalog_rows(spark, store, keys, list(dates)).withColumn(
+            "units_sold", F.lit(None).cast("double")
+        ),
     )
     history = None
     try:
@@ -67,7 +70,7 @@ def scoring_features(
             min(max(dates) - dt.timedelta(days=1), last_stored),
         )
         if window.end >= window.start:
-            history = load_daily_history(spark, store, window, [product_id])
+            history = materialize(spark, load_daily_history(spark, store, window, [product_id]))
     except TrainingDataError:
         history = None
     if history is None:
@@ -79,6 +82,12 @@ def scoring_features(
     earlier = history.join(wanted, key_columns, "left_anti")
     rows = stored.unionByName(unstored.select(*history.columns))
     return score_rows_with_history(earlier, rows)
+
+
+def materialize(spark: Any, frame: Any) -> Any:
+    """``frame`` computed once and held as local rows: one store x product's panel is small, and
+    the feature plan, which reads it several times, stays a few stages instead of a hundred."""
+    return spark.createDataFrame(frame.toPandas(), schema=frame.schema)
 
 
 def predict_days(model: Any, features: Any, quantiles: dict[str, float]) -> list[ScoredDay]:

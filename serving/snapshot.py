@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -82,9 +82,9 @@ GROUP BY model_name, to_version
 """
 
 
-@dataclass(frozen=True)
-class ForecastDay:
-    """One precomputed forecast day of a store x product."""
+class ForecastDay(NamedTuple):
+    """One precomputed forecast day of a store x product (a tuple of plain values: the cyclic GC
+    stops tracking it, however many the snapshot holds)."""
 
     date: dt.date
     horizon_day: int
