@@ -16,6 +16,8 @@ load or its ``probe`` (signature or transform check) fails, the last good model 
 ``load_failed`` row goes to ``model_events``; the same version is retried only after
 ``retry_failed_after_s``. Other rows: ``loaded`` (first load or hot swap), ``no_champion`` (the alias
 points nowhere: callers run without scoring), ``registry_unreachable`` (the current model stays).
+An alias move nobody recorded (made in the MLflow UI) goes to ``model_promotions`` when a job first
+sees it (the API only reads that record: ``record_alias_moves=False``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from common.promotions import record_alias_seen
 from common.settings import Settings, get_settings
 from common.store import Store, open_store
 
@@ -148,6 +151,7 @@ class ChampionModel:
         loader: Callable[[str], Any] | None = None,
         registry_timeout_s: float = 5.0,
         retry_failed_after_s: float = 300.0,
+        record_alias_moves: bool = True,
     ) -> None:
         self.name = name
         self.alias = alias
@@ -164,6 +168,8 @@ class ChampionModel:
         self._loaded: LoadedModel | None = None
         self._failed: dict[str, float] = {}
         self._state = ""  # "", "no_champion" or "registry_unreachable": logged once per episode
+        self._seen_version: str | None = None  # where the alias pointed at the last check
+        self._record_alias_moves = record_alias_moves
         self._lock = threading.Lock()
         self._pending: Future | None = None
 
@@ -201,6 +207,10 @@ class ChampionModel:
                     return None
                 self._note("registry_unreachable", str(exc))
                 return self._loaded
+            if version != self._seen_version:
+                self._seen_version = version
+                if self._record_alias_moves:
+                    self._record_alias(version)
             if self._loaded is not None and self._loaded.version == version:
                 self._state = ""
                 return self._loaded
@@ -277,6 +287,13 @@ class ChampionModel:
             log.warning("%s: the registry did not answer (%s); %s", self.name, detail, kept)
             self._event(self._loaded.version if self._loaded else "", state, detail)
             self._state = state
+
+    def _record_alias(self, version: str) -> None:
+        """A move made in the MLflow UI goes to ``model_promotions`` when this job first sees it."""
+        try:
+            record_alias_seen(self.store, self.name, self.alias, version, seen_by=self.job)
+        except Exception:  # the record must not stop scoring
+            log.exception("could not record the alias change of %s to %s", self.name, version)
 
     def _event(self, version: str, event_type: str, detail: str) -> None:
         try:

@@ -65,7 +65,7 @@ class ModelWatcher:
         self.alias = alias
         self.champion = ChampionModel(
             name, alias, job=JOB, store=store, settings=settings, client=client,
-            loader=self._load_metadata,
+            loader=self._load_metadata, record_alias_moves=False,
         )  # fmt: skip
         self._info: ChampionInfo | None = None
         self.checked_at: dt.datetime | None = None

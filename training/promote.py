@@ -20,6 +20,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from common.promotions import SEEN_REASON, record_change, recorded_aliases
 from common.store import Store
 from training.data import HistoryWindow, load_daily_history
 from training.features import FEATURE_HISTORY_DAYS, add_demand_features
@@ -30,7 +31,6 @@ from training.tune import forecast_metrics
 log = logging.getLogger(__name__)
 
 UI_ACTOR = "mlflow-ui (seen by sync)"
-METRIC = "holdout_rmse"
 
 
 class PromotionError(RuntimeError):
@@ -56,48 +56,6 @@ def default_actor() -> str:
         return "retail"
 
 
-def record_change(
-    store: Store,
-    model_name: str,
-    alias: str,
-    from_version: str | None,
-    to_version: str | None,
-    actor: str,
-    reason: str,
-    challenger_metric: float | None = None,
-    champion_metric: float | None = None,
-) -> None:
-    """Append one alias change to ``model_promotions``."""
-    row = {
-        "changed_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
-        "model_name": model_name,
-        "alias": alias,
-        "from_version": from_version,
-        "to_version": to_version,
-        "actor": actor,
-        "reason": reason,
-        "metric_name": METRIC,
-        "challenger_metric": challenger_metric,
-        "champion_metric": champion_metric,
-    }
-    frame = pd.DataFrame([row])
-    for column in ("challenger_metric", "champion_metric"):
-        frame[column] = frame[column].astype("float64")
-    store.insert_df("model_promotions", frame)
-
-
-def recorded_aliases(store: Store) -> dict[tuple[str, str], str | None]:
-    """The version each (model, alias) pointed to at its last recorded change."""
-    frame = store.query_df(
-        "SELECT model_name, alias, argMax(to_version, changed_at) AS to_version "
-        "FROM model_promotions FINAL GROUP BY model_name, alias"
-    )
-    return {
-        (str(r.model_name), str(r.alias)): (None if pd.isna(r.to_version) else str(r.to_version))
-        for r in frame.itertuples(index=False)
-    }
-
-
 def sync_promotions(
     store: Store, client: Any = None, models: tuple[str, ...] = MODEL_NAMES
 ) -> list[tuple[str, str, str | None, str | None]]:
@@ -114,7 +72,7 @@ def sync_promotions(
             if current != last:
                 record_change(
                     store, name, alias, last, current, UI_ACTOR,
-                    "alias changed outside retail, recorded when seen",
+                    SEEN_REASON,
                 )  # fmt: skip
                 changes.append((name, alias, last, current))
     for change in changes:

@@ -21,6 +21,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from common.promotions import record_change
 from common.store import Store
 from training.conformal import INTERVAL_90, quantile_key, residual_quantiles
 from training.data import (
@@ -41,7 +42,6 @@ from training.models import (
     model_spec,
 )
 from training.plots import feature_importance_figure, forecast_vs_actual_figure, residuals_figure
-from training.promote import record_change
 from training.registry import (
     CHALLENGER,
     RegisteredVersion,

@@ -141,3 +141,35 @@ def test_an_unreachable_registry_keeps_the_current_model(
     assert champion.current() is None
     assert champion.current() is None  # one event per outage, not one per batch
     assert events(store, name) == [("registry_unreachable", "")]
+
+
+def test_an_alias_moved_outside_retail_is_recorded_once_by_the_jobs_that_see_it(
+    spark, services, store
+) -> None:
+    from mlflow import MlflowClient
+
+    name = f"test_models_{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(services.mlflow_tracking_uri)
+    v1 = register_spark_model(toy_pipeline(spark, 1.0), name)
+    v2 = register_spark_model(toy_pipeline(spark, 2.0), name)
+    jobs = [
+        ChampionModel(name, job=job, store=store, settings=services)
+        for job in ("sales-stream", "inventory-stream")
+    ]
+    for version in (v1, v2, v1):  # as a person would in the MLflow UI
+        client.set_registered_model_alias(name, "champion", version)
+        for job in jobs:
+            assert job.current().version == version
+            assert job.current().version == version  # no new record while the alias stays
+
+    recorded = store.query_df(
+        "SELECT from_version, to_version, actor FROM model_promotions FINAL "
+        "WHERE model_name = {n:String} ORDER BY changed_at",
+        {"n": name},
+    )
+    assert list(zip(recorded.from_version, recorded.to_version, strict=True)) == [
+        (None, v1),
+        (v1, v2),
+        (v2, v1),
+    ]
+    assert set(recorded.actor) == {"mlflow-ui (seen by sales-stream)"}
