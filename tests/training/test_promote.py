@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from training_world import PRODUCTS, SILENT_PRODUCT, STORES, tracking_at
 
+from common.promotions import record_change
 from training.data import load_daily_history
 from training.features import add_demand_features
 from training.forecast import refresh_forecasts
@@ -22,7 +23,6 @@ from training.promote import (
     UI_ACTOR,
     PromotionError,
     promote,
-    record_change,
     rollback,
     sync_promotions,
 )
