@@ -16,6 +16,8 @@ CONNECTOR_DIR = PROJECT_ROOT / ".jvm" / "spark-kafka"
 
 def connector_jars() -> list[Path]:
     """The Kafka connector jars resolved from Maven Central by `make setup`."""
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return []  # launched by spark-submit, whose --jars put them on the classpath (submit_jobs.sh)
     jars = sorted(CONNECTOR_DIR.glob("*.jar"))
     if not jars:
         raise RuntimeError(
@@ -37,7 +39,6 @@ def build_spark_session(
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     conf = {
-        "spark.jars": ",".join(str(j) for j in connector_jars()),
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": "4",
         "spark.default.parallelism": "4",
@@ -51,6 +52,9 @@ def build_spark_session(
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.sql.warehouse.dir": str(settings.data_root / "spark-warehouse"),
     }
+    jars = connector_jars()
+    if jars:
+        conf["spark.jars"] = ",".join(str(j) for j in jars)
     conf.update(extra_conf or {})
     builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
     for key, value in conf.items():

@@ -1,0 +1,81 @@
+"""`./submit_jobs.sh` runs the real job through spark-submit with the project shipped as a zip
+(`--py-files`): the way the demo and a cluster run it, not the way the other tests import it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from common.schemas import event_key
+from common.settings import Settings
+from common.store import Store
+
+pytestmark = [pytest.mark.services, pytest.mark.spark]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def sale(index: int, shop: str) -> dict:
+    return {
+        "event_id": f"{shop}-{index}",
+        "event_time": f"2026-02-02T10:{index:02d}:00Z",
+        "transaction_id": f"{shop}-t{index}",
+        "store_id": shop,
+        "customer_id": "c1",
+        "product_id": f"P{index % 3}",
+        "category": "grocery",
+        "quantity": 2,
+        "unit_price": 1.5,
+        "discount": 0.0,
+        "total_amount": 3.0,
+        "payment_method": "card",
+        "channel": "store",
+        "on_promotion": False,
+    }
+
+
+def test_the_sales_job_runs_through_spark_submit(
+    services: Settings, store: Store, tmp_path: Path
+) -> None:
+    from kafka import KafkaProducer
+
+    from common import stack
+
+    shop = f"submit-{uuid.uuid4().hex[:6]}"
+    topic = f"sales-{shop}"
+    stack.ensure_topics(services.model_copy(update={"sales_topic": topic}))
+    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap_servers, acks="all")
+    for index in range(12):
+        event = sale(index, shop)
+        producer.send(
+            topic, key=event_key(shop, event["product_id"]), value=json.dumps(event).encode()
+        )
+    producer.send(topic, key=b"poison", value=b'{"event_id": "broken')
+    producer.flush()
+    producer.close()
+
+    env = os.environ | {"SALES_TOPIC": topic, "CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
+    completed = subprocess.run(
+        ["./submit_jobs.sh", "--foreground", "stream", "sales", "--available-now"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    stored = store.query_df(
+        "SELECT count() AS events, sum(total_amount) AS revenue FROM sales_events "
+        "WHERE store_id = {s:String}",
+        {"s": shop},
+    )
+    assert (int(stored.events[0]), float(stored.revenue[0])) == (12, 36.0)
+    dead = store.scalar("SELECT count() FROM dead_letters WHERE topic = {t:String}", {"t": topic})
+    assert dead == 1
