@@ -19,6 +19,8 @@ from common.settings import Settings, get_settings
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SEED = 7
 HISTORY_DAYS = 120
+# A little of what real feeds carry, so the summary shows dead letters and deduplication at work.
+DEMO_FAULTS = {"malformed_json": 0.002, "wrong_types": 0.002, "duplicate": 0.005, "late": 0.01}
 
 
 def _retail(*args: str) -> list[str]:
@@ -44,16 +46,28 @@ def _run_step(timings: dict[str, float], title: str, argv: list[str]) -> None:
 def _stream_live_events(settings: Settings, timings: dict[str, float]) -> dict:
     """Send live events (continuing the backfilled world) and wait until both jobs stored them."""
     from demo.summary import stored_stream_events
+    from generator.faults import FaultRates
     from generator.stream import produce
 
     rate = settings.demo_stream_rate * settings.demo_scale
+    fault_flags = " ".join(
+        f"--{kind.replace('_', '-')}-rate {r:g}" for kind, r in DEMO_FAULTS.items()
+    )
     typer.secho(
         f"\n==> stream live events: retail generate stream --rate {rate:g} "
-        f"--seconds {settings.demo_stream_seconds} --seed {SEED} --scale {settings.demo_scale:g}",
+        f"--seconds {settings.demo_stream_seconds} --seed {SEED} --scale {settings.demo_scale:g} "
+        f"{fault_flags}",
         bold=True,
     )
     started = time.monotonic()
-    counts = produce(settings, rate, settings.demo_stream_seconds, SEED, scale=settings.demo_scale)
+    counts = produce(
+        settings,
+        rate,
+        settings.demo_stream_seconds,
+        SEED,
+        FaultRates(**DEMO_FAULTS),
+        scale=settings.demo_scale,
+    )
     typer.echo(
         f"sent {counts['records']:,} records ({counts['records_per_s']:,.0f}/s); waiting for the jobs"
     )
