@@ -238,6 +238,12 @@ class ChampionModel:
         return str(self._pending.result(timeout=self.registry_timeout_s).version)
 
     def _load(self, version: str) -> None:
+        import mlflow
+
+        # ``models:/`` URIs resolve against the process-wide registry: the settings' server, not
+        # MLflow's default of a local ./mlruns (a job under spark-submit has no MLFLOW_* variables).
+        mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
+        mlflow.set_registry_uri(self.settings.mlflow_tracking_uri)
         uri = model_uri(self.name, version)
         previous = self._loaded.version if self._loaded else None
         started = time.monotonic()
