@@ -11,6 +11,7 @@ from common.settings import Settings
 from common.store import open_store
 
 MODEL_NAMES = ("demand_forecaster", "stock_optimizer")
+BASELINES = ("seasonal_naive", "moving_average")  # the first one a model logged is shown
 
 
 def stored_stream_events(settings: Settings) -> dict[str, int]:
@@ -29,8 +30,10 @@ def _store_figures(settings: Settings) -> dict[str, Any]:
     with store.session():
         return {
             "throughput": store.query_df(
-                "SELECT job, round(avg(processed_rows_per_second)) AS rows_per_s, sum(input_rows) AS rows "
-                "FROM stream_progress FINAL WHERE input_rows > 0 GROUP BY job ORDER BY job"
+                "SELECT query_name, round(avg(processed_rows_per_second)) AS rows_per_s, "
+                "sum(input_rows) AS rows, quantile(0.5)(batch_duration_ms) / 1000 AS batch_s "
+                "FROM stream_progress FINAL WHERE input_rows > 0 "
+                "GROUP BY query_name ORDER BY query_name"
             ),
             "alerts": store.query_df(
                 "SELECT severity, countIf(status = 'open') AS open, count() AS total "
@@ -73,9 +76,17 @@ def print_summary(settings: Settings, timings: dict[str, float], produced: dict[
     flow.add_row("dead letters", "", f"{figures['dead_letters']:,}")
     console.print(flow)
 
-    speed = Table("job", "mean processed rows/s", "rows", title="throughput (stream_progress)")
+    speed = Table(
+        "query",
+        "mean processed rows/s",
+        "rows",
+        "median batch s",
+        title="throughput (stream_progress)",
+    )
     for row in figures["throughput"].itertuples(index=False):
-        speed.add_row(row.job, f"{row.rows_per_s:,.0f}", f"{row.rows:,}")
+        speed.add_row(
+            row.query_name, f"{row.rows_per_s:,.0f}", f"{row.rows:,}", f"{row.batch_s:.1f}"
+        )
     console.print(speed)
 
     alerts = Table(
@@ -86,14 +97,15 @@ def print_summary(settings: Settings, timings: dict[str, float], produced: dict[
     console.print(alerts)
 
     models = Table(
-        "model", "champion", "holdout RMSE", "seasonal naive RMSE", "oracle RMSE", title="models"
+        "model", "champion", "holdout RMSE", "baseline RMSE", "oracle RMSE", title="models"
     )
     for name, version, metrics in _champions(settings):
+        baseline = next((b for b in BASELINES if f"{b}_rmse" in metrics), None)
         models.add_row(
             name,
             f"v{version}",
             f"{metrics.get('holdout_rmse', float('nan')):.3f}",
-            f"{metrics.get('seasonal_naive_rmse', float('nan')):.3f}",
+            f"{metrics[f'{baseline}_rmse']:.3f} ({baseline.replace('_', ' ')})" if baseline else "",
             f"{metrics.get('oracle_rmse', float('nan')):.3f}",
         )
     console.print(models)
