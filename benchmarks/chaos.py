@@ -521,7 +521,7 @@ def store_outage(stack: Stack, sizes: Sizes, seed: int = 31) -> ChaosResult:
     after_replay = reconcile_sales(settings, produced)
     uncommit_last_batch(settings)
     fresh_tokens = (f"no-token-{uuid.uuid4().hex}" for _ in iter(int, 1))
-    with mock.patch("streaming.sales.batch_token", lambda query, batch: next(fresh_tokens)):
+    with mock.patch("streaming.sales.stream_token", lambda spark, query, batch: next(fresh_tokens)):
         failures += drain_in_process(stack, settings)
     control = reconcile_sales(settings, produced)
     busy = failures.count("store busy")

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     spark_master: str = Field("local[*]", description="local[*], local[N] or spark://host:port")
+    spark_shuffle_partitions: int = Field(
+        2, ge=1, description="shuffle partitions (and state partitions of new streaming checkpoints)"
+    )
     kafka_bootstrap_servers: str = Field("localhost:9092", description="host:port[,host:port]")
     clickhouse_url: str | None = Field(None, description="unset = embedded chDB store")
     clickhouse_user: str = "default"
@@ -51,7 +54,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     api_token: SecretStr | None = None
     store_lock_timeout_s: float = Field(120.0, gt=0)
-    max_offsets_per_trigger: int | None = Field(None, ge=1)
+    max_offsets_per_trigger: int | None = Field(
+        50_000, ge=1, description="records per micro-batch at most (bounds a backlog's batches)"
+    )
     starting_offsets: str = Field("earliest", pattern=r"^(earliest|latest|\{.*\})$")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     batch_top_n: int = Field(5, ge=1, le=100, description="products per ranking list")

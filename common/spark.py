@@ -40,8 +40,9 @@ def build_spark_session(
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     conf = {
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": "4",
-        "spark.default.parallelism": "4",
+        # A stateful query keeps the number it started with in its checkpoint.
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        "spark.default.parallelism": str(settings.spark_shuffle_partitions),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",

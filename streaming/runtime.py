@@ -27,8 +27,9 @@ Reading and parsing
 Writing
     ``store_sink(table, query_name, settings, transform_batch=None)`` -> a ``foreachBatch``
     function that inserts each micro-batch into ``table`` with the deduplication token
-    ``batch_token(query_name, batch_id)`` = ``"<query>-<batch id>"``: a batch replayed after a crash
-    writes nothing twice. ``insert_batch(store, table, frame, token)`` does one such insert from
+    ``stream_token(spark, query_name, batch_id)`` = ``"<query>.<stream id>-<batch id>"``: a batch
+    replayed after a crash writes nothing twice, and a new checkpoint's batches are not mistaken
+    for replays. ``insert_batch(store, table, frame, token)`` does one such insert from
     inside a job's own ``foreachBatch`` function (a token is per table, so one batch may write
     several tables with the same token).
 
@@ -271,7 +272,9 @@ def deduplicate_classified(
     """``deduplicate_events`` for a ``classify_events`` frame, so that one query (one Kafka read)
     carries good and bad records: good records are watermarked and kept once per ``key``; bad ones
     get a null ``time_column`` (so they never move the watermark and are never late) and a key of
-    their Kafka coordinates (so none is dropped). Split the batch with ``error``.
+    their Kafka coordinates (so none is dropped). Only bad records keep ``raw_payload`` (what
+    ``dead_letters`` stores): good ones do not carry it through the shuffle. Split the batch with
+    ``error``.
     """
     good = sf.col("error").isNull()
     dedup_key = sf.when(good, sf.col(key)).otherwise(
@@ -279,6 +282,7 @@ def deduplicate_classified(
     )
     return (
         classified.withColumn(time_column, sf.when(good, sf.col(time_column)))
+        .withColumn("raw_payload", sf.when(~good, sf.col("raw_payload")))
         .withColumn("_dedup_key", dedup_key)
         .withWatermark(time_column, delay)
         .dropDuplicatesWithinWatermark(["_dedup_key"])
@@ -289,6 +293,18 @@ def deduplicate_classified(
 def batch_token(query_name: str, batch_id: int) -> str:
     """The insert deduplication token of one micro-batch: ``<query>-<batch id>``."""
     return f"{query_name}-{batch_id}"
+
+
+def stream_token(spark: SparkSession, query_name: str, batch_id: int) -> str:
+    """``<query>.<stream id>-<batch id>``: the batch token, unique to the query's checkpoint.
+
+    The stream id survives restarts from the same checkpoint (a replayed batch gets the same token
+    and is dropped) but differs for a new checkpoint (after ``submit_jobs.sh clean``), whose batch
+    ids start at 0 again and must not be taken for replays of the old ones.
+    """
+    ids = [q.id for q in spark.streams.active if q.name == query_name]
+    suffix = f".{ids[0]}" if ids else ""
+    return batch_token(f"{query_name}{suffix}", batch_id)
 
 
 def to_pandas(frame: DataFrame) -> pd.DataFrame:
@@ -312,9 +328,8 @@ def store_sink(
 
     def write(batch: DataFrame, batch_id: int) -> None:
         frame = transform_batch(batch, batch_id) if transform_batch else batch
-        written = insert_batch(
-            open_store(settings), table, frame, batch_token(query_name, batch_id)
-        )
+        token = stream_token(batch.sparkSession, query_name, batch_id)
+        written = insert_batch(open_store(settings), table, frame, token)
         log.debug("%s batch %d: %d rows into %s", query_name, batch_id, written, table)
 
     return write

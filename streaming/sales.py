@@ -2,7 +2,8 @@
 in-stream demand scoring with the champion model, and anomalies, exactly once into the store.
 
 Pure transforms (static or streaming frames): ``parse_sales``/``classify_sales``,
-``sales_panes``, ``windows_from_panes``, ``windowed_sales_metrics`` (panes, the job's way),
+``sales_panes`` (and ``panes_of_rows``, the same on a collected batch in pandas),
+``windows_from_panes``, ``windowed_sales_metrics`` (panes, the job's way),
 ``sliding_window_metrics`` (Spark's sliding ``window()``, the slow way, used for the console sink),
 ``score_demand`` and ``detect_sales_anomalies``. ``SalesBatchWriter`` is the ``foreachBatch``
 wiring and ``main()`` starts the query.
@@ -10,8 +11,9 @@ wiring and ``main()`` starts the query.
 How a micro-batch becomes store rows (results do not depend on how events fall into batches):
 valid events are deduplicated by ``event_id`` within the watermark, then each batch inserts its
 dead letters, raw events and 1-minute pane partials (sums in cents, distinct id arrays) with the
-token ``<query>-<batch id>``; the 5-minute windows touched by the batch are recomputed from all
-partials of their panes (``sum`` and ``uniqExactArray``: exact) and replace their earlier rows.
+token ``<query>.<stream id>-<batch id>`` (``stream_token``); the 5-minute windows touched by the
+batch are recomputed from all partials of their panes (``sum`` and ``uniqExactArray``: exact) and
+replace their earlier rows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as sf
@@ -36,7 +39,6 @@ from streaming.runtime import (
     CONSOLE,
     DEAD_LETTER_COLUMNS,
     Check,
-    batch_token,
     classify_events,
     deduplicate_classified,
     deduplicate_events,
@@ -44,8 +46,8 @@ from streaming.runtime import (
     read_topic,
     run_queries,
     start_query,
+    stream_token,
     to_pandas,
-    valid_events,
 )
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,59 @@ def sales_panes(events: DataFrame) -> DataFrame:
         "transaction_ids",
         "customer_ids",
     )
+
+
+PANE_COLUMNS = [
+    "pane_start",
+    "store_id",
+    "revenue_cents",
+    "units",
+    "line_items",
+    "transaction_ids",
+    "customer_ids",
+]
+
+
+def whole_cents(amounts: pd.Series) -> np.ndarray:
+    """Amounts in whole cents, half up: Spark's ``round(amount * 100)`` for amounts >= 0."""
+    scaled = amounts.to_numpy(dtype="float64") * 100
+    floor = np.floor(scaled)
+    return (floor + (scaled - floor >= 0.5)).astype("int64")
+
+
+def panes_of_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """``sales_panes`` of valid events a micro-batch already collected (pandas, same columns).
+
+    The job computes its panes here rather than with a second Spark job over the same rows.
+    """
+    lines = pd.DataFrame(
+        {
+            "pane_start": pd.to_datetime(rows["event_time"]).dt.floor("min"),
+            "store_id": rows["store_id"].astype(str),
+            "transaction_id": rows["transaction_id"],
+            "customer_id": rows["customer_id"],
+            "revenue_cents": whole_cents(rows["total_amount"]),
+            "units": rows["quantity"].astype("int64"),
+        }
+    )
+    overall = lines.assign(store_id=OVERALL)
+    panes = []
+    for part in (lines, overall):
+        grouped = part.groupby(["pane_start", "store_id"], sort=False)
+        panes.append(
+            grouped.agg(
+                revenue_cents=("revenue_cents", "sum"),
+                units=("units", "sum"),
+                line_items=("units", "size"),
+                transaction_ids=("transaction_id", _distinct),
+                customer_ids=("customer_id", _distinct),
+            ).reset_index()
+        )
+    return pd.concat(panes, ignore_index=True)[PANE_COLUMNS]
+
+
+def _distinct(values: pd.Series) -> list[str]:
+    return values.dropna().unique().tolist()
 
 
 def _window_metrics(frame: DataFrame, revenue_cents: Column) -> DataFrame:
@@ -615,7 +670,7 @@ class SalesBatchWriter:
         self._last_judged_at = -float("inf")
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        token = batch_token(self.query_name, batch_id)
+        token = stream_token(self.spark, self.query_name, batch_id)
         classified = batch.persist()
         steps = _StepTimer()
         try:
@@ -630,12 +685,12 @@ class SalesBatchWriter:
             if raw.empty:
                 return
             steps.lap("collect")
-            panes = to_pandas(sales_panes(valid_events(classified, SALES_EVENT_SCHEMA)))
+            panes = panes_of_rows(raw)
             steps.lap("panes")
             times = pd.to_datetime(raw["event_time"])
             with self.store.session():
                 self.store.insert_df("sales_events", raw, dedup_token=token)
-                self.store.insert_df("sales_panes", _listify(panes), dedup_token=token)
+                self.store.insert_df("sales_panes", panes, dedup_token=token)
                 refresh_windows(self.store, _minute_floor(times.min()), _minute_floor(times.max()))
             steps.lap("store")
             self._score_demand(raw, batch_id, token)
@@ -762,14 +817,6 @@ def _naive_utc(value: Any) -> dt.datetime:
     if moment.tzinfo is not None:
         moment = moment.tz_convert("UTC").tz_localize(None)
     return moment.to_pydatetime()
-
-
-def _listify(panes: pd.DataFrame) -> pd.DataFrame:
-    """Arrow gives numpy arrays for array columns; the store inserts plain lists."""
-    return panes.assign(
-        transaction_ids=panes["transaction_ids"].map(list),
-        customer_ids=panes["customer_ids"].map(list),
-    )
 
 
 def query_names(job: str) -> dict[str, str]:

@@ -144,7 +144,7 @@ def test_kafka_options_and_checkpoints_come_from_settings(settings) -> None:
     assert options["startingOffsets"] == "latest"
     assert options["maxOffsetsPerTrigger"] == "5000"
     assert options["groupIdPrefix"] == "sales-stream-group"
-    assert "maxOffsetsPerTrigger" not in kafka_source_options(settings, "t", "a")
+    assert kafka_source_options(settings, "t", "a")["maxOffsetsPerTrigger"] == "50000"
     assert checkpoint_location(settings, "sales-stream", "q") == (
         settings.checkpoint_root / "sales-stream" / "q"
     )

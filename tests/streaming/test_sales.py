@@ -23,6 +23,8 @@ from pyspark.testing import assertDataFrameEqual
 from streaming.sales import (
     AnomalyRules,
     detect_sales_anomalies,
+    panes_of_rows,
+    sales_panes,
     sliding_window_metrics,
     windowed_sales_metrics,
 )
@@ -154,6 +156,27 @@ def test_window_metrics_equal_hand_computed(spark: SparkSession) -> None:
 
     assertDataFrameEqual(windowed_sales_metrics(events), expected)
     assertDataFrameEqual(sliding_window_metrics(events), expected)
+
+
+@pytest.mark.spark
+def test_panes_of_a_collected_batch_equal_the_spark_panes(spark: SparkSession) -> None:
+    day = dt.date(2026, 3, 3)
+    events = [
+        *hand_events(day, "S1", "S2"),
+        sale("r1", at(day, "10:03:00"), "t9", "S1", None, 1, 0.125),  # half a cent: up
+        sale("r2", at(day, "10:03:01"), "t9", "S1", "c9", 1, 2.675),  # 267.4999...: down
+        sale("r3", at(day, "10:03:02"), "t9", "S1", "c9", 3, 1e6 - 0.005),
+    ]
+    frame = events_frame(spark, events)
+    by_spark = sales_panes(frame)
+    by_pandas = panes_of_rows(frame.toPandas())
+
+    def sorted_ids(panes: DataFrame) -> DataFrame:  # id sets come in no particular order
+        return panes.withColumns({c: sf.array_sort(c) for c in ("transaction_ids", "customer_ids")})
+
+    assertDataFrameEqual(
+        sorted_ids(spark.createDataFrame(by_pandas, by_spark.schema)), sorted_ids(by_spark)
+    )
 
 
 def baseline_metrics(
@@ -317,6 +340,52 @@ def sales_job(spark, settings, kafka, store) -> Iterator[Callable[..., list]]:
 
     yield start
     stop(started)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_new_checkpoint_does_not_take_its_batches_for_replays(
+    spark, settings, kafka, store, tmp_path
+) -> None:
+    from streaming.runtime import run_queries
+    from streaming.sales import build_queries
+
+    day, tag = dt.date(2026, 3, 11), uuid.uuid4().hex[:6]
+    shop, topic, job = f"S-{tag}", f"sales-reset-{tag}", f"sales-reset-{tag}"
+    create_topic(settings, topic, partitions=1)
+
+    def drain_with(checkpoints: Path, starting_offsets: str) -> None:
+        job_settings = settings.model_copy(
+            update={
+                "sales_topic": topic,
+                "checkpoint_dir": checkpoints,
+                "starting_offsets": starting_offsets,
+            }
+        )
+        queries = build_queries(spark, job_settings, job=job, available_now=True)
+        run_queries(spark, queries, job=job, settings=job_settings)
+
+    first = [
+        sale(f"a{i}-{tag}", at(day, f"10:0{i}:00"), f"ta{i}", shop, "c", 1, 2.0) for i in range(3)
+    ]
+    produce(kafka, topic, first)
+    drain_with(tmp_path / "before-clean", "earliest")
+    # `submit_jobs.sh clean`, then the same job from the offsets after the first events: its
+    # batch ids start at 0 again.
+    second = [
+        sale(f"b{i}-{tag}", at(day, f"10:1{i}:00"), f"tb{i}", shop, "c", 1, 2.0) for i in range(3)
+    ]
+    produce(kafka, topic, second)
+    drain_with(tmp_path / "after-clean", json.dumps({topic: {"0": len(first)}}))
+
+    stored = store.query_df(
+        "SELECT event_id FROM sales_events WHERE store_id = {s:String}", {"s": shop}
+    )
+    assert sorted(stored.event_id) == sorted(e["event_id"] for e in first + second)
+    line_items = store.scalar(
+        "SELECT sum(line_items) FROM sales_panes WHERE store_id = {s:String}", {"s": shop}
+    )
+    assert line_items == len(first) + len(second)
 
 
 @pytest.mark.services
