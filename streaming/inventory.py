@@ -798,6 +798,48 @@ def alert_change_rows(changes: DataFrame) -> DataFrame:
     return records.select("alert_id", *[c for c in records.columns if c != "alert_id"])
 
 
+def table_rows(changes: DataFrame, slide_minutes: int) -> dict[str, DataFrame]:
+    """The rows a micro-batch writes into each table, by table name."""
+    events = event_rows(changes)
+    return {
+        "inventory_events": raw_inventory_rows(events),
+        "inventory_panes": inventory_panes(events, slide_minutes),
+        "stock_levels": stock_level_rows(changes),
+        "stock_alerts": alert_rows(changes),
+        "stock_alert_changes": alert_change_rows(changes),
+    }
+
+
+def tagged_union(frames: dict[str, DataFrame]) -> DataFrame:
+    """The frames as one, to collect with one Spark job: ``table`` names each row's frame and
+    column ``<table>:<column>`` holds that frame's column (null in the other frames' rows)."""
+    tagged = [
+        frame.select(
+            sf.lit(table).alias("table"), *[sf.col(c).alias(f"{table}:{c}") for c in frame.columns]
+        )
+        for table, frame in frames.items()
+    ]
+    union = tagged[0]
+    for frame in tagged[1:]:
+        union = union.unionByName(frame, allowMissingColumns=True)
+    return union
+
+
+def split_tables(rows: pd.DataFrame, frames: dict[str, DataFrame]) -> dict[str, pd.DataFrame]:
+    """A collected ``tagged_union`` back into one pandas frame per table, typed as collecting
+    each frame alone would give (integer columns without nulls stay integers)."""
+    integers = {IntegerType(): "int32", LongType(): "int64"}
+    split = {}
+    for table, frame in frames.items():
+        part = rows.loc[rows["table"] == table, [f"{table}:{c}" for c in frame.columns]]
+        part = part.set_axis(frame.columns, axis=1).reset_index(drop=True)
+        for f in frame.schema.fields:
+            if f.dataType in integers and part[f.name].notna().all():
+                part[f.name] = part[f.name].astype(integers[f.dataType])
+        split[table] = part
+    return split
+
+
 # ---------------------------------------------------------------- window metrics
 
 
@@ -1091,6 +1133,22 @@ def stream_token(spark: SparkSession, query_name: str, batch_id: int) -> str:
     return batch_token(f"{query_name}{suffix}", batch_id)
 
 
+class _StepTimer:
+    """Seconds spent in each step of a batch, for the log line."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[tuple[str, float]] = []
+
+    def lap(self, step: str) -> None:
+        now = time.monotonic()
+        self._steps.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.2f} s" for step, seconds in self._steps)
+
+
 class InventoryBatchWriter:
     """The ``foreachBatch`` function of the inventory job: one micro-batch into every table."""
 
@@ -1121,21 +1179,20 @@ class InventoryBatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
-        changes = batch.persist()
+        steps = _StepTimer()
+        changes = batch.persist()  # the stateful step must run once: every table reads it
         try:
-            events = event_rows(changes)
-            raw = to_pandas(raw_inventory_rows(events))
-            if raw.empty:
-                return
-            panes = to_pandas(inventory_panes(events, self.rules.slide_minutes))
-            levels = to_pandas(stock_level_rows(changes))
-            alerts = to_pandas(alert_rows(changes))
-            alert_changes = to_pandas(alert_change_rows(changes))
+            frames = table_rows(changes, self.rules.slide_minutes)
+            rows = split_tables(to_pandas(tagged_union(frames)), frames)
         finally:
             changes.unpersist()
+        steps.lap("state and collect")
+        panes = rows["inventory_panes"]
+        if rows["inventory_events"].empty:
+            return
         # Every Spark action ran above: the thresholds reader on the executors needs the store too.
         with self.store.session():
-            self.store.insert_df("inventory_events", raw, dedup_token=token)
+            self.store.insert_df("inventory_events", rows["inventory_events"], dedup_token=token)
             self.store.insert_df("inventory_panes", panes, dedup_token=token)
             refresh_windows(
                 self.store,
@@ -1143,10 +1200,19 @@ class InventoryBatchWriter:
                 panes["pane_start"].min().to_pydatetime(),
                 panes["pane_start"].max().to_pydatetime(),
             )
-            self.store.insert_df("stock_levels", levels, dedup_token=token)
-            self.store.insert_df("stock_alerts", alerts, dedup_token=token)
-            self.store.insert_df("stock_alert_changes", alert_changes, dedup_token=token)
+            for table in ("stock_levels", "stock_alerts", "stock_alert_changes"):
+                self.store.insert_df(table, rows[table], dedup_token=token)
+        steps.lap("store")
+        levels = rows["stock_levels"]
         self._recommend(levels, batch_id, token)
+        steps.lap("scoring")
+        log.info(
+            "%s batch %d: %d events; %s",
+            self.query_name,
+            batch_id,
+            len(rows["inventory_events"]),
+            steps,
+        )
 
     def _recommend(self, levels: pd.DataFrame, batch_id: int, token: str) -> None:
         if levels.empty or self.stock_champion is None or self.feature_builder is None:

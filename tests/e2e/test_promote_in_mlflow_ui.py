@@ -234,6 +234,7 @@ def test_a_version_promoted_in_the_mlflow_ui_drives_both_running_streams(
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(120_000)  # the UI's bundle is large; CI machines are busy
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             for kind, name in world["names"].items():
                 promote_in_ui(page, services.mlflow_tracking_uri, name, "2")
