@@ -73,22 +73,34 @@ def record_checksum(key: bytes, value: bytes) -> int:
 
 @dataclass
 class _Delivery:
+    """Delivery reports: failures counted, the first one kept and logged."""
+
     errors: int = 0
     first_error: str | None = None
 
-    def on_error(self, exc: BaseException) -> None:
+    def report(self, err: Any, msg: Any) -> None:
+        """The ``on_delivery`` callback of every record (served by the producer's poll/flush)."""
+        if err is not None:
+            self.failed(err)
+
+    def failed(self, err: Any) -> None:
         self.errors += 1
         if self.first_error is None:
-            self.first_error = f"{type(exc).__name__}: {exc}"
+            self.first_error = f"{err.name()}: {err.str()}"
             log.error("a record was not delivered: %s", self.first_error)
+
+
+def _log_client_error(err: Any) -> None:
+    """librdkafka's global errors (broker down, fatal idempotence errors): logged, not raised."""
+    log.warning("Kafka client: %s: %s", err.name(), err.str())
 
 
 def connect_producer(
     settings: Settings, attempts: int = 3, bootstrap_timeout_s: float = 10.0
 ) -> Any:
-    """An idempotent KafkaProducer (acks=all) tuned for throughput; retries while no broker answers."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+    """An idempotent confluent-kafka Producer (librdkafka; acks=all) tuned for throughput, once a
+    broker has answered a metadata request; retries while no broker answers."""
+    from confluent_kafka import KafkaException, Producer
     from tenacity import (
         retry,
         retry_if_exception_type,
@@ -96,38 +108,62 @@ def connect_producer(
         wait_exponential,
     )
 
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "client.id": "retail-generator",
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": "lz4",
+            "linger.ms": 50,
+            "batch.size": 512 * 1024,
+            "message.max.bytes": 1024 * 1024,
+            "request.timeout.ms": 30_000,
+            "delivery.timeout.ms": 120_000,
+            "logger": log,
+            "error_cb": _log_client_error,
+        }
+    )
+
     @retry(
-        retry=retry_if_exception_type((KafkaTimeoutError, KafkaConnectionError)),
+        retry=retry_if_exception_type(KafkaException),
         stop=stop_after_attempt(attempts),
         wait=wait_exponential(multiplier=0.5, max=8),
         reraise=True,
     )
-    def connect() -> Any:
-        return KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-            client_id="retail-generator",
-            acks="all",
-            enable_idempotence=True,
-            compression_type="lz4",
-            linger_ms=50,
-            batch_size=512 * 1024,
-            max_request_size=1024 * 1024,
-            request_timeout_ms=30_000,
-            delivery_timeout_ms=120_000,
-            bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000),
-        )
+    def connect() -> None:
+        producer.list_topics(timeout=bootstrap_timeout_s)
 
     try:
-        return connect()
-    except (KafkaTimeoutError, KafkaConnectionError) as exc:
+        connect()
+    except KafkaException as exc:
         raise StreamError(
             f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: no broker answered in "
-            f"{attempts} attempts of {bootstrap_timeout_s:.0f} s ({exc}); start one with `retail up`"
+            f"{attempts} attempts of {bootstrap_timeout_s:.0f} s ({exc.args[0].str()}); "
+            "start one with `retail up`"
         ) from None
+    return producer
+
+
+def partitions_of(producer: Any, topic: str, timeout_s: float = 30.0) -> list[int]:
+    """The topic's partition ids, sorted ([0] when the broker does not know the topic)."""
+    metadata = producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        return [0]
+    return sorted(metadata.partitions)
+
+
+def close_producer(producer: Any, timeout_s: float = 120.0) -> None:
+    """Wait up to ``timeout_s`` for the records in flight; any still undelivered then are purged,
+    which reports each of them as a delivery failure, and the producer is closed."""
+    if producer.flush(timeout_s):
+        producer.purge()
+        producer.flush(5.0)
+    producer.close()
 
 
 def _partition_of(key: bytes, partitions: list[int]) -> int:
-    """The partition kafka-python's default partitioner picks for ``key`` (murmur2, like Java)."""
+    """The partition Kafka's Java default partitioner picks for ``key`` (murmur2)."""
     from kafka.partitioner.default import murmur2
 
     return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
@@ -199,14 +235,14 @@ def _stream_share(
     topics = (settings.sales_topic, settings.inventory_topic)
     producer = connect_producer(settings)
     try:
-        partitions = [sorted(producer.partitions_for(t) or [0]) for t in topics]
+        partitions = [partitions_of(producer, t) for t in topics]
         run = _Run(producer, topics, partitions, world.seed, faults, rate, speedup, on_progress)
         run.share = share
         if on_ready is not None:
             on_ready()
         completed, partial = run.stream(Simulator(world), state, seconds)
     finally:
-        producer.close(timeout=60)
+        close_producer(producer, timeout_s=60)
     return _ShareResult(
         run.tallies,
         run.manifest.entries,
@@ -447,18 +483,39 @@ class _Run:
             self.keys[key] = info
         return info
 
-    def _send(self, topic_index: int, key: bytes, partition: int, value: bytes) -> Any:
-        future = self.producer.send(self.topics[topic_index], value, key, None, partition)
-        future.add_errback(self.delivery.on_error)
+    def _produce(
+        self, topic: str, value: bytes, key: bytes, partition: int, on_delivery: Any
+    ) -> None:
+        """Hand one record to the producer, waiting (serving delivery reports) while its queue
+        is full."""
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition, on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _send(
+        self, topic_index: int, key: bytes, partition: int, value: bytes, on_delivery: Any = None
+    ) -> None:
+        self._produce(
+            self.topics[topic_index], value, key, partition, on_delivery or self.delivery.report
+        )
         self.tallies[topic_index].add(key, value)
-        return future
 
     def _send_listed(
         self, entry: dict, topic_index: int, key: bytes, partition: int, value: bytes
     ) -> None:
         """Send a fault record and fill its manifest entry with the partition and offset."""
-        future = self._send(topic_index, key, partition, value)
-        future.add_callback(lambda md, e=entry: e.update(partition=md.partition, offset=md.offset))
+        delivery = self.delivery
+
+        def report(err: Any, msg: Any) -> None:
+            if err is not None:
+                delivery.failed(err)
+            else:
+                entry.update(partition=msg.partition(), offset=msg.offset())
+
+        self._send(topic_index, key, partition, value, report)
 
     def _release_late(self, now: float, everything: bool = False) -> None:
         while self.held and (everything or self.held[0][0] <= now):
@@ -477,9 +534,9 @@ class _Run:
         interval = 1.0 / self.rate
         speedup = self.speedup
         topics, tallies = self.topics, self.tallies
-        send, on_error = self.producer.send, self.delivery.on_error
+        produce, poll, report = self.producer.produce, self.producer.poll, self.delivery.report
         sent = reported = 0
-        next_report = start + 0.5
+        next_poll = next_report = start
         last_ms, last_stamp = -1, b""
         mine, shares = self.share
         partial: dt.date | None = None
@@ -525,7 +582,10 @@ class _Run:
                         last_ms, last_stamp = stamp_ms, iso_utc(stamp_ms).encode()
                     value = head + last_stamp + tail
                     if fault < 0:
-                        send(topics[topic_index], value, key, None, partition).add_errback(on_error)
+                        try:
+                            produce(topics[topic_index], value, key, partition, report)
+                        except BufferError:
+                            self._produce(topics[topic_index], value, key, partition, report)
                         tally = tallies[topic_index]
                         tally.add(key, value)
                         tally.clean_events += 1
@@ -541,15 +601,18 @@ class _Run:
                             fault_rng,
                         )
                     sent += 1
-                    if now >= next_report and self.on_progress is not None:
-                        self.on_progress(sent - reported)
-                        reported, next_report = sent, now + 0.5
+                    if now >= next_poll:
+                        poll(0)
+                        next_poll = now + 0.02
+                        if now >= next_report and self.on_progress is not None:
+                            self.on_progress(sent - reported)
+                            reported, next_report = sent, now + 0.5
                 else:
                     completed.append(result)
                     state = result.state
         finally:
             self._release_late(0.0, everything=True)
-            self.producer.flush(timeout=120)
+            self.producer.flush(120)
             self.elapsed = time.monotonic() - start
             if self.on_progress is not None:
                 self.on_progress(sent - reported)
