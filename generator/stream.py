@@ -86,13 +86,18 @@ class _Delivery:
     def failed(self, err: Any) -> None:
         self.errors += 1
         if self.first_error is None:
-            self.first_error = f"{err.name()}: {err.str()}"
+            self.first_error = _describe(err)
             log.error("a record was not delivered: %s", self.first_error)
+
+
+def _describe(err: Any) -> str:
+    """A confluent-kafka ``KafkaError`` as ``NAME: text``."""
+    return f"{err.name()}: {err.str()}"
 
 
 def _log_client_error(err: Any) -> None:
     """librdkafka's global errors (broker down, fatal idempotence errors): logged, not raised."""
-    log.warning("Kafka client: %s: %s", err.name(), err.str())
+    log.warning("Kafka client: %s", _describe(err))
 
 
 def connect_producer(
@@ -139,18 +144,26 @@ def connect_producer(
     except KafkaException as exc:
         raise StreamError(
             f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: no broker answered in "
-            f"{attempts} attempts of {bootstrap_timeout_s:.0f} s ({exc.args[0].str()}); "
+            f"{attempts} attempts of {bootstrap_timeout_s:.0f} s ({_describe(exc.args[0])}); "
             "start one with `retail up`"
         ) from None
     return producer
 
 
 def partitions_of(producer: Any, topic: str, timeout_s: float = 30.0) -> list[int]:
-    """The topic's partition ids, sorted ([0] when the broker does not know the topic)."""
-    metadata = producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        return [0]
-    return sorted(metadata.partitions)
+    """The topic's partition ids, sorted. Asking for an unknown topic makes a broker that
+    auto-creates topics create it, so the question is repeated until ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is not None and metadata.error is None and metadata.partitions:
+            return sorted(metadata.partitions)
+        if time.monotonic() >= deadline:
+            why = _describe(metadata.error) if metadata is not None and metadata.error else "none"
+            raise StreamError(
+                f"topic {topic} has no partitions ({why}); `retail up` creates the topics"
+            )
+        time.sleep(0.2)
 
 
 def close_producer(producer: Any, timeout_s: float = 120.0) -> None:
@@ -232,6 +245,8 @@ def _stream_share(
     on_ready: Callable[[], None] | None = None,
 ) -> _ShareResult:
     """Connect a producer and send the records of partitions ``p % share[1] == share[0]``."""
+    from confluent_kafka import KafkaException
+
     topics = (settings.sales_topic, settings.inventory_topic)
     producer = connect_producer(settings)
     try:
@@ -241,6 +256,8 @@ def _stream_share(
         if on_ready is not None:
             on_ready()
         completed, partial = run.stream(Simulator(world), state, seconds)
+    except KafkaException as exc:  # the producer refused a record outright (fatal, too large)
+        raise StreamError(f"the producer refused a record: {_describe(exc.args[0])}") from None
     finally:
         close_producer(producer, timeout_s=60)
     return _ShareResult(
@@ -466,12 +483,13 @@ class _Run:
         self.tallies = [TopicTally(), TopicTally()]
         self.manifest = Manifest()
         self.delivery = _Delivery()
-        self.keys: dict[str, tuple[bytes, int, int]] = {}
+        self.keys: dict[str, tuple[bytes, int, int, int]] = {}
         self.held: list[tuple[float, int, int, bytes, int, bytes, dict]] = []
         self.elapsed = 0.0
         self.share = (0, 1)  # (k, n): send the records of partitions p with p % n == k
 
-    def _key(self, key: str) -> tuple[bytes, int, int]:
+    def _key(self, key: str) -> tuple[bytes, int, int, int]:
+        """The key's bytes, its sales and inventory partitions and its CRC-32 (cached)."""
         info = self.keys.get(key)
         if info is None:
             raw = key.encode()
@@ -479,6 +497,7 @@ class _Run:
                 raw,
                 _partition_of(raw, self.partitions[0]),
                 _partition_of(raw, self.partitions[1]),
+                zlib.crc32(raw),
             )
             self.keys[key] = info
         return info
@@ -533,8 +552,10 @@ class _Run:
         sim_start_ms = day_start_ms(state.next_date)
         interval = 1.0 / self.rate
         speedup = self.speedup
-        topics, tallies = self.topics, self.tallies
+        topics, keys, crc32 = self.topics, self.keys, zlib.crc32
         produce, poll, report = self.producer.produce, self.producer.poll, self.delivery.report
+        # The clean records' tally terms per topic, added to the tallies at the end.
+        clean_records, clean_bytes, clean_sums = [0, 0], [0, 0], [0, 0]
         sent = reported = 0
         next_poll = next_report = start
         last_ms, last_stamp = -1, b""
@@ -556,7 +577,10 @@ class _Run:
                     range(len(day.topic)),
                     strict=True,
                 ):
-                    key, p_sales, p_inventory = self._key(key_text)
+                    info = keys.get(key_text)
+                    if info is None:
+                        info = self._key(key_text)
+                    key, p_sales, p_inventory, key_crc = info
                     partition = p_inventory if topic_index else p_sales
                     if shares > 1 and partition % shares != mine:
                         continue
@@ -586,9 +610,9 @@ class _Run:
                             produce(topics[topic_index], value, key, partition, report)
                         except BufferError:
                             self._produce(topics[topic_index], value, key, partition, report)
-                        tally = tallies[topic_index]
-                        tally.add(key, value)
-                        tally.clean_events += 1
+                        clean_records[topic_index] += 1
+                        clean_bytes[topic_index] += len(value)
+                        clean_sums[topic_index] += crc32(value, key_crc)
                     else:
                         self._inject(
                             FAULT_KINDS[fault],
@@ -614,6 +638,13 @@ class _Run:
             self._release_late(0.0, everything=True)
             self.producer.flush(120)
             self.elapsed = time.monotonic() - start
+            for tally, records, size, checksum in zip(
+                self.tallies, clean_records, clean_bytes, clean_sums, strict=True
+            ):
+                tally.records += records
+                tally.clean_events += records
+                tally.bytes += size
+                tally.checksum = (tally.checksum + checksum) & 0xFFFFFFFFFFFFFFFF
             if self.on_progress is not None:
                 self.on_progress(sent - reported)
         return completed, partial
