@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import logging
+import operator
 import time
 import zlib
 from collections.abc import Callable
@@ -201,7 +202,9 @@ def day_records(result: DayResult) -> DayRecords:
     inv_head, inv_tail = inventory_payloads(inventory)
     topic = np.concatenate([np.zeros(len(sales), np.int8), np.ones(len(inventory), np.int8)])
     sim_ms = np.concatenate([sales["event_time_ms"], inventory["event_time_ms"]])
-    order = np.lexsort((np.arange(len(topic)), topic, sim_ms)).tolist()
+    order = np.lexsort((np.arange(len(topic)), topic, sim_ms))
+    # itemgetter reorders in C; with one index it would return the item, not a 1-tuple.
+    pick = operator.itemgetter(*order.tolist()) if len(order) > 1 else lambda items: tuple(items)
     keys = (
         np.concatenate([sales["store_id"], inventory["store_id"]]).astype(object)
         + "|"
@@ -211,11 +214,11 @@ def day_records(result: DayResult) -> DayRecords:
     heads, tails = sales_head + inv_head, sales_tail + inv_tail
     return DayRecords(
         topic=topic[order].tolist(),
-        key=[keys[i] for i in order],
+        key=list(pick(keys)),
         sim_ms=sim_ms[order].tolist(),
-        event_id=[event_ids[i] for i in order],
-        head=[heads[i] for i in order],
-        tail=[tails[i] for i in order],
+        event_id=list(pick(event_ids)),
+        head=list(pick(heads)),
+        tail=list(pick(tails)),
     )
 
 
