@@ -4,10 +4,11 @@ into the store.
 
 Pure transforms (static or streaming frames): ``parse_inventory``, ``with_thresholds``,
 ``track_inventory`` (the stateful step), ``event_rows``, ``raw_inventory_rows``,
-``stock_level_rows``, ``alert_rows``, ``alert_change_rows``, ``inventory_panes``,
-``windows_from_panes``, ``windowed_inventory_metrics``, ``predict_lead_time_demand``,
-``predict_daily_demand`` and ``recommend_stock`` (pandas). ``InventoryBatchWriter`` is the
-``foreachBatch`` wiring and ``main()`` starts the queries.
+``stock_level_rows``, ``alert_rows``, ``alert_change_rows``, ``table_rows``, ``tagged_union``,
+``split_tables`` (pandas), ``inventory_panes``, ``windows_from_panes``,
+``windowed_inventory_metrics``, ``predict_lead_time_demand``, ``predict_daily_demand`` and
+``recommend_stock`` (pandas). ``InventoryBatchWriter`` is the ``foreachBatch`` wiring and
+``main()`` starts the queries.
 
 One micro-batch, end to end:
 
@@ -16,15 +17,16 @@ One micro-batch, end to end:
 2. Each event is joined with the latest stock recommendation of its store x product (re-read from
    the store at every micro-batch): the model's reorder point and daily demand, when a champion
    exists; without one the event's own reorder point and the in-stream demand rate are used.
-3. ``track_inventory`` runs each key's events through its state (``applyInPandasWithState``) in
-   the order they arrived on the key's partition. An event older than one already applied for the
-   key is *late*: it counts in the window metrics but never overwrites a newer level nor moves an
-   alert. Applied events move the level, the demand rate and the alerts (``streaming.alerts``) one
+3. ``track_inventory`` runs each key's events (packed in one JSON column) through its state
+   (``applyInPandasWithState``) in the order they arrived on the key's partition. An event older
+   than one already applied for the key is *late*: it counts in the window metrics but never
+   overwrites a newer level nor moves an alert. Applied events move the level, the demand rate and the alerts (``streaming.alerts``) one
    at a time, so a drain to zero and a restock in one batch still open and resolve the CRITICAL
    alert. Since every key's result depends only on the order its events arrived, the results do
    not depend on how events fall into micro-batches.
-4. The writer inserts raw events, pane partials, stock levels, alert versions and alert changes
-   with the batch's deduplication token, recomputes the windows the batch touched from their panes,
+4. The writer collects raw events, pane partials, stock levels, alert versions and alert changes
+   with one Spark job (``tagged_union``, ``split_tables``), inserts them with the batch's
+   deduplication token, recomputes the windows the batch touched from their panes,
    and scores the keys that moved with ``stock_optimizer@champion`` and ``demand_forecaster@champion``
    into ``stock_recommendations`` (hot-swapped when an alias moves).
 """
@@ -36,7 +38,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any, NamedTuple
@@ -436,10 +438,10 @@ def _text(value: Any) -> str:
 
 
 class Movement(NamedTuple):
-    """One inventory event as the state function sees it."""
+    """One inventory event as the state function sees it (``event_time`` in epoch ms)."""
 
     event_id: str
-    event_time: pd.Timestamp
+    event_time: int
     store_id: str
     product_id: str
     event_type: str
@@ -456,11 +458,41 @@ class Movement(NamedTuple):
     model_version: Any
 
 
+# Movement fields packed into one JSON column per event for the state function: one Arrow
+# column per key instead of one per field keeps the per-key conversion cheap.
+_PACKED_FIELDS = tuple(f for f in Movement._fields if f not in ("store_id", "product_id"))
+_REAL_FIELDS = ("lead_time_days", "unit_cost", "model_reorder_point", "model_daily_demand")
+
+
 def arrival_order(events: pd.DataFrame) -> list[Movement]:
     """A key's events as tuples in the order they arrived (partition, offset); by event time
     when the frame has no Kafka coordinates."""
-    columns = [events[name].tolist() for name in Movement._fields]
-    movements = [Movement(*values) for values in zip(*columns, strict=True)]
+    columns = [
+        [_ms(t) for t in events[name]] if name == "event_time" else events[name].tolist()
+        for name in Movement._fields
+    ]
+    return _in_arrival_order([Movement(*values) for values in zip(*columns, strict=True)])
+
+
+def unpacked_movements(store_id: str, product_id: str, payloads: Iterable[str]) -> list[Movement]:
+    """A key's events from their ``movement`` JSON (see ``track_inventory``), in arrival order."""
+    movements = []
+    for payload in payloads:
+        value = json.loads(payload)
+        for name in _REAL_FIELDS:  # NaN arrives as a string; an absent field is null
+            if value.get(name) is not None:
+                value[name] = float(value[name])
+        movements.append(
+            Movement(
+                store_id=store_id,
+                product_id=product_id,
+                **{name: value.get(name) for name in _PACKED_FIELDS},
+            )
+        )
+    return _in_arrival_order(movements)
+
+
+def _in_arrival_order(movements: list[Movement]) -> list[Movement]:
     if all(pd.notna(m.kafka_offset) for m in movements):
         movements.sort(key=lambda m: (m.kafka_partition, m.kafka_offset))
     else:
@@ -483,11 +515,23 @@ def track_key(
     was applied, the latest version of every alert an event touched (``alert``) and every alert
     lifecycle change (``alert_change``).
     """
+    return track_movements(store_id, product_id, state, arrival_order(events), rules, detected_at)
+
+
+def track_movements(
+    store_id: str,
+    product_id: str,
+    state: StockState | None,
+    movements: list[Movement],
+    rules: InventoryRules,
+    detected_at: int,
+) -> tuple[StockState | None, pd.DataFrame]:
+    """``track_key`` on a key's events already in arrival order."""
     rows: list[tuple] = []
     versions: dict[str, Alert] = {}
     applied = False
-    for event in arrival_order(events):
-        time_ms = _ms(event.event_time)
+    for event in movements:
+        time_ms = event.event_time
         sold = units_sold(event.event_type, int(event.quantity_change))
         if state is not None and time_ms < state.event_time:
             _remember_sale(state, time_ms, sold, rules)
@@ -599,7 +643,7 @@ def _event_row(event: Movement, disposition: str, detected_at: int) -> tuple:
         event.product_id,
         {
             "event_id": event.event_id,
-            "event_time": _ms(event.event_time),
+            "event_time": event.event_time,
             "event_type": event.event_type,
             "quantity_change": int(event.quantity_change),
             "stock_level": int(event.stock_level),
@@ -700,7 +744,8 @@ def _now_ms() -> int:
 
 def _static_tracker(rules: InventoryRules) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
     def track(key: tuple, events: pd.DataFrame) -> pd.DataFrame:
-        _, rows = track_key(key[0], key[1], None, events, rules, _now_ms())
+        movements = unpacked_movements(key[0], key[1], events["movement"])
+        _, rows = track_movements(key[0], key[1], None, movements, rules, _now_ms())
         return rows
 
     return track
@@ -712,9 +757,10 @@ def _streaming_tracker(
     def track(
         key: tuple, chunks: Iterator[pd.DataFrame], state: GroupState
     ) -> Iterator[pd.DataFrame]:
-        events = pd.concat(list(chunks), ignore_index=True)
+        payloads = [p for chunk in chunks for p in chunk["movement"]]
+        movements = unpacked_movements(key[0], key[1], payloads)
         previous = StockState.from_json(state.get[0]) if state.exists else None
-        current, rows = track_key(key[0], key[1], previous, events, rules, _now_ms())
+        current, rows = track_movements(key[0], key[1], previous, movements, rules, _now_ms())
         if current is not None:
             state.update((current.to_json(),))
         yield rows
@@ -727,6 +773,8 @@ def track_inventory(events: DataFrame, rules: InventoryRules) -> DataFrame:
 
     Streaming frames keep the state across micro-batches (``applyInPandasWithState``); a static
     frame is one batch from an empty state. Missing Kafka or threshold columns read as null.
+    Each event reaches the state function as one JSON column, ``movement`` (event time in epoch
+    ms).
     """
     present = set(events.columns)
     optional = {
@@ -738,7 +786,19 @@ def track_inventory(events: DataFrame, rules: InventoryRules) -> DataFrame:
         sf.col(name) if name in present else sf.lit(None).cast(optional[name]).alias(name)
         for name in _INPUT_COLUMNS
     ]
-    grouped = events.select(*columns).groupBy("store_id", "product_id")
+    packed = sf.to_json(
+        sf.struct(
+            *[
+                (sf.unix_millis(name) if name == "event_time" else sf.col(name)).alias(name)
+                for name in _PACKED_FIELDS
+            ]
+        )
+    )
+    grouped = (
+        events.select(*columns)
+        .select("store_id", "product_id", packed.alias("movement"))
+        .groupBy("store_id", "product_id")
+    )
     if events.isStreaming:
         return grouped.applyInPandasWithState(
             _streaming_tracker(rules),
