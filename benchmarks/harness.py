@@ -107,6 +107,7 @@ def machine_header(quick: bool, repeats: int) -> dict[str, Any]:
         "mlflow",
         "chdb",
         "kafka-python",
+        "confluent-kafka",
         "great-expectations",
         "scikit-learn",
     ):

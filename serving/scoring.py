@@ -53,7 +53,7 @@ def scoring_features(
         load_daily_history,
         resolve_window,
     )
-    from training.features import FEATURE_HISTORY_DAYS, score_rows_with_history
+    from training.features import FEATURE_HISTORY_DAYS, materialize, score_rows_with_history
 
     keys = spark.createDataFrame([(store_id, product_id)], "store_id string, product_id string")
     catalog_rows = materialize(
@@ -82,12 +82,6 @@ def scoring_features(
     earlier = history.join(wanted, key_columns, "left_anti")
     rows = stored.unionByName(unstored.select(*history.columns))
     return score_rows_with_history(earlier, rows)
-
-
-def materialize(spark: Any, frame: Any) -> Any:
-    """``frame`` computed once and held as local rows: one store x product's panel is small, and
-    the feature plan, which reads it several times, stays a few stages instead of a hundred."""
-    return spark.createDataFrame(frame.toPandas(), schema=frame.schema)
 
 
 def predict_days(model: Any, features: Any, quantiles: dict[str, float]) -> list[ScoredDay]:

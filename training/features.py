@@ -160,11 +160,19 @@ def build_scoring_features(
     is read for every store that sells the requested products, so cross-store features match
     training. A key without history gets the documented fallbacks (product mean, then zero).
     """
-    wanted = keys_frame(spark, keys)
+    wanted = materialize(spark, keys_frame(spark, keys))
+    history = load_recent_history(spark, store, wanted, as_of_date)
     return score_rows_with_history(
-        load_recent_history(spark, store, wanted, as_of_date),
-        load_catalog_rows(spark, store, wanted, [as_of_date]),
+        None if history is None else materialize(spark, history),
+        materialize(spark, load_catalog_rows(spark, store, wanted, [as_of_date])),
     ).join(wanted, ["store_id", "product_id"], "inner")
+
+
+def materialize(spark: SparkSession, frame: DataFrame) -> DataFrame:
+    """``frame`` computed once and held as local rows. Scoring panels are small (the keys' last
+    weeks), and the feature plan reads its panel several times: from local rows it stays a few
+    stages instead of re-running every store query and join for each read."""
+    return spark.createDataFrame(frame.toPandas(), schema=frame.schema)
 
 
 def load_recent_history(
