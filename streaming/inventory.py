@@ -75,6 +75,7 @@ from streaming.alerts import (
 from streaming.runtime import (
     CONSOLE,
     Check,
+    StepTimer,
     deduplicate_events,
     insert_batch,
     parse_events,
@@ -1185,22 +1186,6 @@ def default_feature_builder() -> FeatureBuilder | None:
 # ---------------------------------------------------------------- the foreachBatch writer
 
 
-class _StepTimer:
-    """Seconds spent in each step of a batch, for the log line."""
-
-    def __init__(self) -> None:
-        self._last = time.monotonic()
-        self._steps: list[tuple[str, float]] = []
-
-    def lap(self, step: str) -> None:
-        now = time.monotonic()
-        self._steps.append((step, now - self._last))
-        self._last = now
-
-    def __str__(self) -> str:
-        return ", ".join(f"{step} {seconds:.2f} s" for step, seconds in self._steps)
-
-
 class InventoryBatchWriter:
     """The ``foreachBatch`` function of the inventory job: one micro-batch into every table."""
 
@@ -1231,7 +1216,7 @@ class InventoryBatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
-        steps = _StepTimer()
+        steps = StepTimer()
         changes = batch.persist()  # the stateful step must run once: every table reads it
         try:
             frames = table_rows(changes, self.rules.slide_minutes)

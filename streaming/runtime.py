@@ -290,6 +290,22 @@ def deduplicate_classified(
     )
 
 
+class StepTimer:
+    """Seconds spent in each step of a batch, for the log line."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[tuple[str, float]] = []
+
+    def lap(self, step: str) -> None:
+        now = time.monotonic()
+        self._steps.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.2f} s" for step, seconds in self._steps)
+
+
 def batch_token(query_name: str, batch_id: int) -> str:
     """The insert deduplication token of one micro-batch: ``<query>-<batch id>``."""
     return f"{query_name}-{batch_id}"

@@ -39,6 +39,7 @@ from streaming.runtime import (
     CONSOLE,
     DEAD_LETTER_COLUMNS,
     Check,
+    StepTimer,
     classify_events,
     deduplicate_classified,
     deduplicate_events,
@@ -672,7 +673,7 @@ class SalesBatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
         classified = batch.persist()
-        steps = _StepTimer()
+        steps = StepTimer()
         try:
             rows = to_pandas(storable_rows(classified))
             if rows.empty:
@@ -794,22 +795,6 @@ class SalesBatchWriter:
                 "model_name string, model_version string",
             )
         return to_pandas(detect_sales_anomalies(frame, judge_after, horizon, expected, self.rules))
-
-
-class _StepTimer:
-    """Seconds spent in each step of a batch, for the log line."""
-
-    def __init__(self) -> None:
-        self._last = time.monotonic()
-        self._steps: list[tuple[str, float]] = []
-
-    def lap(self, step: str) -> None:
-        now = time.monotonic()
-        self._steps.append((step, now - self._last))
-        self._last = now
-
-    def __str__(self) -> str:
-        return ", ".join(f"{step} {seconds:.2f} s" for step, seconds in self._steps)
 
 
 def _naive_utc(value: Any) -> dt.datetime:
