@@ -112,6 +112,18 @@ def check_transform(frame: Any, output_column: str = "prediction") -> Probe:
     return probe
 
 
+def use_tracking_server(settings: Settings) -> None:
+    """Point this process's MLflow at ``MLFLOW_TRACKING_URI`` from the settings.
+
+    ``models:/`` URIs resolve against the process-wide registry, and a job started by spark-submit
+    has no MLFLOW_* variables: without this, MLflow looks in a local store. Call it once at a job's
+    entry point (the library never changes MLflow's globals itself).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+
+
 def load_spark_model(uri: str, settings: Settings) -> Any:
     """Load a Spark ML model from the registry with ``mlflow.spark.load_model``."""
     import mlflow.spark
@@ -238,12 +250,6 @@ class ChampionModel:
         return str(self._pending.result(timeout=self.registry_timeout_s).version)
 
     def _load(self, version: str) -> None:
-        import mlflow
-
-        # ``models:/`` URIs resolve against the process-wide registry: the settings' server, not
-        # MLflow's default of a local ./mlruns (a job under spark-submit has no MLFLOW_* variables).
-        mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
-        mlflow.set_registry_uri(self.settings.mlflow_tracking_uri)
         uri = model_uri(self.name, version)
         previous = self._loaded.version if self._loaded else None
         started = time.monotonic()

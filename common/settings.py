@@ -30,7 +30,9 @@ class Settings(BaseSettings):
 
     spark_master: str = Field("local[*]", description="local[*], local[N] or spark://host:port")
     spark_shuffle_partitions: int = Field(
-        2, ge=1, description="shuffle partitions (and state partitions of new streaming checkpoints)"
+        2,
+        ge=1,
+        description="shuffle partitions (and state partitions of new streaming checkpoints)",
     )
     kafka_bootstrap_servers: str = Field("localhost:9092", description="host:port[,host:port]")
     clickhouse_url: str | None = Field(None, description="unset = embedded chDB store")
@@ -50,7 +52,9 @@ class Settings(BaseSettings):
     service_start_timeout_s: float = Field(120.0, gt=0, description="retail up: wait per service")
     demo_scale: float = Field(1.0, ge=0.1, le=100, description="make demo: world and stream size")
     demo_stream_seconds: int = Field(90, ge=10, description="make demo: seconds of live events")
-    demo_stream_rate: int = Field(300, ge=1, description="make demo: live events per second (x scale)")
+    demo_stream_rate: int = Field(
+        300, ge=1, description="make demo: live events per second (x scale)"
+    )
     api_port: int = Field(8000, ge=1, le=65535)
     api_token: SecretStr | None = None
     store_lock_timeout_s: float = Field(120.0, gt=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -16,8 +17,8 @@ CONNECTOR_DIR = PROJECT_ROOT / ".jvm" / "spark-kafka"
 
 def connector_jars() -> list[Path]:
     """The Kafka connector jars resolved from Maven Central by `make setup`."""
-    if os.environ.get("PYSPARK_GATEWAY_PORT"):
-        return []  # launched by spark-submit, whose --jars put them on the classpath (submit_jobs.sh)
+    if zipfile.is_zipfile(PROJECT_ROOT):
+        return []  # shipped as a zip by spark-submit --py-files, whose --jars carry the connector
     jars = sorted(CONNECTOR_DIR.glob("*.jar"))
     if not jars:
         raise RuntimeError(

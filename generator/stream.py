@@ -125,7 +125,7 @@ def connect_producer(
             "batch.size": 512 * 1024,
             "message.max.bytes": 1024 * 1024,
             "request.timeout.ms": 30_000,
-            "delivery.timeout.ms": 120_000,
+            "delivery.timeout.ms": 300_000,  # rides out a broker restart on a busy machine
             "logger": log,
             "error_cb": _log_client_error,
         }

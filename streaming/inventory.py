@@ -58,7 +58,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from common.models import ChampionModel, LoadedModel
+from common.models import ChampionModel, LoadedModel, use_tracking_server
 from common.schemas import INVENTORY_EVENT_SCHEMA, INVENTORY_EVENT_TYPES
 from common.settings import Settings, get_settings, load_settings
 from common.store import Store, open_store
@@ -1417,6 +1417,7 @@ def main(
     from common.store import migrate
 
     settings = settings or get_settings()
+    use_tracking_server(settings)
     spark = build_spark_session(JOB, settings)
     champions: list[ChampionModel] = []
     if not console:

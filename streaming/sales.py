@@ -31,7 +31,13 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as sf
 from pyspark.sql.streaming import StreamingQuery
 
-from common.models import ChampionModel, LoadedModel, Probe, check_signature
+from common.models import (
+    ChampionModel,
+    LoadedModel,
+    Probe,
+    check_signature,
+    use_tracking_server,
+)
 from common.schemas import SALES_EVENT_SCHEMA
 from common.settings import Settings, get_settings
 from common.store import Store, open_store
@@ -865,6 +871,7 @@ def main(
     from common.store import migrate
 
     settings = settings or get_settings()
+    use_tracking_server(settings)
     spark = build_spark_session(JOB, settings)
     champion = None
     feature_builder = default_feature_builder()

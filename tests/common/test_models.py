@@ -173,26 +173,3 @@ def test_an_alias_moved_outside_retail_is_recorded_once_by_the_jobs_that_see_it(
         (v2, v1),
     ]
     assert set(recorded.actor) == {"mlflow-ui (seen by sales-stream)"}
-
-
-def test_versions_load_from_the_configured_server_whatever_mlflow_defaults_to(
-    spark, services, store, monkeypatch, tmp_path
-) -> None:
-    import mlflow
-    from mlflow import MlflowClient
-
-    name = f"test_models_{uuid.uuid4().hex[:8]}"
-    version = register_spark_model(toy_pipeline(spark, 1.0), name)
-    MlflowClient(services.mlflow_tracking_uri).set_registered_model_alias(name, "champion", version)
-    # A job under spark-submit has no MLFLOW_* variables: MLflow would look in a local store.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
-    mlflow.set_registry_uri((tmp_path / "mlruns").as_uri())
-    try:
-        champion = ChampionModel(name, job="test-models", store=store, settings=services)
-        loaded = champion.current()
-        assert loaded is not None and loaded.version == version
-    finally:
-        mlflow.set_tracking_uri(services.mlflow_tracking_uri)
-        mlflow.set_registry_uri(services.mlflow_tracking_uri)
