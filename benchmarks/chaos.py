@@ -420,7 +420,7 @@ def broker_restart(stack: Stack, sizes: Sizes, seed: int = 21) -> ChaosResult:
     def send() -> None:
         counts.update(produce_world(settings, seed, sizes.rate, sizes.broker_seconds))
 
-    with captured_warnings("kafka") as surfaced:
+    with captured_warnings("generator.stream") as surfaced:  # librdkafka errors, logged there
         producer = threading.Thread(target=send)
         producer.start()
         time.sleep(sizes.broker_seconds / 4)
