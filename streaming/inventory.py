@@ -1445,3 +1445,4 @@ def main(
     finally:
         for champion in champions:
             champion.close()
+        spark.stop()  # the listener bus drains before Python exits (no late callback into a dying VM)

@@ -893,3 +893,4 @@ def main(
     finally:
         if champion is not None:
             champion.close()
+        spark.stop()  # the listener bus drains before Python exits (no late callback into a dying VM)
