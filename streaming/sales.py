@@ -111,8 +111,7 @@ RAW_SALES_COLUMNS = [*SALES_EVENT_SCHEMA.fieldNames(), "source"]
 def storable_rows(classified: DataFrame) -> DataFrame:
     """One frame holding both what ``sales_events`` and ``dead_letters`` need, so that a batch is
     collected once: the event's fields and ``source`` ('stream'), ``error``, and the dead-letter
-    columns (the raw payload only on bad records)."""
-    bad = sf.col("error").isNotNull()
+    columns (``deduplicate_classified`` already kept the raw payload of bad records only)."""
     return classified.select(
         *[f.name for f in SALES_EVENT_SCHEMA.fields if f.name != "on_promotion"],
         sf.coalesce(sf.col("on_promotion").cast("int"), sf.lit(0)).alias("on_promotion"),
@@ -121,7 +120,7 @@ def storable_rows(classified: DataFrame) -> DataFrame:
         sf.col("kafka_topic").alias("topic"),
         "kafka_partition",
         "kafka_offset",
-        sf.when(bad, sf.col("raw_payload")).alias("raw_payload"),
+        "raw_payload",
         "payload_encoding",
         "job",
         "received_at",
