@@ -455,22 +455,22 @@ def broker_restart(stack: Stack, sizes: Sizes, seed: int = 21) -> ChaosResult:
     )
 
 
-def hold_lock_when(lock_path: Path, trigger: Path, seconds: float) -> subprocess.Popen:
+def hold_store_when(store_dir: Path, trigger: Path, seconds: float) -> subprocess.Popen:
     """Another process waits until ``trigger`` exists (Spark writes a batch's offsets file before
-    it runs the batch), then takes the store's inter-process lock and holds it for ``seconds``."""
+    it runs the batch), then works in the store for ``seconds`` in one session, holding its lock."""
     code = (
         "import pathlib, sys, time\n"
-        "from filelock import FileLock\n"
+        "from common.store.embedded import EmbeddedStore\n"
         "trigger = pathlib.Path(sys.argv[2])\n"
         "deadline = time.monotonic() + 600\n"
         "while not trigger.exists() and time.monotonic() < deadline:\n"
         "    time.sleep(0.05)\n"
-        "with FileLock(sys.argv[1]):\n"
+        "with EmbeddedStore(sys.argv[1], lock_timeout_s=600).session():\n"
         "    print('held', flush=True)\n"
         "    time.sleep(float(sys.argv[3]))\n"
     )
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(lock_path), str(trigger), str(seconds)],
+        [sys.executable, "-c", code, str(store_dir), str(trigger), str(seconds)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -509,9 +509,7 @@ def store_outage(stack: Stack, sizes: Sizes, seed: int = 31) -> ChaosResult:
     first_batch = (
         checkpoint_location(settings, STREAM_JOB, f"{STREAM_JOB}-events") / "offsets" / "0"
     )
-    holder = hold_lock_when(
-        Path(str(settings.store_dir) + ".lock"), first_batch, sizes.outage_seconds
-    )
+    holder = hold_store_when(settings.store_dir, first_batch, sizes.outage_seconds)
     failures = drain_in_process(stack, settings)
     held = holder.communicate(timeout=600)[0].strip() == "held"
     produced = produced_sales(settings)

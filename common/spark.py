@@ -48,6 +48,8 @@ def build_spark_session(
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        # A query whose batch is stuck fails its stop() after this long instead of waiting forever.
+        "spark.sql.streaming.stopTimeout": "120s",
         "spark.driver.memory": "2g",
         "spark.pyspark.python": sys.executable,
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",

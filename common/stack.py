@@ -125,8 +125,11 @@ def _live_pid(pid_file: Path, marker: str) -> int | None:
     pid = _read_pid(pid_file)
     if pid is None or not _is_alive(pid):
         return None
+    if pid in _children:
+        return pid  # launched by this interpreter and not exited: no recycled pid to rule out
     cmdline = _cmdline(pid)
-    return pid if cmdline is None or marker in cmdline else None
+    # An empty command line is a process between fork and exec (or re-exec'ing): not yet telling.
+    return pid if not cmdline or marker in cmdline else None
 
 
 def _group_alive(pgid: int) -> bool:

@@ -3,15 +3,24 @@ SparkSession, one embedded store, and (on request) one real Kafka broker and MLf
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import re
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="retail-tests-"))
+_HANG_DIR = Path(__file__).resolve().parents[1] / "test-artifacts" / "hangs"
+_HANG_DUMP_AFTER_S = 240.0
+_hang_dumps: list[Path] = []
+_PLUMBING = re.compile(r"/_pytest/|/pluggy/|<frozen |/threading\.py")
 
 
 def free_port() -> int:
@@ -92,3 +101,48 @@ def kafka(settings) -> Iterator[str]:
     stack.ensure_topics(settings)
     yield settings.kafka_bootstrap_servers
     stack.stop_kafka(settings)
+
+
+def _dump_hang(nodeid: str) -> None:
+    """Write every Python thread's stack and the Spark driver's JVM threads for a test that still
+    runs after _HANG_DUMP_AFTER_S, so a hang in CI leaves evidence even if the run is killed."""
+    _HANG_DIR.mkdir(parents=True, exist_ok=True)
+    path = _HANG_DIR / (re.sub(r"[^\w.-]+", "_", nodeid)[-150:] + ".txt")
+    with path.open("w") as out:
+        out.write(f"{nodeid} still running after {_HANG_DUMP_AFTER_S:.0f} s\n\n")
+        out.flush()
+        faulthandler.dump_traceback(out, all_threads=True)
+        from pyspark import SparkContext
+
+        gateway = SparkContext._gateway
+        process = getattr(gateway, "proc", None) if gateway is not None else None
+        if process is not None and process.poll() is None:
+            out.write(f"\n--- jstack {process.pid} (Spark driver)\n")
+            out.flush()
+            subprocess.run(["jstack", str(process.pid)], stdout=out, stderr=out, timeout=60)
+    _hang_dumps.append(path)
+    print(f"\n[hang] {nodeid} still running: thread dumps in {path}", file=sys.__stderr__)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Arm the hang dump for the test's setup, call and teardown."""
+    timer = threading.Timer(_HANG_DUMP_AFTER_S, _dump_hang, args=(item.nodeid,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """At the very end of the output: each hang dump's Python stacks and the JVM's stream threads."""
+    for dump in _hang_dumps:
+        python, _, jvm = dump.read_text().partition("\n--- jstack")
+        streams = [block for block in jvm.split("\n\n") if "stream execution thread" in block]
+        terminalreporter.write_sep("-", f"hang dump {dump.name}")
+        frames = [line for line in python.splitlines() if not _PLUMBING.search(line)]
+        terminalreporter.write_line("\n".join(frames[:100]))
+        for block in streams:
+            terminalreporter.write_line("\n".join(block.splitlines()[:30]))

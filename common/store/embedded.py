@@ -1,13 +1,21 @@
 """The embedded store: chDB (the ClickHouse engine in process) under a data directory.
 
-chDB lets one process open a data directory at a time, so every operation opens the directory,
-works and closes it again under an inter-process file lock, waiting its turn up to a timeout.
+chDB lets one process open a data directory at a time. A process takes the directory under an
+inter-process file lock and keeps chDB's engine open between its sessions until another process
+asks for the directory (it leaves a marker in ``<dir>.waiting/`` while it waits); then the engine
+closes and the lock passes on. Keeping the engine open matters: each time chDB 4.4 starts and stops
+an engine it leaves about 5 threads and 10 file descriptors behind, which a long-running job that
+re-opened the directory for every batch would pile up until it hit the process's limits.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import resource
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,18 +30,141 @@ from common.store.base import StoreBusyError, StoreError, check_table, check_tok
 
 log = logging.getLogger(__name__)
 
-# chDB keeps one engine per process: connections from different threads take turns.
+# One engine per process: threads take turns, and switching directories closes the open one.
 _PROCESS_LOCK = threading.RLock()
+_HAND_OVER_POLL_S = 0.05
+_engine: _Engine | None = None
+_watcher: threading.Thread | None = None
+_forked_away: list[_Engine] = []  # engines inherited through fork: never released by the child
+
+
+class _Engine:
+    """chDB's engine on one data directory, with the inter-process lock that guards it."""
+
+    def __init__(self, path: Path, lock_timeout_s: float) -> None:
+        self.path = path
+        self.waiting = Path(f"{path}.waiting")
+        self.waiting.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(f"{path}.lock", thread_local=False)
+        marker = self.waiting / f"{os.getpid()}-{threading.get_ident()}"
+        marker.touch()
+        try:
+            self.lock.acquire(timeout=lock_timeout_s)
+        except Timeout:
+            raise StoreBusyError(
+                f"the embedded store at {path} stayed locked by another process for "
+                f"{lock_timeout_s:.0f} s; raise STORE_LOCK_TIMEOUT_S or stop that process"
+            ) from None
+        finally:
+            marker.unlink(missing_ok=True)
+        try:
+            self.anchor = chdb.connect(f"file:{path}")
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def wanted_elsewhere(self) -> bool:
+        """Whether another live process waits for this directory (markers of dead ones go)."""
+        for marker in self.waiting.iterdir():
+            pid = int(marker.name.split("-")[0]) if marker.name.split("-")[0].isdigit() else 0
+            if pid == os.getpid():
+                continue
+            if _process_alive(pid):
+                return True
+            marker.unlink(missing_ok=True)
+        return False
+
+    def close(self) -> None:
+        try:
+            self.anchor.close()
+        finally:
+            self.lock.release()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return pid > 0
+
+
+def _engine_for(path: Path, lock_timeout_s: float) -> _Engine:
+    """The open engine on ``path``, opening it (and closing another directory's) when needed.
+    The caller holds _PROCESS_LOCK."""
+    global _engine, _watcher
+    if _engine is not None and _engine.path == path:
+        return _engine
+    if _engine is not None:
+        _engine.close()
+        _engine = None
+    _raise_open_files_limit()
+    _engine = _Engine(path, lock_timeout_s)
+    if _watcher is None:
+        _watcher = threading.Thread(
+            target=_hand_over_when_wanted, name="chdb-hand-over", daemon=True
+        )
+        _watcher.start()
+    return _engine
+
+
+def _hand_over_when_wanted() -> None:
+    """Close the idle engine as soon as another process waits for its directory."""
+    global _engine
+    while True:
+        time.sleep(_HAND_OVER_POLL_S)
+        if not _PROCESS_LOCK.acquire(blocking=False):
+            continue  # a session is running: hand over after it
+        try:
+            if _engine is not None and _engine.wanted_elsewhere():
+                log.debug("handing the embedded store at %s to another process", _engine.path)
+                _engine.close()
+                _engine = None
+        except OSError:
+            log.exception("could not check who waits for the embedded store")
+        finally:
+            _PROCESS_LOCK.release()
+
+
+def _close_engine() -> None:
+    global _engine
+    with _PROCESS_LOCK:
+        if _engine is not None:
+            _engine.close()
+            _engine = None
+
+
+def _forget_engine_in_child() -> None:
+    """A forked child shares the parent's lock: it must neither use nor release it."""
+    global _engine, _watcher
+    if _engine is not None:
+        _forked_away.append(_engine)
+    _engine = None
+    _watcher = None
+
+
+def _raise_open_files_limit() -> None:
+    """ClickHouse reads a file per column and part; lift the soft open-files limit to the hard one,
+    as clickhouse-server does at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+atexit.register(_close_engine)
+os.register_at_fork(after_in_child=_forget_engine_in_child)
 
 
 class EmbeddedStore:
     """chDB under ``path``; safe to share between processes and threads."""
 
     def __init__(self, path: Path, lock_timeout_s: float = 120.0) -> None:
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock_timeout_s = lock_timeout_s
-        self._file_lock = FileLock(str(self.path) + ".lock", thread_local=False)
         self._conn: Any = None
         self._owner: int | None = None
 
@@ -42,29 +173,20 @@ class EmbeddedStore:
 
     @contextmanager
     def session(self) -> Iterator[EmbeddedStore]:
-        """Open the directory under the lock for a group of operations (re-entrant)."""
+        """Work on the directory under the lock for a group of operations (re-entrant)."""
         if self._conn is not None and self._owner == threading.get_ident():
             yield self
             return
         with _PROCESS_LOCK:
+            _engine_for(self.path, self.lock_timeout_s)
+            self._conn = chdb.connect(f"file:{self.path}")
+            self._owner = threading.get_ident()
             try:
-                self._file_lock.acquire(timeout=self.lock_timeout_s)
-            except Timeout:
-                raise StoreBusyError(
-                    f"the embedded store at {self.path} stayed locked by another process for "
-                    f"{self.lock_timeout_s:.0f} s; raise STORE_LOCK_TIMEOUT_S or stop that process"
-                ) from None
-            try:
-                self._conn = chdb.connect(f"file:{self.path}")
-                self._owner = threading.get_ident()
-                try:
-                    yield self
-                finally:
-                    self._conn.close()
-                    self._conn = None
-                    self._owner = None
+                yield self
             finally:
-                self._file_lock.release()
+                self._conn.close()
+                self._conn = None
+                self._owner = None
 
     def _query(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> Any:
         with self.session():

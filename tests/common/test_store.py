@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -120,8 +121,8 @@ def test_a_held_lock_times_out_with_a_clear_error(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from filelock import FileLock; "
-            f"l = FileLock({str(path) + '.lock'!r}, thread_local=False); l.acquire(); "
+            "import time; from common.store.embedded import EmbeddedStore; "
+            f"session = EmbeddedStore({str(path)!r}).session(); session.__enter__(); "
             "print('held', flush=True); time.sleep(30)",
         ],
         stdout=subprocess.PIPE,
@@ -136,6 +137,48 @@ def test_a_held_lock_times_out_with_a_clear_error(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def _threads_and_files() -> tuple[int, int]:
+    return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(load_settings().clickhouse_url is not None, reason="embedded store")
+def test_many_sessions_reuse_one_engine_without_piling_up_threads_or_files(tmp_path):
+    store = EmbeddedStore(tmp_path / "chdb")
+    migrate(store)
+    threads, files = _threads_and_files()
+    for n in range(100):
+        assert store.scalar("SELECT {n:UInt32} + 1", {"n": n}) == n + 1
+    after_threads, after_files = _threads_and_files()
+    assert after_threads - threads < 5  # re-opening the engine each time left ~5 per session
+    assert after_files - files < 10
+
+
+@pytest.mark.skipif(load_settings().clickhouse_url is not None, reason="embedded store")
+def test_an_idle_process_hands_the_store_to_another_that_asks(tmp_path):
+    path = tmp_path / "chdb"
+    store = EmbeddedStore(path)
+    migrate(store)
+    store.insert_df("model_events", _events(3, "parent"))  # this process now keeps the engine
+    reader = (
+        "import sys, time\n"
+        "from common.store.embedded import EmbeddedStore\n"
+        "started = time.monotonic()\n"
+        "store = EmbeddedStore(sys.argv[1], lock_timeout_s=10)\n"
+        "print(store.scalar('SELECT count() FROM model_events'), time.monotonic() - started)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", reader, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows, waited_s = done.stdout.split()
+    assert int(rows) == 3
+    assert float(waited_s) < 2.0
+    assert store.scalar("SELECT count() FROM model_events") == 3  # and takes it back
 
 
 def test_open_store_picks_the_embedded_store_by_default(settings):
