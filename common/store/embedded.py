@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _PROCESS_LOCK = threading.RLock()
 _HAND_OVER_POLL_S = 0.05
 _engine: _Engine | None = None
+_open_sessions = 0  # sessions of this process on the engine right now (they may nest)
 _watcher: threading.Thread | None = None
 _forked_away: list[_Engine] = []  # engines inherited through fork: never released by the child
 
@@ -48,8 +49,11 @@ class _Engine:
         self.lock = FileLock(f"{path}.lock", thread_local=False)
         marker = self.waiting / f"{os.getpid()}-{threading.get_ident()}"
         marker.touch()
+        deadline = time.monotonic() + lock_timeout_s
         try:
-            self.lock.acquire(timeout=lock_timeout_s)
+            while self._someone_ahead_of(marker) and time.monotonic() < deadline:
+                time.sleep(_HAND_OVER_POLL_S / 2)  # first come, first served
+            self.lock.acquire(timeout=max(deadline - time.monotonic(), 0.0))
         except Timeout:
             raise StoreBusyError(
                 f"the embedded store at {path} stayed locked by another process for "
@@ -63,16 +67,28 @@ class _Engine:
             self.lock.release()
             raise
 
-    def wanted_elsewhere(self) -> bool:
-        """Whether another live process waits for this directory (markers of dead ones go)."""
+    def _waiters(self) -> Iterator[tuple[Path, int]]:
+        """Other live processes' markers with their creation time (markers of dead ones go)."""
         for marker in self.waiting.iterdir():
-            pid = int(marker.name.split("-")[0]) if marker.name.split("-")[0].isdigit() else 0
-            if pid == os.getpid():
+            pid = marker.name.split("-")[0]
+            if not pid.isdigit() or int(pid) == os.getpid():
                 continue
-            if _process_alive(pid):
-                return True
-            marker.unlink(missing_ok=True)
-        return False
+            try:
+                since = marker.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue  # it got the directory meanwhile
+            if _process_alive(int(pid)):
+                yield marker, since
+            else:
+                marker.unlink(missing_ok=True)
+
+    def _someone_ahead_of(self, mine: Path) -> bool:
+        mine_since = mine.stat().st_mtime_ns
+        return any(since < mine_since for _, since in self._waiters())
+
+    def wanted_elsewhere(self) -> bool:
+        """Whether another live process waits for this directory."""
+        return next(self._waiters(), None) is not None
 
     def close(self) -> None:
         try:
@@ -98,6 +114,11 @@ def _engine_for(path: Path, lock_timeout_s: float) -> _Engine:
     if _engine is not None and _engine.path == path:
         return _engine
     if _engine is not None:
+        if _open_sessions:
+            raise StoreError(
+                f"cannot open the embedded store at {path} inside a session on {_engine.path}: "
+                "chDB opens one directory per process"
+            )
         _engine.close()
         _engine = None
     _raise_open_files_limit()
@@ -110,22 +131,27 @@ def _engine_for(path: Path, lock_timeout_s: float) -> _Engine:
     return _engine
 
 
-def _hand_over_when_wanted() -> None:
-    """Close the idle engine as soon as another process waits for its directory."""
+def _hand_over_if_wanted() -> None:
+    """Close the engine when another process waits for its directory. Holds _PROCESS_LOCK."""
     global _engine
+    try:
+        if _engine is not None and _open_sessions == 0 and _engine.wanted_elsewhere():
+            log.debug("handing the embedded store at %s to another process", _engine.path)
+            _engine.close()
+            _engine = None
+    except OSError:
+        log.exception("could not check who waits for the embedded store")
+
+
+def _hand_over_when_wanted() -> None:
+    """Watch an idle engine: hand it over as soon as another process asks."""
     while True:
         time.sleep(_HAND_OVER_POLL_S)
-        if not _PROCESS_LOCK.acquire(blocking=False):
-            continue  # a session is running: hand over after it
-        try:
-            if _engine is not None and _engine.wanted_elsewhere():
-                log.debug("handing the embedded store at %s to another process", _engine.path)
-                _engine.close()
-                _engine = None
-        except OSError:
-            log.exception("could not check who waits for the embedded store")
-        finally:
-            _PROCESS_LOCK.release()
+        if _PROCESS_LOCK.acquire(blocking=False):  # else a session runs and hands over at its end
+            try:
+                _hand_over_if_wanted()
+            finally:
+                _PROCESS_LOCK.release()
 
 
 def _close_engine() -> None:
@@ -138,11 +164,12 @@ def _close_engine() -> None:
 
 def _forget_engine_in_child() -> None:
     """A forked child shares the parent's lock: it must neither use nor release it."""
-    global _engine, _watcher
+    global _engine, _watcher, _open_sessions
     if _engine is not None:
         _forked_away.append(_engine)
     _engine = None
     _watcher = None
+    _open_sessions = 0
 
 
 def _raise_open_files_limit() -> None:
@@ -177,16 +204,20 @@ class EmbeddedStore:
         if self._conn is not None and self._owner == threading.get_ident():
             yield self
             return
+        global _open_sessions
         with _PROCESS_LOCK:
             _engine_for(self.path, self.lock_timeout_s)
             self._conn = chdb.connect(f"file:{self.path}")
             self._owner = threading.get_ident()
+            _open_sessions += 1
             try:
                 yield self
             finally:
+                _open_sessions -= 1
                 self._conn.close()
                 self._conn = None
                 self._owner = None
+                _hand_over_if_wanted()
 
     def _query(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> Any:
         with self.session():
