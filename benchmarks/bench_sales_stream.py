@@ -323,11 +323,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "met": share >= SHARE_TARGET,
         },
         {
-            "name": f"event-to-store latency p50 at {rate:,.0f} events/s ({latencies.size} events)",
+            "name": f"event-to-store latency p50 at {rate:,.0f} events/s",
             "target": "reported",
             "value": p50,
             "unit": "s",
-            "peer": f"p99 target {LATENCY_P99_TARGET_S:.0f} s",
+            "peer": f"{latencies.size} events stored; p99 target {LATENCY_P99_TARGET_S:.0f} s",
             "ratio": p50 / LATENCY_P99_TARGET_S,
             "met": True,
         },

@@ -378,12 +378,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
     answered_all = fixed["failures"] == 0 and fixed["answered_per_s"] >= 0.98 * RATE
     peer = (
         f"wrk closed loop, 8 connections: {peak['requests_per_s']:,.0f} req/s, "
-        f"p50 {peak['p50_ms']:.1f} ms, p99 {peak['p99_ms']:.1f} ms"
-    )
-    keys_note = (
-        f"{len(keys):,} store x product pairs, horizon 7, {count:,} requests, "
+        f"p50 {peak['p50_ms']:.1f} ms, p99 {peak['p99_ms']:.1f} ms; "
         f"machine load average {load:.1f} on {os.cpu_count()} cores"
     )
+    keys_note = f"{len(keys):,} store x product pairs, horizon 7, {count:,} requests"
     return [
         {
             "name": f"forecast p99 latency at {RATE:.0f} req/s (open loop, {keys_note})",

@@ -13,8 +13,11 @@ counted twice in the ``sales_panes`` partials (a plain MergeTree: a replayed bat
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
+import os
 import random
 import signal
 import subprocess
@@ -27,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 from common.settings import Settings
@@ -115,8 +118,6 @@ def scenario_settings(stack: Stack, name: str, **overrides: Any) -> Settings:
 
 def job_environment(settings: Settings) -> dict[str, str]:
     """The environment of a job subprocess that runs with ``settings``."""
-    import os
-
     environment = {
         **os.environ,
         "DATA_DIR": str(settings.data_root),
@@ -148,7 +149,10 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, poll_s: 
 
 
 class StreamJob:
-    """The sales streaming job as a subprocess (``python -m streaming sales``), its output in a log."""
+    """The sales streaming job as a subprocess (``python -m streaming sales``), its output in a log.
+    Jobs a failed scenario leaves running are killed by ``stop_leftover_jobs`` (and at exit)."""
+
+    running: ClassVar[set[StreamJob]] = set()
 
     def __init__(self, settings: Settings, log_file: Path, available_now: bool = False) -> None:
         self.settings = settings
@@ -169,6 +173,7 @@ class StreamJob:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        StreamJob.running.add(self)
 
     def output(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
@@ -185,8 +190,6 @@ class StreamJob:
 
     def signal(self, signum: int) -> None:
         """SIGTERM to the driver (graceful path) or SIGKILL to its whole process group (crash)."""
-        import os
-
         assert self.process is not None
         if signum == signal.SIGKILL:
             os.killpg(self.process.pid, signal.SIGKILL)
@@ -195,18 +198,30 @@ class StreamJob:
 
     def wait(self, timeout_s: float = 120.0) -> int:
         """The exit code; the group is killed if it does not end in time."""
-        import os
-
         assert self.process is not None
         try:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait(timeout=30)
+        finally:
+            StreamJob.running.discard(self)
 
     def run(self, timeout_s: float = 300.0) -> int:
         self.start()
         return self.wait(timeout_s)
+
+
+@atexit.register
+def stop_leftover_jobs() -> None:
+    """Kill the process group of every job still running (a scenario that failed half-way)."""
+    for job in list(StreamJob.running):
+        if job.process is not None and job.process.poll() is None:
+            log.warning("killing the leftover job process group %d", job.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.process.pid, signal.SIGKILL)
+            job.process.wait(timeout=30)
+        StreamJob.running.discard(job)
 
 
 def topic_records(settings: Settings, topic: str) -> list[tuple[int, int, bytes | None]]:
@@ -455,25 +470,27 @@ def broker_restart(stack: Stack, sizes: Sizes, seed: int = 21) -> ChaosResult:
     )
 
 
-def hold_store_when(store_dir: Path, trigger: Path, seconds: float) -> subprocess.Popen:
-    """Another process waits until ``trigger`` exists (Spark writes a batch's offsets file before
-    it runs the batch), then works in the store for ``seconds`` in one session, holding its lock."""
+def hold_store(store_dir: Path, release: Path, max_seconds: float) -> subprocess.Popen:
+    """Another process takes the store and works in it in one session until ``release`` exists (or
+    ``max_seconds`` pass); returns once it holds the store."""
     code = (
         "import pathlib, sys, time\n"
         "from common.store.embedded import EmbeddedStore\n"
-        "trigger = pathlib.Path(sys.argv[2])\n"
-        "deadline = time.monotonic() + 600\n"
-        "while not trigger.exists() and time.monotonic() < deadline:\n"
-        "    time.sleep(0.05)\n"
+        "release, deadline = pathlib.Path(sys.argv[2]), time.monotonic() + float(sys.argv[3])\n"
         "with EmbeddedStore(sys.argv[1], lock_timeout_s=600).session():\n"
         "    print('held', flush=True)\n"
-        "    time.sleep(float(sys.argv[3]))\n"
+        "    while not release.exists() and time.monotonic() < deadline:\n"
+        "        time.sleep(0.1)\n"
     )
-    return subprocess.Popen(
-        [sys.executable, "-c", code, str(store_dir), str(trigger), str(seconds)],
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(store_dir), str(release), str(max_seconds)],
         stdout=subprocess.PIPE,
         text=True,
     )
+    if holder.stdout.readline().strip() != "held":
+        holder.kill()
+        raise RuntimeError(f"the store holder exited with {holder.wait()} before holding the store")
+    return holder
 
 
 def _batch_files(folder: Path) -> dict[int, Path]:
@@ -499,19 +516,28 @@ def uncommit_last_batch(settings: Settings, job: str = STREAM_JOB) -> int:
 
 
 def store_outage(stack: Stack, sizes: Sizes, seed: int = 31) -> ChaosResult:
-    """Hold the store's lock from another process while the job drains; failed batches run again
-    with the same token. Then replay the last batch (its commit deleted): once with the token
-    (nothing added) and, as the negative control, once with the token off (duplicates appear)."""
-    from streaming.runtime import checkpoint_location
+    """Another process holds the store when the job starts draining, until a batch that could not
+    write failed; it runs again with the same token. Then replay the last batch (its commit deleted): once
+    with the token (nothing added) and, as the negative control, once with the token off
+    (duplicates appear)."""
 
     settings = scenario_settings(stack, "outage", store_lock_timeout_s=3.0)
     counts = produce_world(settings, seed, sizes.rate, sizes.outage_seconds)
-    first_batch = (
-        checkpoint_location(settings, STREAM_JOB, f"{STREAM_JOB}-events") / "offsets" / "0"
-    )
-    holder = hold_store_when(settings.store_dir, first_batch, sizes.outage_seconds)
-    failures = drain_in_process(stack, settings)
-    held = holder.communicate(timeout=600)[0].strip() == "held"
+    release = settings.data_root / "release-the-store"
+    holder = hold_store(settings.store_dir, release, max_seconds=300)
+    held_from = time.monotonic()
+    with captured_warnings(log.name) as surfaced:  # the drain logs each failure it restarts after
+
+        def release_after_a_failed_batch() -> None:
+            wait_for(lambda: any("store busy" in m for m in surfaced.messages), 300, "a failure")
+            release.touch()
+
+        releaser = threading.Thread(target=release_after_a_failed_batch, daemon=True)
+        releaser.start()
+        failures = drain_in_process(stack, settings)
+    release.touch()
+    held = holder.wait(timeout=600) == 0
+    held_s = time.monotonic() - held_from
     produced = produced_sales(settings)
     after_outage = reconcile_sales(settings, produced)
     replayed = uncommit_last_batch(settings)
@@ -525,7 +551,7 @@ def store_outage(stack: Stack, sizes: Sizes, seed: int = 31) -> ChaosResult:
     busy = failures.count("store busy")
     return ChaosResult(
         scenario="store outage",
-        faults=f"lock held {sizes.outage_seconds:.0f} s: {busy} failed attempts; batch replayed",
+        faults=f"store held {held_s:.0f} s: {busy} failed attempts; batch replayed",
         events=counts["sales_events"],
         lost=after_replay["lost"],
         duplicated=after_outage["duplicated"] + after_replay["duplicated"],

@@ -374,6 +374,9 @@ class _Daemon:
     def _raise_exited(self) -> None:
         pid = _read_pid(self.pid_file)
         child = _children.get(pid) if pid is not None else None
+        if child is not None and child.poll() is None:  # never leave a half-started one behind
+            _signal(child.pid, signal.SIGKILL)
+            child.wait(timeout=_KILL_TIMEOUT_S)
         code = f" with exit code {child.returncode}" if child is not None else ""
         self.pid_file.unlink(missing_ok=True)
         raise StackError(

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
-from benchmarks.chaos import Sizes, Stack
+from benchmarks.chaos import Sizes, Stack, stop_leftover_jobs
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +37,10 @@ def chaos_stack(services, spark, tmp_path_factory, known_secrets) -> Stack:
 @pytest.fixture(scope="session")
 def sizes() -> Sizes:
     return Sizes.tiny()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_jobs():
+    """A scenario that fails half-way leaves no job process running into the next tests."""
+    yield
+    stop_leftover_jobs()
