@@ -517,7 +517,7 @@ def frames_equal(actual: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) 
 
 @pytest.mark.services
 @pytest.mark.spark
-@pytest.mark.timeout(1800)  # two job processes, each starting its own JVM and Python workers
+@pytest.mark.timeout(900)  # two job processes, each starting its own JVM and Python workers
 def test_exactly_once_across_a_sigkill_and_restart(
     spark: SparkSession, store: Store, job_settings: Settings, tmp_path: Path
 ) -> None:

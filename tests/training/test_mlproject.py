@@ -50,6 +50,7 @@ def test_mlproject_declares_typed_entry_points_with_defaults():
         assert entry["command"].startswith("uv run --frozen retail ")
 
 
+@pytest.mark.timeout(900)  # a full `mlflow run`: its own environment, Spark and 6 trials
 def test_mlflow_run_train_registers_both_models(tmp_path, tracking_server):
     import mlflow
 
