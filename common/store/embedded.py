@@ -69,6 +69,8 @@ class _Engine:
 
     def _waiters(self) -> Iterator[tuple[Path, int]]:
         """Other live processes' markers with their creation time (markers of dead ones go)."""
+        if not self.waiting.is_dir():
+            return  # the data directory was removed under the engine
         for marker in self.waiting.iterdir():
             pid = marker.name.split("-")[0]
             if not pid.isdigit() or int(pid) == os.getpid():
@@ -98,13 +100,15 @@ class _Engine:
 
 
 def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0
-    return pid > 0
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _engine_for(path: Path, lock_timeout_s: float) -> _Engine:
