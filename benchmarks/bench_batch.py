@@ -198,9 +198,12 @@ def _frame(rows: int) -> pd.DataFrame:
 def _insert_rows(store: Any, folder: Path, rows: int) -> list[dict[str, Any]]:
     import chdb
 
+    from common.store.embedded import close_engine
+
     frame = _frame(rows)
     ddl = store.scalar("SHOW CREATE TABLE sales_events")
     store_seconds = _best_of(1, lambda: store.insert_df("sales_events", frame))
+    close_engine()  # chDB opens one directory per process
     connection = chdb.connect(f"file:{folder / 'plain-chdb'}")
     try:
         connection.query(ddl.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))

@@ -158,7 +158,9 @@ def _hand_over_when_wanted() -> None:
                 _PROCESS_LOCK.release()
 
 
-def _close_engine() -> None:
+def close_engine() -> None:
+    """Close this process's chDB engine and release its directory (before using chDB directly
+    on another path in this process; the store opens it again when next used)."""
     global _engine
     with _PROCESS_LOCK:
         if _engine is not None:
@@ -185,7 +187,7 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-atexit.register(_close_engine)
+atexit.register(close_engine)
 os.register_at_fork(after_in_child=_forget_engine_in_child)
 
 
