@@ -135,12 +135,14 @@ def run_benchmarks(quick: bool, repeats: int, only: list[str] | None = None) -> 
     get_settings.cache_clear()
     settings = get_settings()
     figures: dict[tuple[str, str], Figure] = {}
+    area_seconds: dict[str, float] = {}
     started = time.monotonic()
     stack.up(settings)
     try:
         for module_name, area in MODULES:
             if only and area not in only:
                 continue
+            area_started = time.monotonic()
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as exc:
@@ -175,11 +177,13 @@ def run_benchmarks(quick: bool, repeats: int, only: list[str] | None = None) -> 
                         figure.ratios.append(float(row["ratio"]))
                     figure.met.append(bool(row.get("met")))
                     figure.peer = row.get("peer", figure.peer)
+            area_seconds[area] = round(time.monotonic() - area_started, 1)
+            log.info("benchmark %s took %.0f s", area, area_seconds[area])
     finally:
         stack.down(settings)
     return {
         "header": machine_header(quick, repeats)
-        | {"seconds": round(time.monotonic() - started, 1)},
+        | {"seconds": round(time.monotonic() - started, 1), "area_seconds": area_seconds},
         "figures": [f.summary() for f in figures.values()],
     }
 
@@ -198,7 +202,12 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Machine: {header['machine']}, Python {header['python']}; "
         + ", ".join(f"{k} {v}" for k, v in header["versions"].items())
-        + f". Wall time {header.get('seconds', '-')} s.",
+        + f". Wall time {header.get('seconds', '-')} s"
+        + "".join(
+            f"{'; ' if i else ' ('}{area} {seconds:.0f} s"
+            for i, (area, seconds) in enumerate(header.get("area_seconds", {}).items())
+        )
+        + (")." if header.get("area_seconds") else "."),
         "",
         "| area | figure | target | value (median, min–max) | peer | ratio (median, min–max) | met |",
         "|---|---|---|---|---|---|---|",
