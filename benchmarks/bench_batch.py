@@ -34,6 +34,7 @@ DAYS = 30
 STORES = 50
 PRODUCTS = 200
 FIRST_DAY = dt.date(2025, 1, 1)
+_WARMED: list[bool] = []  # the KPIs ran once in this process (the JVM's classes and code are warm)
 
 _SYNTHETIC_SALES = """
 INSERT INTO sales_events (event_id, event_time, transaction_id, store_id, customer_id, product_id,
@@ -152,7 +153,9 @@ def _kpi_rows(spark: Any, store: Any, rows: int, top_n: int, folder: Path) -> li
         computed = compute_outputs(spark, store, days, days, top_n=top_n, staging_dir=folder)
         assert len(computed["kpis"]) == DAYS * (1 + STORES + 10), len(computed["kpis"])
 
-    kpis()  # warm the JVM and the store's caches once, as a daily job runs warm in production
+    if not _WARMED:  # warm the JVM and the store's caches once, as a daily job runs warm
+        kpis()
+        _WARMED.append(True)
     kpi_seconds = _best_of(2, kpis)
     bare_seconds = _best_of(2, lambda: store.query_df(_BARE_QUERY))
     ratio = kpi_seconds / bare_seconds
@@ -231,13 +234,24 @@ def _insert_rows(store: Any, folder: Path, rows: int) -> list[dict[str, Any]]:
     ]
 
 
+def sizes(quick: bool) -> dict[str, Any]:
+    """The data sizes of a run (they go in the table's header)."""
+    return {
+        "sales rows": 1_000_000 if quick else 10_000_000,
+        "days": DAYS,
+        "stores x products": f"{STORES} x {PRODUCTS}",
+        "insert rows": 200_000 if quick else 1_000_000,
+    }
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Measure the batch; one row per figure (see the module docstring)."""
     from common.settings import get_settings, load_settings
     from common.spark import build_spark_session
     from common.store import migrate, open_store
 
-    rows = 1_000_000 if quick else 10_000_000
+    size = sizes(quick)
+    rows = size["sales rows"]
     settings = get_settings()
     spark = build_spark_session("bench-batch", settings)
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
@@ -248,7 +262,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         load_seconds = _load(store, rows)
         log.info("loaded %d sales rows in %.1f s", rows, load_seconds)
         results = _kpi_rows(spark, store, rows, settings.batch_top_n, folder)
-        results += _insert_rows(store, folder, 200_000 if quick else 1_000_000)
+        results += _insert_rows(store, folder, size["insert rows"])
     results.append(
         {
             "name": f"load {rows / 1e6:g}M sales rows through the views (INSERT SELECT)",

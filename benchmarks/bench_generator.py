@@ -80,6 +80,16 @@ def run_perf_test(bootstrap: str, topic: str, records: int, payloads: Path) -> f
     return float(found[-1][1])
 
 
+def sizes(quick: bool) -> dict[str, Any]:
+    """The data sizes of a run (they go in the table's header)."""
+    return {
+        "stream seconds": 8 if quick else 30,
+        "perf test records": 300_000 if quick else 2_000_000,
+        "backfill days": 10 if quick else 40,
+        "scale": 4.0,
+    }
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Measure the stream against the perf test, and the backfill; one row per figure."""
     from common import stack
@@ -89,9 +99,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
     from generator.stream import produce
 
     base = get_settings()
-    scale = 4.0
-    seconds = 8.0 if quick else 30.0
-    perf_records = 300_000 if quick else 2_000_000
+    size = sizes(quick)
+    scale = size["scale"]
+    seconds = float(size["stream seconds"])
+    perf_records = size["perf test records"]
     tag = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="bench-generator-") as folder:
         settings = load_settings(
@@ -102,7 +113,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         stack.ensure_topics(settings)
         store = open_store(settings)
         migrate(store)
-        filled = backfill(store, 10 if quick else 40, 7, scale)
+        filled = backfill(store, size["backfill days"], 7, scale)
         streams = {
             workers: produce(
                 settings,

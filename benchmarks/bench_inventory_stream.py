@@ -2,8 +2,11 @@
 sink) beside Kafka's own ``ConsumerPerformance`` reading the same topic in the same run, and the
 event-to-alert latency p50/p99 at a fixed input rate.
 
-Throughput: a topic is filled first, then the job drains it with ``Trigger.AvailableNow``; the rate
-is events / wall time of the drain. Latency: the job runs continuously while a producer sends at a
+Throughput: a topic is filled first, then the job drains it with ``Trigger.AvailableNow`` in
+batches of ``DRAIN_BATCH`` events; the rate is the rows over the summed durations of every batch
+after the first (which starts the Python workers), once with stock scoring on (a small Spark ML
+pipeline registered as the champion of a benchmark model name, fed by constant features, as in the
+sales benchmark) and once with it off. Latency: the job runs continuously while a producer sends at a
 fixed rate; every stock series is drained to zero and restocked in turn, so alerts open, escalate
 and resolve all the time, and each alert change's latency is the time from sending the event that
 caused it to the change row reaching the store (its ``written_at``).
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 SHARE_TARGET = 0.25  # of the raw consumer rate
+DRAIN_BATCH = 5_000  # events per micro-batch of the throughput drain
 LATENCY_P99_TARGET_S = 5.0
 _JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
 _CSV_HEADER = re.compile(r"nMsg\.sec")
@@ -145,25 +149,32 @@ def _job_settings(base: Any, topic: str, folder: Path) -> Any:
     )
 
 
-def measure_throughput(spark: Any, settings: Any) -> tuple[float, int]:
-    """Drain a filled topic with the job (AvailableNow); events/s over its micro-batches' time."""
+def measure_throughput(spark: Any, settings: Any, model_name: str | None) -> tuple[float, int]:
+    """Drain a filled topic with the job (AvailableNow); events/s over its micro-batches' time
+    after the first, and the events drained. ``model_name`` None: stock scoring off."""
+    from benchmarks.bench_sales_stream import constant_features
+    from common.models import ChampionModel
     from streaming.inventory import JOB, InventoryRules, StockPolicy, build_queries
     from streaming.runtime import run_queries
 
     name = f"bench_inv_{uuid.uuid4().hex[:6]}"
+    champion = ChampionModel(model_name, job=JOB, settings=settings) if model_name else None
     queries = build_queries(
         spark,
         settings,
         rules=InventoryRules.from_settings(settings),
         policy=StockPolicy.from_settings(settings),
         available_now=True,
+        stock_champion=champion,
+        feature_builder=constant_features if champion else None,
         query_names=(f"{name}_changes", f"{name}_dead"),
     )
     ended = run_queries(spark, queries, job=JOB, settings=settings)
-    progress = ended[0].recentProgress
-    rows = sum(p.numInputRows for p in progress)
-    seconds = sum(p.durationMs.get("triggerExecution", 0) for p in progress) / 1000
-    return rows / seconds, rows
+    progress = [p for p in ended[0].recentProgress if p.numInputRows]
+    timed = progress[1:] or progress
+    rows = sum(p.numInputRows for p in timed)
+    seconds = sum(p.durationMs.get("triggerExecution", 0) for p in timed) / 1000
+    return rows / seconds, sum(p.numInputRows for p in progress)
 
 
 def measure_alert_latency(
@@ -222,30 +233,50 @@ def measure_alert_latency(
     return to_store, to_alert
 
 
+def sizes(quick: bool) -> dict[str, Any]:
+    """The data sizes of a run (they go in the table's header)."""
+    return {
+        "events": 15_000 if quick else 200_000,
+        "series": 200 if quick else 1_000,
+        "latency rate": 200 if quick else 1_000,
+        "latency run seconds": 20 if quick else 60,
+    }
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Measure throughput beside the raw consumer, and latency at a fixed rate."""
+    from benchmarks.bench_sales_stream import register_bench_model
     from common import stack
     from common.settings import get_settings
     from common.spark import build_spark_session
     from common.store import migrate, open_store
 
     base = get_settings()
-    events = 20_000 if quick else 200_000
-    series = 200 if quick else 1_000
-    rate = 200.0 if quick else 1_000.0
-    seconds = 20.0 if quick else 60.0
+    size = sizes(quick)
+    events, series = size["events"], size["series"]
+    rate, seconds = float(size["latency rate"]), float(size["latency run seconds"])
     tag = uuid.uuid4().hex[:8]
     store = open_store(base)
     migrate(store)
     spark = build_spark_session("inventory-bench", base)
+    model_name = f"bench_stock_{tag}"
+    register_bench_model(spark, base, model_name)
     with tempfile.TemporaryDirectory(prefix="bench-inventory-") as folder:
-        filled = _job_settings(base, f"bench-inv-{tag}", Path(folder))
-        stack.ensure_topics(filled.model_copy(update={"sales_topic": filled.inventory_topic}))
-        fill_topic(base.kafka_bootstrap_servers, filled.inventory_topic, events, series, f"T{tag}")
-        peer = run_consumer_perf(base.kafka_bootstrap_servers, filled.inventory_topic, events)
-        throughput, drained = measure_throughput(spark, filled)
-        if drained != events:
-            raise RuntimeError(f"the job drained {drained} of {events} events")
+        topic = f"bench-inv-{tag}"
+        stack.ensure_topics(
+            base.model_copy(update={"sales_topic": topic, "inventory_topic": topic})
+        )
+        fill_topic(base.kafka_bootstrap_servers, topic, events, series, f"T{tag}")
+        peer = run_consumer_perf(base.kafka_bootstrap_servers, topic, events)
+        rates = {}
+        for scoring, model in (("on", model_name), ("off", None)):
+            drain = _job_settings(base, topic, Path(folder) / scoring).model_copy(
+                update={"max_offsets_per_trigger": DRAIN_BATCH}
+            )
+            rates[scoring], drained = measure_throughput(spark, drain, model)
+            if drained != events:
+                raise RuntimeError(f"the job drained {drained} of {events} events")
+        throughput = rates["on"]
         live = _job_settings(base, f"bench-inv-live-{tag}", Path(folder))
         stack.ensure_topics(live.model_copy(update={"sales_topic": live.inventory_topic}))
         to_store, to_alert = measure_alert_latency(
@@ -258,13 +289,23 @@ def run(quick: bool) -> list[dict[str, Any]]:
     share = throughput / peer
     return [
         {
-            "name": f"inventory job sustained events/s ({events:,} events, {series} series)",
+            "name": f"inventory job sustained events/s ({events:,} events, {series} series, "
+            "store sink + stock scoring)",
             "target": f">= {SHARE_TARGET:.0%} of the raw consumer rate",
             "value": throughput,
             "unit": "events/s",
             "peer": f"kafka ConsumerPerformance, same topic: {peer:,.0f} msgs/s",
             "ratio": share,
             "met": share >= SHARE_TARGET,
+        },
+        {
+            "name": "inventory job scoring overhead (sustained events/s, scoring on / off)",
+            "target": "reported",
+            "value": throughput / rates["off"],
+            "unit": "x",
+            "peer": f"scoring off: {rates['off']:,.0f} events/s",
+            "ratio": throughput / rates["off"],
+            "met": True,
         },
         {
             "name": f"event-to-alert latency p50 at {rate:,.0f} events/s",

@@ -197,6 +197,8 @@ def measure_latency(
     spark: Any, settings: Any, store: Any, model_name: str, rate: float, seconds: float, prefix: str
 ) -> np.ndarray:
     """Run the job while sending at ``rate``; per-event seconds from event_time to ingested_at."""
+    from streaming.runtime import stop_gracefully
+
     queries = _job(spark, settings, model_name, available_now=False)
     try:
         # A first batch (planning, state, scoring, JVM warm-up) before the clock starts.
@@ -219,7 +221,7 @@ def measure_latency(
             time.sleep(1.0)
     finally:
         for query in queries:
-            query.stop()
+            stop_gracefully(query)  # interrupting a running batch is not what is measured
     frame = store.query_df(
         "SELECT (toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(event_time)) / 1000 "
         "AS latency FROM sales_events WHERE startsWith(store_id, {p:String})",
@@ -259,6 +261,15 @@ def measure_window_methods(spark: Any, events: int) -> tuple[float, float]:
     return timings[0], timings[1]
 
 
+def sizes(quick: bool) -> dict[str, Any]:
+    """The data sizes of a run (they go in the table's header)."""
+    return {
+        "events": 200_000 if quick else 500_000,
+        "latency run seconds": 15 if quick else 60,
+        "latency rate": LATENCY_RATE,
+    }
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Measure throughput beside the raw consumer, latency at a fixed rate, and the window methods."""
     from common import stack
@@ -267,9 +278,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     from common.store import migrate, open_store
 
     base = get_settings()
-    events = 200_000 if quick else 500_000
-    rate = LATENCY_RATE
-    seconds = 15.0 if quick else 60.0
+    size = sizes(quick)
+    events, rate, seconds = size["events"], LATENCY_RATE, float(size["latency run seconds"])
     tag = uuid.uuid4().hex[:8]
     store = open_store(base)
     migrate(store)

@@ -331,6 +331,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def sizes(quick: bool) -> dict[str, Any]:
+    """The data sizes of a run (they go in the table's header)."""
+    return {
+        "stores x products": "20 x 50" if quick else "50 x 200",
+        "fixed-rate requests": int(RATE * (10 if quick else 30)),
+        "wrk seconds": 5 if quick else 15,
+    }
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Seed, start the API, load it at 200 requests/s and with wrk; the figures as rows."""
     from common.settings import get_settings, load_settings
@@ -339,7 +348,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     tag = uuid.uuid4().hex[:8]
     root = base.data_root / f"bench-serving-{tag}"
     settings = load_settings(data_dir=root, serving_demand_model=f"bench_demand_{tag}")
-    stores, products = (20, 50) if quick else (50, 200)
+    size = sizes(quick)
+    stores, products = (int(n) for n in size["stores x products"].split(" x "))
     keys = seed_store(settings, stores, products)
     version = register_champion(settings.mlflow_tracking_uri, settings.serving_demand_model)
     token = secrets.token_urlsafe(24)
@@ -358,7 +368,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     try:
         wait_ready(base_url, token, version, process)
         asyncio.run(open_loop(base_url, token, keys, 50.0, 100))  # warm-up
-        count = int(RATE * (10 if quick else 30))
+        count = size["fixed-rate requests"]
         load_before, cpu_before = os.getloadavg()[0], cpu_seconds(process.pid)
         gc.collect()
         gc.disable()  # the generator's own collection pauses must not count as server latency
@@ -368,7 +378,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             gc.enable()
         cpu_per_request_ms = 1000 * (cpu_seconds(process.pid) - cpu_before) / count
         load = max(load_before, os.getloadavg()[0])
-        peak = run_wrk(base_url, token, keys, 5 if quick else 15)
+        peak = run_wrk(base_url, token, keys, size["wrk seconds"])
     finally:
         process.terminate()
         try:

@@ -30,6 +30,14 @@ COVERAGE_TOLERANCE = 0.03
 GROWTH_TARGET = 1.2
 
 
+def sizes(quick: bool) -> dict[str, Any]:
+    """The data sizes of a run (they go in the table's header)."""
+    return {
+        "days": 90 if quick else 180,
+        "stores x products": QUICK_SIZES if quick else FULL_SIZES,
+    }
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Train at three sizes; compare accuracy on the largest. One row per figure."""
     from common.settings import get_settings, load_settings
@@ -37,12 +45,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
     from common.store import migrate, open_store
     from generator.backfill import backfill
 
-    days = 90 if quick else 180
-    sizes = QUICK_SIZES if quick else FULL_SIZES
+    size = sizes(quick)
+    days, grid = size["days"], size["stores x products"]
     spark = build_spark_session("bench-training", get_settings())
     timings: list[tuple[int, float]] = []
     accuracy: dict[str, float] = {}
-    for number, (stores, products) in enumerate(sizes):
+    for number, (stores, products) in enumerate(grid):
         with tempfile.TemporaryDirectory(prefix="bench-training-") as folder:
             store = open_store(load_settings(data_dir=Path(folder) / "data"))
             migrate(store)

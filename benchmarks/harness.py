@@ -136,6 +136,7 @@ def run_benchmarks(quick: bool, repeats: int, only: list[str] | None = None) -> 
     settings = get_settings()
     figures: dict[tuple[str, str], Figure] = {}
     area_seconds: dict[str, float] = {}
+    area_sizes: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     stack.up(settings)
     try:
@@ -150,6 +151,8 @@ def run_benchmarks(quick: bool, repeats: int, only: list[str] | None = None) -> 
                     raise
                 figures[(area, "-")] = Figure(area, "-", note="not built")
                 continue
+            if hasattr(module, "sizes"):
+                area_sizes[area] = module.sizes(quick)
             for repeat in range(repeats):
                 log.info("benchmark %s, run %d of %d", area, repeat + 1, repeats)
                 try:
@@ -183,7 +186,11 @@ def run_benchmarks(quick: bool, repeats: int, only: list[str] | None = None) -> 
         stack.down(settings)
     return {
         "header": machine_header(quick, repeats)
-        | {"seconds": round(time.monotonic() - started, 1), "area_seconds": area_seconds},
+        | {
+            "seconds": round(time.monotonic() - started, 1),
+            "area_seconds": area_seconds,
+            "sizes": area_sizes,
+        },
         "figures": [f.summary() for f in figures.values()],
     }
 
@@ -192,6 +199,14 @@ def _fmt(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _size(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:,g}" if isinstance(value, float) else f"{value:,}"
+    if isinstance(value, list):
+        return ", ".join(" x ".join(str(n) for n in item) for item in value)
+    return str(value)
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -208,6 +223,11 @@ def render_markdown(result: dict[str, Any]) -> str:
             for i, (area, seconds) in enumerate(header.get("area_seconds", {}).items())
         )
         + (")." if header.get("area_seconds") else "."),
+        "",
+        *[
+            f"- {area} sizes: " + ", ".join(f"{k} {_size(v)}" for k, v in sizes.items())
+            for area, sizes in header.get("sizes", {}).items()
+        ],
         "",
         "| area | figure | target | value (median, min–max) | peer | ratio (median, min–max) | met |",
         "|---|---|---|---|---|---|---|",
