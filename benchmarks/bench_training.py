@@ -60,11 +60,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 _timed_training(spark, store)[2]["features"].unpersist()
             rows, seconds, trained = _timed_training(spark, store)
             timings.append((rows, seconds))
-            if number < len(sizes) - 1:
+            if number < len(grid) - 1:
                 trained["features"].unpersist()
-            if number == len(sizes) - 1:
+            if number == len(grid) - 1:
                 accuracy = _accuracy(spark, store, trained)
-    return [*_timing_rows(timings), *_accuracy_rows(accuracy, sizes[-1], days)]
+    return [*_timing_rows(timings), *_accuracy_rows(accuracy, grid[-1], days)]
 
 
 def _timed_training(spark: Any, store: Any) -> tuple[int, float, dict[str, Any]]:
