@@ -239,7 +239,7 @@ def sizes(quick: bool) -> dict[str, Any]:
     return {
         "sales rows": 1_000_000 if quick else 10_000_000,
         "days": DAYS,
-        "stores x products": f"{STORES} x {PRODUCTS}",
+        "stores x products": (STORES, PRODUCTS),
         "insert rows": 200_000 if quick else 1_000_000,
     }
 

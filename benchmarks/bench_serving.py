@@ -334,7 +334,7 @@ def _free_port() -> int:
 def sizes(quick: bool) -> dict[str, Any]:
     """The data sizes of a run (they go in the table's header)."""
     return {
-        "stores x products": "20 x 50" if quick else "50 x 200",
+        "stores x products": (20, 50) if quick else (50, 200),
         "fixed-rate requests": int(RATE * (10 if quick else 30)),
         "wrk seconds": 5 if quick else 15,
     }
@@ -349,7 +349,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     root = base.data_root / f"bench-serving-{tag}"
     settings = load_settings(data_dir=root, serving_demand_model=f"bench_demand_{tag}")
     size = sizes(quick)
-    stores, products = (int(n) for n in size["stores x products"].split(" x "))
+    stores, products = size["stores x products"]
     keys = seed_store(settings, stores, products)
     version = register_champion(settings.mlflow_tracking_uri, settings.serving_demand_model)
     token = secrets.token_urlsafe(24)

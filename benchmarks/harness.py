@@ -202,11 +202,14 @@ def _fmt(x: float | None) -> str:
 
 
 def _size(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:,g}" if isinstance(value, float) else f"{value:,}"
+    """A size for the header: 1,000,000; a (stores, products) pair as 20 x 50; a list of them."""
     if isinstance(value, list):
-        return ", ".join(" x ".join(str(n) for n in item) for item in value)
-    return str(value)
+        return ", ".join(_size(item) for item in value)
+    if isinstance(value, tuple):
+        return " x ".join(str(n) for n in value)
+    if isinstance(value, float):
+        return f"{value:,g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def render_markdown(result: dict[str, Any]) -> str:
