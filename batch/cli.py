@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         Default: yesterday (UTC). Exit code 1 when a day failed a critical check and was not
         published, 2 when the batch could not run.
         """
-        from batch.job import PUBLISHED, BatchError, resolve_days, run_batch, stop_spark
+        from batch.job import PUBLISHED, BatchError, resolve_days, run_batch
         from common.settings import get_settings
 
         try:
@@ -45,8 +45,6 @@ def register(app: typer.Typer) -> None:
         except BatchError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
-        finally:
-            stop_spark()
         table = Table("date", "status", "critical", "warnings", "quarantined", "source", "report")
         for result in results:
             colour = "green" if result.status == PUBLISHED else "red"

@@ -5,7 +5,7 @@ For every day of the range:
    the ``daily_raw_gate`` checkpoint; the results land in ``data_quality_results``;
 2. a critical failure stops the day: nothing is published for it and earlier results stay;
    rows that failed a warning go to ``quarantine`` and are left out of the KPIs;
-3. the KPIs and rankings of the days that passed are computed in Spark from the daily views
+3. the KPIs and rankings of the days that passed are computed in the store from the daily views
    (or, for a day with quarantined or duplicate rows, from the raw table), checked by the
    ``daily_kpi_gate`` checkpoint, and published: the day's rows of earlier runs are replaced;
 4. a report is written to ``DATA_DIR/reports/<date>/``.
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -33,22 +31,16 @@ from common.settings import Settings, get_settings
 from common.store import Store, migrate, open_store
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
-
     from expectations.gate import DataQualityGate, ExpectationOutcome
     from expectations.policy import GateDecision
 
 log = logging.getLogger(__name__)
 
 HISTORY_DAYS = 28
-# Frames up to this size go to Spark as local relations, larger ones through parquet files.
-LOCAL_RELATION_ROWS = 20_000
 VOLUME_WINDOW_DAYS = 7
 PUBLISHED = "published"
 FAILED = "failed"
 _PUBLISHED_TABLES = ("daily_kpis", "product_rankings", "store_rankings")
-_RAW_TABLES = {"sales": "sales_events", "inventory": "inventory_events"}
 
 
 class BatchError(RuntimeError):
@@ -101,9 +93,7 @@ def new_run_id() -> str:
     return f"batch-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def run_batch(
-    settings: Settings, date_from: date, date_to: date, spark: SparkSession | None = None
-) -> list[DayResult]:
+def run_batch(settings: Settings, date_from: date, date_to: date) -> list[DayResult]:
     """Run the batch for every day from ``date_from`` to ``date_to`` (inclusive)."""
     from expectations.gate import DataQualityGate
 
@@ -136,22 +126,17 @@ def run_batch(
             _record_run(store, run_id, result, started, gate.data_docs_index)
 
     if checked:
-        from common.spark import build_spark_session
-
-        session = spark or build_spark_session("retail-batch", settings)
-        computed = compute_outputs(
-            session,
-            store,
-            days,
-            sorted(checked),
-            top_n=settings.batch_top_n,
+        scope = views.Scope(
+            days=tuple(days),
+            run_dates=tuple(sorted(checked)),
             run_id=run_id,
-            raw_sales_days=[d for d, c in checked.items() if c.sources["sales"] == "raw"],
-            raw_inventory_days=[d for d, c in checked.items() if c.sources["inventory"] == "raw"],
-            products=products,
-            stores=stores,
-            staging_dir=settings.data_root / "batch",
+            raw_sales_days=tuple(d for d, c in checked.items() if c.sources["sales"] == "raw"),
+            raw_inventory_days=tuple(
+                d for d, c in checked.items() if c.sources["inventory"] == "raw"
+            ),
+            history_days=HISTORY_DAYS,
         )
+        computed = compute_outputs(store, scope, top_n=settings.batch_top_n)
         for day, check in checked.items():
             _finish_day(store, gate, settings, run_id, results[day], check, computed, started)
     return [results[day] for day in days]
@@ -176,7 +161,7 @@ def _check_raw_day(
 ) -> _CheckedDay:
     from expectations.policy import decide
 
-    frames = {name: views.raw_events(store, table, day) for name, table in _RAW_TABLES.items()}
+    frames = {name: views.raw_events(store, table, day) for name, table in views.RAW_TABLES.items()}
     volume = _volume_frame(store, day, frames)
     fresh_after = datetime.combine(day + timedelta(days=1), time(), UTC) - timedelta(
         hours=settings.batch_freshness_hours
@@ -196,7 +181,7 @@ def _check_raw_day(
     if decision.passed:
         quarantine = decision.quarantine.assign(run_id=run_id)
         store.insert_df("quarantine", quarantine)
-        for name, table in _RAW_TABLES.items():
+        for name, table in views.RAW_TABLES.items():
             counts = views.daily_row_counts(store, table, day, day)
             clean = (quarantine["dataset"] == name).sum() == 0
             same = int(counts["view_rows"].iloc[0]) == len(frames[name])
@@ -207,7 +192,7 @@ def _check_raw_day(
 def _volume_frame(store: Store, day: date, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row: the day's rows against the mean of the days before it, and the newest event."""
     row: dict[str, object] = {"date": day}
-    for name, table in _RAW_TABLES.items():
+    for name, table in views.RAW_TABLES.items():
         history = views.daily_row_counts(
             store, table, day - timedelta(days=VOLUME_WINDOW_DAYS), day - timedelta(days=1)
         )
@@ -221,7 +206,7 @@ def _volume_frame(store: Store, day: date, frames: dict[str, pd.DataFrame]) -> p
         row[f"{name}_volume_ratio"] = rows / mean if mean else None
         row[f"latest_{name}_event_time"] = latest
     frame = pd.DataFrame([row])
-    for name in _RAW_TABLES:
+    for name in views.RAW_TABLES:
         column = f"latest_{name}_event_time"
         frame[column] = pd.to_datetime(frame[column], utc=True)
         for suffix in ("_rows_trailing_mean", "_volume_ratio"):
@@ -229,108 +214,24 @@ def _volume_frame(store: Store, day: date, frames: dict[str, pd.DataFrame]) -> p
     return frame
 
 
-def _grain(
-    loaded: pd.DataFrame, raw_days: Iterable[date], load_raw: Callable[[date], pd.DataFrame]
-) -> pd.DataFrame:
-    """A view grain with the days that must come from the raw table replaced."""
-    raw_days = list(raw_days)
-    if not raw_days:
-        return loaded
-    dates = pd.to_datetime(loaded["date"]).dt.date
-    parts = [loaded[~dates.isin(raw_days)], *(load_raw(day) for day in raw_days)]
-    return pd.concat([p for p in parts if not p.empty] or [loaded.iloc[0:0]], ignore_index=True)
+def compute_outputs(store: Store, scope: views.Scope, *, top_n: int) -> dict[str, pd.DataFrame]:
+    """KPIs, rankings, the revenue trend and the stored forecasts of ``scope`` (pandas frames).
 
-
-def compute_outputs(
-    session: SparkSession,
-    store: Store,
-    days: list[date],
-    run_dates: list[date],
-    *,
-    top_n: int,
-    run_id: str = "",
-    raw_sales_days: Iterable[date] = (),
-    raw_inventory_days: Iterable[date] = (),
-    products: pd.DataFrame | None = None,
-    stores: pd.DataFrame | None = None,
-    staging_dir: Path,
-) -> dict[str, pd.DataFrame]:
-    """KPIs, rankings and the revenue trend of ``run_dates`` (pandas frames).
-
-    ClickHouse reduces the events to daily grains (from the views; the ``raw_*_days`` from the
-    raw tables without the run's quarantined rows) and Spark computes the rest. Large grains
-    reach Spark as parquet files under ``staging_dir`` (removed afterwards): with a cluster
-    master it must be on storage the executors see, like the streaming checkpoints.
+    ClickHouse computes them from the daily views (the scope's raw days from the raw tables,
+    without the run's quarantined rows); only the result rows leave the store.
     """
     from batch import kpis, rankings
 
-    products = views.products(store) if products is None else products
-    stores = views.stores(store) if stores is None else stores
-    first, last = days[0], days[-1]
-    history_first = first - timedelta(days=HISTORY_DAYS - 1)
-    raw_sales, raw_inventory = list(raw_sales_days), list(raw_inventory_days)
     with store.session():
-        sales_grain = _grain(
-            views.sales_grain(store, history_first, last),
-            raw_sales,
-            lambda d: views.raw_sales_grain(store, d, run_id),
-        )
-        basket = _grain(
-            views.basket_counts(store, first, last),
-            raw_sales,
-            lambda d: views.raw_basket_counts(store, d, run_id),
-        )
-        inventory = _grain(
-            views.inventory_days(store, first, last),
-            raw_inventory,
-            lambda d: views.raw_inventory_days(store, d, run_id),
-        )
-        before = views.stock_before(store, first)
-        forecasts = views.forecasts(store, history_first, last)
-
-    staging = staging_dir / f"spark-inputs-{uuid.uuid4().hex[:8]}"
-    try:
-
-        def to_spark(name: str, frame: pd.DataFrame, schema: StructType) -> DataFrame:
-            if len(frame) <= LOCAL_RELATION_ROWS:
-                return kpis.frame_to_spark(session, frame, schema)
-            staging.mkdir(parents=True, exist_ok=True)
-            path = staging / f"{name}.parquet"
-            kpis.typed_frame(frame, schema).to_parquet(path, index=False)
-            return session.read.schema(schema).parquet(str(path))
-
-        run_dates_df = to_spark(
-            "run_dates", pd.DataFrame({"date": sorted(run_dates)}), kpis.RUN_DATES_SCHEMA
-        )
-        sales_df = to_spark("sales", sales_grain, kpis.SALES_GRAIN_SCHEMA)
-        products_df = to_spark("products", products, kpis.PRODUCTS_SCHEMA)
-        forecasts_df = to_spark("forecasts", forecasts, kpis.FORECASTS_SCHEMA)
-        positions = kpis.daily_stock_positions(
-            to_spark("inventory", inventory, kpis.INVENTORY_DAYS_SCHEMA),
-            to_spark("stock_before", before, kpis.STOCK_BEFORE_SCHEMA),
-            to_spark("days", pd.DataFrame({"date": days}), kpis.RUN_DATES_SCHEMA),
-        )
-        facts = kpis.product_day_facts(sales_df, positions, products_df, forecasts_df, run_dates_df)
         computed = {
-            "kpis": kpis.daily_kpis(
-                facts, to_spark("baskets", basket, kpis.BASKET_COUNTS_SCHEMA)
-            ).toPandas(),
-            "product_rankings": rankings.rank_products(
-                rankings.product_performance(sales_df, products_df, run_dates_df), top_n
-            ).toPandas(),
-            "store_rankings": rankings.rank_stores(
-                sales_df,
-                products_df,
-                to_spark("stores", stores, kpis.STORES_SCHEMA),
-                run_dates_df,
-            ).toPandas(),
-            "trend": kpis.daily_trend(sales_df, forecasts_df).toPandas(),
-            "forecasts": forecasts,
+            "kpis": kpis.daily_kpis(store, scope),
+            "product_rankings": rankings.product_rankings(store, scope, top_n),
+            "store_rankings": rankings.store_rankings(store, scope),
+            "trend": kpis.daily_trend(store, scope),
+            "forecasts": views.forecasts(store, scope),
         }
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for name in ("kpis", "product_rankings", "store_rankings", "trend"):
-        computed[name]["date"] = pd.to_datetime(computed[name]["date"]).dt.date
+    for frame in computed.values():
+        frame["date"] = pd.to_datetime(frame["date"]).dt.date
     ranked = computed["store_rankings"]
     ranked[["rank_prev_week", "rank_change"]] = ranked[["rank_prev_week", "rank_change"]].astype(
         "Int64"
@@ -480,16 +381,6 @@ def _record_run(
         log.error("%s not published: %s", result.day, detail)
 
 
-def stop_spark() -> None:
-    """Stop the SparkSession this process started, if any."""
-    if "pyspark" in sys.modules:
-        from pyspark.sql import SparkSession
-
-        active = SparkSession.getActiveSession()
-        if active is not None:
-            active.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point for spark-submit: ``batch/job.py [--date D | --from D --to D]``."""
     from common.logs import configure_logging
@@ -507,8 +398,6 @@ def main(argv: list[str] | None = None) -> int:
     except BatchError as exc:
         log.error("%s", exc)
         return 2
-    finally:
-        stop_spark()
     for result in results:
         log.info(
             "%s %s: %d critical, %d warnings, %d quarantined, report %s",

@@ -1,8 +1,9 @@
-"""Daily KPIs as pure Spark transforms over small daily grains.
+"""Daily KPIs as ClickHouse SQL over the daily views.
 
-The store reduces raw events to one row per day, store and product (and merges the distinct
-counts of transactions and customers, which do not add up); these transforms add stock positions,
-costs and forecasts and roll the rows up per store, per category and overall.
+The views reduce raw events to one row per day, store and product on insert (and keep mergeable
+states of the distinct counts of transactions and customers, which do not add up). The queries
+here add stock positions, costs and forecasts to those grains and roll them up per store, per
+category and overall, inside the store: only the KPI rows leave it.
 
 Definitions (per day and level):
     revenue, units         sums of the sales line items
@@ -21,368 +22,236 @@ Definitions (per day and level):
 from __future__ import annotations
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession, Window
-from pyspark.sql import functions as F
-from pyspark.sql.types import (
-    DateType,
-    DoubleType,
-    LongType,
-    StringType,
-    StructField,
-    StructType,
-)
+
+from batch import views
+from batch.views import Scope
+from common.store import Store
 
 ALL = "ALL"
 UNKNOWN_CATEGORY = "unknown"
-DAYS_PER_YEAR = 365.0
+DAYS_PER_YEAR = 365
 SUPPLY_WINDOW_DAYS = 7
+# A left join leaves NULL (not the type's default) where nothing matched, as in standard SQL.
+SQL_SETTINGS = "SETTINGS join_use_nulls = 1"
 
-_PAIR = ["store_id", "product_id"]
-_DAY_PAIR = ["date", "store_id", "product_id"]
-
-
-def _schema(*fields: tuple[str, object]) -> StructType:
-    return StructType([StructField(name, kind, True) for name, kind in fields])
+RUN_DATES = views.dates("run_dates")
 
 
-SALES_GRAIN_SCHEMA = _schema(
-    ("date", DateType()),
-    ("store_id", StringType()),
-    ("category", StringType()),
-    ("product_id", StringType()),
-    ("line_items", LongType()),
-    ("units", LongType()),
-    ("revenue", DoubleType()),
-)
-BASKET_COUNTS_SCHEMA = _schema(
-    ("date", DateType()),
-    ("level", StringType()),
-    ("store_id", StringType()),
-    ("category", StringType()),
-    ("transactions", LongType()),
-    ("unique_customers", LongType()),
-)
-INVENTORY_DAYS_SCHEMA = _schema(
-    ("date", DateType()),
-    ("store_id", StringType()),
-    ("product_id", StringType()),
-    ("movements", LongType()),
-    ("opening_units", LongType()),
-    ("closing_units", LongType()),
-    ("min_units", LongType()),
-    ("received_units", LongType()),
-)
-STOCK_BEFORE_SCHEMA = _schema(
-    ("store_id", StringType()), ("product_id", StringType()), ("closing_units", LongType())
-)
-PRODUCTS_SCHEMA = _schema(
-    ("product_id", StringType()),
-    ("product_name", StringType()),
-    ("category", StringType()),
-    ("unit_cost", DoubleType()),
-    ("unit_price", DoubleType()),
-)
-STORES_SCHEMA = _schema(
-    ("store_id", StringType()), ("store_name", StringType()), ("region", StringType())
-)
-FORECASTS_SCHEMA = _schema(
-    ("date", DateType()),
-    ("store_id", StringType()),
-    ("product_id", StringType()),
-    ("forecast_units", DoubleType()),
-)
-RUN_DATES_SCHEMA = _schema(("date", DateType()))
+def stock_positions_sql(scope: Scope) -> str:
+    """Opening, closing and received units and a stockout flag per day, store and product.
 
-
-def typed_frame(frame: pd.DataFrame, schema: StructType) -> pd.DataFrame:
-    """The columns of ``schema`` in pandas types that map onto it (dates, nullable longs)."""
-    frame = frame[[f.name for f in schema.fields]].copy()
-    for spec in schema.fields:
-        kind = spec.dataType.typeName()
-        if kind == "date":
-            frame[spec.name] = pd.to_datetime(frame[spec.name]).dt.date
-        elif kind == "long":
-            frame[spec.name] = frame[spec.name].astype("Int64")
-        elif kind == "double":
-            frame[spec.name] = frame[spec.name].astype("float64")
-    return frame
-
-
-def frame_to_spark(spark: SparkSession, frame: pd.DataFrame, schema: StructType) -> DataFrame:
-    """A small pandas frame as a Spark local relation of ``schema`` (through Arrow: no Python
-    workers). Past some 10^4 rows a parquet file scans several times faster."""
-    return spark.createDataFrame(typed_frame(frame, schema), schema=schema)
-
-
-def daily_stock_positions(
-    inventory_days: DataFrame, stock_before: DataFrame, run_dates: DataFrame
-) -> DataFrame:
-    """Opening, closing and received units and a stockout flag per run day, store and product.
-
-    Days without a stock movement carry the last known closing stock forward; a pair enters the
-    grid from its first known position on.
+    Days without a stock movement carry the last known closing stock forward (from before the
+    first day too); a pair enters the grid from its first known position on.
     """
-    pairs = stock_before.select(*_PAIR).union(inventory_days.select(*_PAIR)).distinct()
-    seed = stock_before.crossJoin(run_dates.agg(F.date_sub(F.min("date"), 1).alias("date"))).select(
-        "date", *_PAIR, "closing_units", F.lit(True).alias("is_seed")
+    return """
+    SELECT date, store_id, product_id,
+           coalesce(closing_units, carried_units) AS closing,
+           coalesce(opening_units, carried_units, closing) AS opening,
+           coalesce(received_units, 0) AS received,
+           toInt64(least(opening, coalesce(min_units, closing), closing) <= 0) AS stocked_out
+    FROM (
+        SELECT *, anyLast(closing_units) OVER (
+                   PARTITION BY store_id, product_id ORDER BY date
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS carried_units
+        FROM (
+            SELECT grid.date AS date, grid.store_id AS store_id, grid.product_id AS product_id,
+                   0 AS is_seed, moved.opening_units AS opening_units,
+                   moved.closing_units AS closing_units, moved.min_units AS min_units,
+                   moved.received_units AS received_units
+            FROM (
+                SELECT store_id, product_id,
+                       arrayJoin(arrayMap(n -> {first:Date} + n,
+                           range(toUInt32(dateDiff('day', {first:Date}, {last:Date}) + 1)))) AS date
+                FROM (SELECT store_id, product_id FROM stock_before
+                      UNION DISTINCT SELECT store_id, product_id FROM inventory)
+            ) AS grid
+            LEFT JOIN inventory AS moved
+                ON moved.date = grid.date AND moved.store_id = grid.store_id
+                AND moved.product_id = grid.product_id
+            UNION ALL
+            SELECT {first:Date} - 1, store_id, product_id, 1, NULL, closing_units, NULL, NULL
+            FROM stock_before
+        )
     )
-    grid = (
-        run_dates.crossJoin(pairs)
-        .join(inventory_days, _DAY_PAIR, "left")
-        .withColumn("is_seed", F.lit(False))
-    )
-    before = Window.partitionBy(*_PAIR).orderBy("date").rowsBetween(Window.unboundedPreceding, -1)
-    positions = (
-        grid.unionByName(seed, allowMissingColumns=True)
-        .withColumn("carried_units", F.last("closing_units", ignorenulls=True).over(before))
-        .where(~F.col("is_seed"))
-        .withColumn("closing", F.coalesce("closing_units", "carried_units"))
-        .where(F.col("closing").isNotNull())
-        .withColumn("opening", F.coalesce("opening_units", "carried_units", "closing"))
-        .withColumn("lowest", F.coalesce("min_units", "closing"))
-    )
-    return positions.select(
-        "date",
-        *_PAIR,
-        F.col("opening").alias("opening_units"),
-        F.col("closing").alias("closing_units"),
-        F.coalesce("received_units", F.lit(0)).alias("received_units"),
-        (F.least("opening", "lowest", "closing") <= 0).cast("long").alias("stocked_out"),
-    )
-
-
-def _on_run_dates(frame: DataFrame, run_dates: DataFrame) -> DataFrame:
-    return frame.join(F.broadcast(run_dates), ["date"], "left_semi")
-
-
-def trailing_sums(
-    frame: DataFrame,
-    keys: list[str],
-    run_dates: DataFrame,
-    sums: dict[str, tuple[str, int, int]],
-) -> DataFrame:
-    """Per run day and key: ``sums`` of a daily frame over day windows ending that day.
-
-    ``sums`` maps an output column to (input column, first day, last day), days counted back
-    from the run day: ``("units", -6, 0)`` is the week ending the run day. Each key gets one probe
-    row per run day, so that a day without a row of its own still gets its windows; the windows
-    are range frames over the day number, one sort per key. Rows whose windows hold no data at
-    all are dropped.
+    WHERE is_seed = 0 AND closing IS NOT NULL
     """
-    probes = run_dates.crossJoin(frame.select(*keys).distinct()).withColumn("is_probe", F.lit(True))
-    stacked = frame.withColumn("is_probe", F.lit(False)).unionByName(
-        probes, allowMissingColumns=True
+
+
+_SALES_WINDOWS = f"""
+    SELECT run_date AS date, store_id, product_id,
+           sumIfOrNull(sold, sale_date = run_date) AS units,
+           sumIfOrNull(takings, sale_date = run_date) AS revenue,
+           sum(sold) AS window_units,
+           nullIf(anyIf(category, sale_date = run_date), '') AS sales_category
+    FROM (
+        SELECT date AS sale_date, store_id, product_id, category, units AS sold,
+               revenue AS takings,
+               arrayJoin(arrayFilter(d -> has({RUN_DATES}, d),
+                   arrayMap(n -> sale_date + n, range({SUPPLY_WINDOW_DAYS})))) AS run_date
+        FROM sales
     )
-    by_day = Window.partitionBy(*keys).orderBy(F.unix_date("date"))
-    columns = [
-        F.sum(column).over(by_day.rangeBetween(first, last)).alias(name)
-        for name, (column, first, last) in sums.items()
-    ]
-    windowed = stacked.select("date", *keys, "is_probe", *columns).where("is_probe")
-    has_data = None
-    for name in sums:
-        present = F.col(name).isNotNull()
-        has_data = present if has_data is None else has_data | present
-    return windowed.where(has_data).drop("is_probe")
+    GROUP BY run_date, store_id, product_id
+"""  # noqa: S608 - constant fragments
+"""Per run day, store and product: the day's sales and the units of the supply window."""
 
-
-def _sales_window(sales_grain: DataFrame, run_dates: DataFrame) -> DataFrame:
-    """Per run day, store and product: the day's sales and the units of the supply window."""
-    daily = sales_grain.groupBy(*_DAY_PAIR).agg(
-        F.sum("units").alias("units"), F.sum("revenue").alias("revenue")
-    )
-    windows = trailing_sums(
-        daily,
-        _PAIR,
-        run_dates,
-        {
-            "units": ("units", 0, 0),
-            "revenue": ("revenue", 0, 0),
-            "window_units": ("units", -(SUPPLY_WINDOW_DAYS - 1), 0),
-        },
-    )
-    categories = (
-        _on_run_dates(sales_grain, run_dates)
-        .groupBy(*_DAY_PAIR)
-        .agg(F.first("category").alias("sales_category"))
-    )
-    return windows.join(categories, _DAY_PAIR, "left")
-
-
-def product_day_facts(
-    sales_grain: DataFrame,
-    stock_positions: DataFrame,
-    products: DataFrame,
-    forecasts: DataFrame,
-    run_dates: DataFrame,
-) -> DataFrame:
-    """One row per run day, store and product that sold, held stock or was forecast.
-
-    The three sources are stacked and grouped once (one shuffle instead of outer joins).
-    """
-    stacked = (
-        _sales_window(sales_grain, run_dates)
-        .unionByName(_on_run_dates(stock_positions, run_dates), allowMissingColumns=True)
-        .unionByName(
-            _on_run_dates(forecasts.select(*_DAY_PAIR, "forecast_units"), run_dates),
-            allowMissingColumns=True,
+_FACTS = f"""
+    SELECT grouped.*, coalesce(catalog.category, grouped.sales_category, '{UNKNOWN_CATEGORY}')
+               AS category,
+           catalog.unit_cost AS unit_cost,
+           coalesce(grouped.units, 0) AS units_sold,
+           closing_units IS NOT NULL AS tracked,
+           forecast_units IS NOT NULL AS forecast
+    FROM (
+        SELECT date, store_id, product_id, any(sales_category) AS sales_category,
+               sum(units) AS units, sum(revenue) AS revenue, sum(window_units) AS window_units,
+               max(opening) AS opening_units, max(received) AS received_units,
+               max(closing) AS closing_units, max(stocked_out) AS stocked_out,
+               max(forecast_units) AS forecast_units
+        FROM (
+            SELECT date, store_id, product_id, sales_category, units, revenue, window_units,
+                   NULL AS opening, NULL AS received, NULL AS closing, NULL AS stocked_out,
+                   NULL AS forecast_units
+            FROM sales_windows
+            UNION ALL
+            SELECT date, store_id, product_id, NULL, NULL, NULL, NULL,
+                   opening, received, closing, stocked_out, NULL
+            FROM positions WHERE has({RUN_DATES}, date)
+            UNION ALL
+            SELECT date, store_id, product_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                   forecast_units
+            FROM forecasts WHERE has({RUN_DATES}, date)
         )
+        GROUP BY date, store_id, product_id
+        HAVING units IS NOT NULL OR closing_units IS NOT NULL OR forecast_units IS NOT NULL
+    ) AS grouped
+    LEFT JOIN products AS catalog ON catalog.product_id = grouped.product_id
+"""  # noqa: S608 - constant fragments
+"""One row per run day, store and product that sold, held stock or was forecast. The three
+sources are stacked and grouped once instead of outer-joined."""
+
+_ROLLUP = f"""
+    SELECT date, level_key.1 AS level, level_key.2 AS store_key, level_key.3 AS category_key,
+           sum(coalesce(revenue, 0)) AS revenue_sum,
+           sum(units_sold) AS units_sum,
+           sum(units_sold * unit_cost) AS cogs_sum,
+           sum(opening_units) AS opening_sum,
+           sum(received_units) AS received_sum,
+           sum(closing_units) AS closing_sum,
+           sum(if(tracked, units_sold, NULL)) AS tracked_units,
+           sum(if(tracked, units_sold * unit_cost, NULL)) AS tracked_cogs,
+           sum(if(tracked, coalesce(window_units, 0) * unit_cost, NULL)) AS tracked_cogs_window,
+           sum(stocked_out) AS stockout_sum,
+           sum(toInt64(tracked)) AS tracked_sum,
+           sum(closing_units * unit_cost) AS inventory_value_sum,
+           sum((opening_units + closing_units) / 2 * unit_cost) AS average_inventory_value,
+           sum(forecast_units) AS forecast_sum,
+           sum(if(forecast, units_sold, NULL)) AS forecast_actual_sum,
+           sum(if(forecast, abs(forecast_units - units_sold), NULL)) AS forecast_abs_error
+    FROM facts
+    ARRAY JOIN [('overall', '{ALL}', '{ALL}'), ('store', store_id, '{ALL}'),
+                ('category', '{ALL}', category)] AS level_key
+    GROUP BY date, level, store_key, category_key
+"""  # noqa: S608 - constant fragments
+
+
+def _ratio(numerator: str, denominator: str) -> str:
+    return f"if(({denominator}) != 0, ({numerator}) / ({denominator}), NULL)"
+
+
+_KPI_COLUMNS = f"""
+    rolled.date AS date, rolled.level AS level, rolled.store_key AS store_id,
+    rolled.category_key AS category,
+    toFloat64(revenue_sum) AS revenue,
+    toInt64(units_sum) AS units,
+    toInt64(coalesce(baskets.transactions, 0)) AS transactions,
+    {_ratio("revenue_sum", "transactions")} AS avg_order_value,
+    toInt64(coalesce(baskets.unique_customers, 0)) AS unique_customers,
+    toFloat64(coalesce(cogs_sum, 0)) AS cogs,
+    revenue_sum - cogs AS gross_margin,
+    {_ratio("gross_margin", "revenue_sum")} AS gross_margin_pct,
+    toInt64(coalesce(opening_sum, 0)) AS opening_stock_units,
+    toInt64(coalesce(received_sum, 0)) AS received_units,
+    toInt64(coalesce(closing_sum, 0)) AS closing_stock_units,
+    {_ratio("tracked_units", "opening_sum + received_sum")} AS sell_through,
+    toInt64(coalesce(stockout_sum, 0)) AS stockout_days,
+    toInt64(coalesce(tracked_sum, 0)) AS tracked_days,
+    {_ratio("stockout_sum", "tracked_sum")} AS stockout_rate,
+    toFloat64(coalesce(inventory_value_sum, 0)) AS inventory_value,
+    {_ratio(f"tracked_cogs * {DAYS_PER_YEAR}", "average_inventory_value")} AS inventory_turnover,
+    {_ratio("inventory_value_sum", f"tracked_cogs_window / {SUPPLY_WINDOW_DAYS}")}
+        AS days_of_supply,
+    toNullable(toFloat64(forecast_sum)) AS forecast_units,
+    toNullable(toFloat64(forecast_actual_sum)) AS forecast_actual_units,
+    {_ratio("forecast_abs_error", "forecast_actual_sum")} AS forecast_wape,
+    {_ratio("forecast_sum - forecast_actual_sum", "forecast_actual_sum")} AS forecast_bias
+"""
+
+
+def sources(scope: Scope, *names: str) -> str:
+    """A WITH clause naming the scope's sources (in order, later ones may use earlier ones)."""
+    known = {
+        "sales": lambda: views.sales_grain_sql(scope),
+        "inventory": lambda: views.inventory_days_sql(scope),
+        "stock_before": lambda: views.STOCK_BEFORE_SQL,
+        "positions": lambda: stock_positions_sql(scope),
+        "products": lambda: views.PRODUCTS_SQL,
+        "stores": lambda: views.STORES_SQL,
+        "forecasts": lambda: views.FORECASTS_SQL,
+        "baskets": lambda: views.basket_counts_sql(scope),
+        "sales_windows": lambda: _SALES_WINDOWS,
+        "facts": lambda: _FACTS,
+    }
+    return "WITH " + ",\n".join(f"{name} AS ({known[name]()})" for name in names)
+
+
+def daily_kpis(store: Store, scope: Scope) -> pd.DataFrame:
+    """The KPI rows of every run day: one overall, one per store and one per category."""
+    with_clause = sources(
+        scope,
+        "sales",
+        "inventory",
+        "stock_before",
+        "positions",
+        "products",
+        "forecasts",
+        "baskets",
+        "sales_windows",
+        "facts",
     )
-    facts = (
-        stacked.groupBy(*_DAY_PAIR)
-        .agg(
-            F.first("sales_category", ignorenulls=True).alias("sales_category"),
-            F.sum("units").alias("units"),
-            F.sum("revenue").alias("revenue"),
-            F.sum("window_units").alias("window_units"),
-            F.max("opening_units").alias("opening_units"),
-            F.max("received_units").alias("received_units"),
-            F.max("closing_units").alias("closing_units"),
-            F.max("stocked_out").alias("stocked_out"),
-            F.max("forecast_units").alias("forecast_units"),
+    sql = f"""
+    {with_clause}
+    SELECT {_KPI_COLUMNS}
+    FROM ({_ROLLUP}) AS rolled
+    LEFT JOIN baskets ON baskets.date = rolled.date AND baskets.level = rolled.level
+        AND baskets.store_id = rolled.store_key AND baskets.category = rolled.category_key
+    ORDER BY date, level, store_id, category
+    {SQL_SETTINGS}
+    """  # noqa: S608 - constant fragments, values bound
+    return store.query_df(sql, scope.params())
+
+
+def daily_trend(store: Store, scope: Scope) -> pd.DataFrame:
+    """Revenue and units per day of the history and the days, with the champion's forecast
+    beside the actual units of the pairs it forecast (for the report's charts)."""
+    sql = f"""
+    {sources(scope, "sales", "forecasts")}
+    SELECT date, toFloat64(sum(coalesce(takings, 0))) AS revenue,
+           toInt64(sum(coalesce(sold, 0))) AS units,
+           toNullable(toFloat64(sum(forecast))) AS forecast_units,
+           toNullable(toFloat64(sum(if(forecast IS NOT NULL, coalesce(sold, 0), NULL))))
+               AS forecast_actual_units
+    FROM (
+        SELECT date, store_id, product_id, sum(units) AS sold, sum(revenue) AS takings,
+               max(forecast_units) AS forecast
+        FROM (
+            SELECT date, store_id, product_id, units, revenue, NULL AS forecast_units FROM sales
+            UNION ALL
+            SELECT date, store_id, product_id, NULL, NULL, forecast_units FROM forecasts
         )
-        .where(
-            F.col("units").isNotNull()
-            | F.col("closing_units").isNotNull()
-            | F.col("forecast_units").isNotNull()
-        )
-        .join(F.broadcast(products), ["product_id"], "left")
+        GROUP BY date, store_id, product_id
     )
-    tracked = F.col("closing_units").isNotNull()
-    forecast = F.col("forecast_units").isNotNull()
-    units = F.coalesce("units", F.lit(0))
-    cost = F.col("unit_cost")
-    return facts.select(
-        *_DAY_PAIR,
-        F.coalesce("category", "sales_category", F.lit(UNKNOWN_CATEGORY)).alias("category"),
-        F.coalesce("revenue", F.lit(0.0)).alias("revenue"),
-        units.alias("units"),
-        (units * cost).alias("cogs"),
-        tracked.cast("long").alias("tracked"),
-        F.when(tracked, units).alias("tracked_units"),
-        F.when(tracked, units * cost).alias("tracked_cogs"),
-        F.when(tracked, F.coalesce("window_units", F.lit(0)) * cost).alias("tracked_cogs_window"),
-        "opening_units",
-        "received_units",
-        "closing_units",
-        "stocked_out",
-        (F.col("closing_units") * cost).alias("inventory_value"),
-        ((F.col("opening_units") + F.col("closing_units")) / 2 * cost).alias(
-            "average_inventory_value"
-        ),
-        "forecast_units",
-        F.when(forecast, units).alias("forecast_actual_units"),
-        F.when(forecast, F.abs(F.col("forecast_units") - units)).alias("forecast_abs_error"),
-    )
-
-
-def _ratio(numerator: Column, denominator: Column) -> Column:
-    return F.when(denominator != 0, numerator / denominator)
-
-
-def daily_kpis(facts: DataFrame, basket_counts: DataFrame) -> DataFrame:
-    """The KPI rows per day: one overall, one per store and one per category."""
-
-    def rollup(level: str, store_key: Column, category_key: Column) -> Column:
-        return F.struct(
-            F.lit(level).alias("level"),
-            store_key.alias("store_key"),
-            category_key.alias("category_key"),
-        )
-
-    levels = F.array(
-        rollup("overall", F.lit(ALL), F.lit(ALL)),
-        rollup("store", F.col("store_id"), F.lit(ALL)),
-        rollup("category", F.lit(ALL), F.col("category")),
-    )
-    sums = [
-        F.sum("revenue").alias("revenue"),
-        F.sum("units").alias("units"),
-        F.sum("cogs").alias("cogs"),
-        F.sum("opening_units").alias("opening_stock_units"),
-        F.sum("received_units").alias("received_units"),
-        F.sum("closing_units").alias("closing_stock_units"),
-        F.sum("tracked_units").alias("tracked_units"),
-        F.sum("tracked_cogs").alias("tracked_cogs"),
-        F.sum("tracked_cogs_window").alias("tracked_cogs_window"),
-        F.sum("stocked_out").alias("stockout_days"),
-        F.sum("tracked").alias("tracked_days"),
-        F.sum("inventory_value").alias("inventory_value"),
-        F.sum("average_inventory_value").alias("average_inventory_value"),
-        F.sum("forecast_units").alias("forecast_units"),
-        F.sum("forecast_actual_units").alias("forecast_actual_units"),
-        F.sum("forecast_abs_error").alias("forecast_abs_error"),
-    ]
-    rolled = (
-        facts.withColumn("rollup", F.explode(levels))
-        .select("*", "rollup.*")
-        .groupBy("date", "level", "store_key", "category_key")
-        .agg(*sums)
-    )
-    counts = basket_counts.select(
-        "date",
-        "level",
-        F.col("store_id").alias("store_key"),
-        F.col("category").alias("category_key"),
-        "transactions",
-        "unique_customers",
-    )
-    kpis = rolled.join(F.broadcast(counts), ["date", "level", "store_key", "category_key"], "left")
-    transactions = F.coalesce("transactions", F.lit(0))
-    cogs = F.coalesce("cogs", F.lit(0.0))
-    margin = F.col("revenue") - cogs
-    available = F.col("opening_stock_units") + F.col("received_units")
-    error = F.col("forecast_units") - F.col("forecast_actual_units")
-    return kpis.select(
-        "date",
-        "level",
-        F.col("store_key").alias("store_id"),
-        F.col("category_key").alias("category"),
-        "revenue",
-        "units",
-        transactions.alias("transactions"),
-        _ratio(F.col("revenue"), transactions).alias("avg_order_value"),
-        F.coalesce("unique_customers", F.lit(0)).alias("unique_customers"),
-        cogs.alias("cogs"),
-        margin.alias("gross_margin"),
-        _ratio(margin, F.col("revenue")).alias("gross_margin_pct"),
-        F.coalesce("opening_stock_units", F.lit(0)).alias("opening_stock_units"),
-        F.coalesce("received_units", F.lit(0)).alias("received_units"),
-        F.coalesce("closing_stock_units", F.lit(0)).alias("closing_stock_units"),
-        _ratio(F.col("tracked_units"), available).alias("sell_through"),
-        F.coalesce("stockout_days", F.lit(0)).alias("stockout_days"),
-        F.coalesce("tracked_days", F.lit(0)).alias("tracked_days"),
-        _ratio(F.col("stockout_days"), F.col("tracked_days")).alias("stockout_rate"),
-        F.coalesce("inventory_value", F.lit(0.0)).alias("inventory_value"),
-        _ratio(F.col("tracked_cogs") * DAYS_PER_YEAR, F.col("average_inventory_value")).alias(
-            "inventory_turnover"
-        ),
-        _ratio(F.col("inventory_value"), F.col("tracked_cogs_window") / SUPPLY_WINDOW_DAYS).alias(
-            "days_of_supply"
-        ),
-        "forecast_units",
-        F.col("forecast_actual_units").cast("double").alias("forecast_actual_units"),
-        _ratio(F.col("forecast_abs_error"), F.col("forecast_actual_units")).alias("forecast_wape"),
-        _ratio(error, F.col("forecast_actual_units")).alias("forecast_bias"),
-    )
-
-
-def daily_trend(sales_grain: DataFrame, forecasts: DataFrame) -> DataFrame:
-    """Revenue and units per day, with the champion's forecast beside the actual units of the
-    pairs it forecast (for the report's charts)."""
-    sales = sales_grain.groupBy(*_DAY_PAIR).agg(
-        F.sum("units").alias("units"), F.sum("revenue").alias("revenue")
-    )
-    joined = sales.join(forecasts.select(*_DAY_PAIR, "forecast_units"), _DAY_PAIR, "full")
-    units = F.coalesce("units", F.lit(0))
-    forecast = F.col("forecast_units").isNotNull()
-    return (
-        joined.groupBy("date")
-        .agg(
-            F.sum(F.coalesce("revenue", F.lit(0.0))).alias("revenue"),
-            F.sum(units).alias("units"),
-            F.sum("forecast_units").alias("forecast_units"),
-            F.sum(F.when(forecast, units)).alias("forecast_actual_units"),
-        )
-        .orderBy("date")
-    )
+    GROUP BY date
+    ORDER BY date
+    {SQL_SETTINGS}
+    """  # noqa: S608 - constant fragments, values bound
+    return store.query_df(sql, scope.params())

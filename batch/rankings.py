@@ -1,4 +1,4 @@
-"""Product and store rankings as pure Spark transforms over the daily sales grain.
+"""Product and store rankings as ClickHouse SQL over the daily sales grain.
 
 For each run day D: revenue and gross margin are D's; ``revenue_7d`` covers D-6..D and
 ``revenue_prev_7d`` D-13..D-7. Growth and the stores' week-over-week change compare the two.
@@ -7,164 +7,144 @@ A product is ranked in a scope (a store, or ``ALL`` stores) when it sold there i
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
-from pyspark.sql import functions as F
+import pandas as pd
 
-from batch.kpis import ALL, UNKNOWN_CATEGORY, trailing_sums
+from batch.kpis import ALL, RUN_DATES, SQL_SETTINGS, UNKNOWN_CATEGORY, sources
+from batch.views import Scope
+from common.store import Store
 
 WEEK_DAYS = 7
-RANKING_METRICS = {"revenue": "revenue", "margin": "gross_margin", "growth": "growth"}
 
 
-def _with_margin(sales_grain: DataFrame, products: DataFrame) -> DataFrame:
-    cost = F.coalesce(F.col("unit_cost"), F.lit(0.0))
-    return sales_grain.join(
-        F.broadcast(products.select("product_id", "unit_cost")), ["product_id"], "left"
-    ).withColumn("gross_margin", F.col("revenue") - F.col("units") * cost)
-
-
-def _weekly(daily: DataFrame, keys: list[str], run_dates: DataFrame) -> DataFrame:
-    """The run day's revenue, units and margin, and the revenue of the week ending the run day
-    and of the week before, for the keys that sold in those two weeks."""
-    windows = trailing_sums(
-        daily,
-        keys,
-        run_dates,
-        {
-            "revenue": ("revenue", 0, 0),
-            "units": ("units", 0, 0),
-            "gross_margin": ("gross_margin", 0, 0),
-            "revenue_7d": ("revenue", -(WEEK_DAYS - 1), 0),
-            "revenue_prev_7d": ("revenue", -(2 * WEEK_DAYS - 1), -WEEK_DAYS),
-        },
+def _weekly(daily: str, keys: str) -> str:
+    """Per run day and key of ``daily`` (rows of date, keys, revenue, units, gross_margin): the
+    run day's figures and the revenue of the week ending it and of the week before, for the
+    keys that sold in those two weeks."""
+    return f"""
+    SELECT run_date AS date, {keys},
+           sumIf(takings, back = 0) AS revenue, toInt64(sumIf(sold, back = 0)) AS units,
+           sumIf(margin, back = 0) AS gross_margin,
+           sumIf(takings, back < {WEEK_DAYS}) AS revenue_7d,
+           sumIf(takings, back >= {WEEK_DAYS}) AS revenue_prev_7d
+    FROM (
+        SELECT {keys}, revenue AS takings, units AS sold, gross_margin AS margin,
+               arrayJoin(arrayFilter(n -> has({RUN_DATES}, date + n),
+                                     range({2 * WEEK_DAYS}))) AS back,
+               date + back AS run_date
+        FROM ({daily})
     )
-    return windows.fillna(
-        0, subset=["revenue", "units", "gross_margin", "revenue_7d", "revenue_prev_7d"]
-    )
+    GROUP BY run_date, {keys}
+    """  # noqa: S608 - constant fragments
 
 
-def product_performance(
-    sales_grain: DataFrame, products: DataFrame, run_dates: DataFrame
-) -> DataFrame:
-    """Revenue, margin and growth per run day, scope (store or ALL) and product."""
-    daily = (
-        _with_margin(sales_grain, products)
-        .withColumn("scope", F.explode(F.array(F.col("store_id"), F.lit(ALL))))
-        .groupBy("date", "scope", "product_id")
-        .agg(
-            F.sum("revenue").alias("revenue"),
-            F.sum("units").alias("units"),
-            F.sum("gross_margin").alias("gross_margin"),
+_DAILY_MARGINS = """
+    SELECT sales.date AS date, sales.store_id AS store_id, sales.product_id AS product_id,
+           sales.revenue AS revenue, sales.units AS units,
+           sales.revenue - sales.units * coalesce(catalog.unit_cost, 0) AS gross_margin
+    FROM sales LEFT JOIN products AS catalog ON catalog.product_id = sales.product_id
+"""
+
+_PRODUCT_DAILY = f"""
+    SELECT date, store_id, product_id, sum(revenue) AS revenue, sum(units) AS units,
+           sum(gross_margin) AS gross_margin
+    FROM ({_DAILY_MARGINS})
+    GROUP BY date, store_id, product_id
+"""  # noqa: S608 - constant fragments
+
+_PRODUCT_PERFORMANCE = f"""
+    SELECT weekly.date AS date, weekly.scope AS store_id, weekly.product_id AS product_id,
+           coalesce(catalog.product_name, weekly.product_id) AS product_name,
+           coalesce(catalog.category, '{UNKNOWN_CATEGORY}') AS category,
+           revenue, units, gross_margin, revenue_7d, revenue_prev_7d,
+           if(revenue_prev_7d > 0, revenue_7d / revenue_prev_7d - 1, NULL) AS growth
+    FROM (
+        SELECT date, coalesce(store_id, '{ALL}') AS scope, product_id,
+               sum(day_revenue) AS revenue, sum(day_units) AS units,
+               sum(day_margin) AS gross_margin, sum(week_revenue) AS revenue_7d,
+               sum(prev_week_revenue) AS revenue_prev_7d
+        FROM (
+            SELECT date, store_id, product_id, revenue AS day_revenue, units AS day_units,
+                   gross_margin AS day_margin, revenue_7d AS week_revenue,
+                   revenue_prev_7d AS prev_week_revenue
+            FROM ({_weekly(_PRODUCT_DAILY, "store_id, product_id")})
         )
-    )
-    growth = F.when(
-        F.col("revenue_prev_7d") > 0, F.col("revenue_7d") / F.col("revenue_prev_7d") - 1
-    )
-    return (
-        _weekly(daily, ["scope", "product_id"], run_dates)
-        .join(
-            F.broadcast(products.select("product_id", "product_name", "category")),
-            ["product_id"],
-            "left",
-        )
-        .select(
-            "date",
-            F.col("scope").alias("store_id"),
-            "product_id",
-            F.coalesce("product_name", "product_id").alias("product_name"),
-            F.coalesce("category", F.lit(UNKNOWN_CATEGORY)).alias("category"),
-            "revenue",
-            "units",
-            "gross_margin",
-            "revenue_7d",
-            "revenue_prev_7d",
-            growth.alias("growth"),
-        )
-    )
+        GROUP BY GROUPING SETS ((date, store_id, product_id), (date, product_id))
+    ) AS weekly
+    LEFT JOIN products AS catalog ON catalog.product_id = weekly.product_id
+"""  # noqa: S608 - constant fragments
+"""Revenue, margin and growth per run day, scope (a store, or ALL stores: the stores' weekly
+sums added up) and product."""
+
+_ITEM = (
+    "(value, product_id, product_name, category, revenue, units, gross_margin, revenue_7d, "
+    "revenue_prev_7d)"
+)
 
 
-def rank_products(performance: DataFrame, top_n: int) -> DataFrame:
-    """The top and bottom ``top_n`` products per day and scope by revenue, margin and growth.
+def product_rankings(store: Store, scope: Scope, top_n: int) -> pd.DataFrame:
+    """The top and bottom ``top_n`` products per run day and scope by revenue, margin and growth.
 
-    One sort per day, scope and metric: the bottom list is the top list read from the end, so
-    ties are broken by product id ascending at the top and descending at the bottom.
+    The bottom list is the top list read from the end, so ties (values equal to 6 decimals, so
+    that the order of float additions cannot break them) are broken by product id ascending at
+    the top and descending at the bottom.
     """
-    metrics = F.array(
-        *[
-            F.struct(F.lit(metric).alias("metric"), F.col(column).cast("double").alias("value"))
-            for metric, column in RANKING_METRICS.items()
-        ]
-    )
-    per_metric = Window.partitionBy("date", "store_id", "metric")
-    directions = F.array(
-        F.struct(F.lit("top").alias("direction"), F.col("top_rank").alias("rank")),
-        F.struct(F.lit("bottom").alias("direction"), F.col("bottom_rank").alias("rank")),
-    )
-    ranked = (
-        performance.withColumn("ranked_metric", F.explode(metrics))
-        .select("*", "ranked_metric.*")
-        .where(F.col("value").isNotNull())
-        .withColumn(
-            "top_rank", F.row_number().over(per_metric.orderBy(F.desc("value"), "product_id"))
+    sql = f"""
+    {sources(scope, "sales", "products")}
+    SELECT date, store_id, metric, direction, toUInt16(rank) AS rank,
+           item.2 AS product_id, item.3 AS product_name, item.4 AS category, item.1 AS value,
+           item.5 AS revenue, item.6 AS units, item.7 AS gross_margin, item.8 AS revenue_7d,
+           item.9 AS revenue_prev_7d
+    FROM (
+        SELECT date, store_id, metric,
+               arraySort(x -> (-round(x.1, 6), x.2), groupArray({_ITEM})) AS ordered
+        FROM (
+            SELECT *, metric_value.1 AS metric, assumeNotNull(metric_value.2) AS value
+            FROM ({_PRODUCT_PERFORMANCE})
+            ARRAY JOIN [('revenue', toNullable(revenue)), ('margin', toNullable(gross_margin)),
+                        ('growth', growth)] AS metric_value
+            WHERE metric_value.2 IS NOT NULL
         )
-        .withColumn("bottom_rank", F.count("*").over(per_metric) - F.col("top_rank") + 1)
-        .where((F.col("top_rank") <= top_n) | (F.col("bottom_rank") <= top_n))
-        .withColumn("ranked_direction", F.explode(directions))
-        .select("*", "ranked_direction.*")
-        .where(F.col("rank") <= top_n)
+        GROUP BY date, store_id, metric
     )
-    return ranked.select(
-        "date",
-        "store_id",
-        "metric",
-        "direction",
-        "rank",
-        "product_id",
-        "product_name",
-        "category",
-        "value",
-        "revenue",
-        "units",
-        "gross_margin",
-        "revenue_7d",
-        "revenue_prev_7d",
-    )
+    ARRAY JOIN ['top', 'bottom'] AS direction,
+               [arraySlice(ordered, 1, {{top_n:UInt32}}),
+                arrayReverse(arraySlice(ordered,
+                    greatest(1, toInt64(length(ordered)) - {{top_n:UInt32}} + 1)))] AS chosen
+    ARRAY JOIN chosen AS item, arrayEnumerate(chosen) AS rank
+    ORDER BY date, store_id, metric, direction, rank
+    {SQL_SETTINGS}, group_by_use_nulls = 1
+    """  # noqa: S608 - constant fragments, values bound
+    return store.query_df(sql, {**scope.params(), "top_n": top_n})
 
 
-def rank_stores(
-    sales_grain: DataFrame, products: DataFrame, stores: DataFrame, run_dates: DataFrame
-) -> DataFrame:
-    """Stores ranked per day by their trailing 7-day revenue, with the week-over-week change
+def store_rankings(store: Store, scope: Scope) -> pd.DataFrame:
+    """Stores ranked per run day by their trailing 7-day revenue, with the week-over-week change
     and the rank they held on the previous week's revenue."""
-    daily = (
-        _with_margin(sales_grain, products)
-        .groupBy("date", "store_id")
-        .agg(
-            F.sum("revenue").alias("revenue"),
-            F.sum("units").alias("units"),
-            F.sum("gross_margin").alias("gross_margin"),
-        )
-    )
-    per_store = _weekly(daily, ["store_id"], run_dates)
-    this_week = Window.partitionBy("date").orderBy(F.desc("revenue_7d"), "store_id")
-    last_week = Window.partitionBy("date").orderBy(F.desc("revenue_prev_7d"), "store_id")
-    had_last_week = F.col("revenue_prev_7d") > 0
-    ranked = per_store.withColumn("rank", F.row_number().over(this_week)).withColumn(
-        "rank_prev_week", F.when(had_last_week, F.row_number().over(last_week))
-    )
-    return ranked.join(F.broadcast(stores), ["store_id"], "left").select(
-        "date",
-        "store_id",
-        F.coalesce("store_name", "store_id").alias("store_name"),
-        F.coalesce("region", F.lit(UNKNOWN_CATEGORY)).alias("region"),
-        "rank",
-        "revenue",
-        "gross_margin",
-        "revenue_7d",
-        "revenue_prev_7d",
-        F.when(had_last_week, F.col("revenue_7d") / F.col("revenue_prev_7d") - 1).alias(
-            "wow_change"
-        ),
-        "rank_prev_week",
-        (F.col("rank_prev_week") - F.col("rank")).cast("int").alias("rank_change"),
-    )
+    daily = f"""
+        SELECT date, store_id, sum(revenue) AS revenue, sum(units) AS units,
+               sum(gross_margin) AS gross_margin
+        FROM ({_DAILY_MARGINS}) GROUP BY date, store_id
+    """  # noqa: S608 - constant fragments
+    sql = f"""
+    {sources(scope, "sales", "products", "stores")}
+    SELECT ranked.date AS date, ranked.store_id AS store_id,
+           coalesce(shop.store_name, ranked.store_id) AS store_name,
+           coalesce(shop.region, '{UNKNOWN_CATEGORY}') AS region,
+           toUInt16(rank) AS rank, revenue, gross_margin, revenue_7d, revenue_prev_7d,
+           if(revenue_prev_7d > 0, revenue_7d / revenue_prev_7d - 1, NULL) AS wow_change,
+           if(revenue_prev_7d > 0, toUInt16(prev_rank), NULL) AS rank_prev_week,
+           toInt32(rank_prev_week) - toInt32(rank) AS rank_change
+    FROM (
+        SELECT *,
+               row_number() OVER (PARTITION BY date ORDER BY round(revenue_7d, 6) DESC, store_id)
+                   AS rank,
+               row_number() OVER (PARTITION BY date
+                                  ORDER BY round(revenue_prev_7d, 6) DESC, store_id)
+                   AS prev_rank
+        FROM ({_weekly(daily, "store_id")})
+    ) AS ranked
+    LEFT JOIN stores AS shop ON shop.store_id = ranked.store_id
+    ORDER BY date, rank
+    {SQL_SETTINGS}
+    """  # noqa: S608 - constant fragments, values bound
+    return store.query_df(sql, scope.params())

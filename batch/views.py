@@ -11,7 +11,8 @@ that day is aggregated from the raw table, without the quarantined rows.
 from __future__ import annotations
 
 import logging
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, timedelta
 
 import pandas as pd
 
@@ -19,19 +20,12 @@ from common.store import Store
 
 log = logging.getLogger(__name__)
 
+RAW_TABLES = {"sales": "sales_events", "inventory": "inventory_events"}
 # Empty keys are how a missing value arrives in a non-nullable ClickHouse String column.
 _KEY_COLUMNS = {
     "sales_events": ["event_id", "transaction_id", "store_id", "product_id", "category"],
     "inventory_events": ["event_id", "store_id", "product_id", "event_type"],
 }
-
-_NOT_QUARANTINED = """
-    event_id != ''
-    AND event_id NOT IN (
-        SELECT event_id FROM quarantine
-        WHERE run_id = {run_id:String} AND dataset = {dataset:String} AND batch_date = {day:Date}
-    )
-"""
 
 _SALES_DAILY_SELECT = """
 SELECT
@@ -159,128 +153,196 @@ def first_view_day(store: Store, raw_table: str) -> date | None:
     return pd.Timestamp(first).date()
 
 
-def sales_grain(store: Store, first: date, last: date) -> pd.DataFrame:
-    """Revenue, units and line items per day, store, category and product, from the view."""
-    return store.query_df(
-        """
-        SELECT sale_date AS date, toString(store_id) AS store_id, toString(category) AS category,
-               toString(product_id) AS product_id, sum(line_items) AS line_items,
-               sum(units) AS units, sum(revenue) AS revenue
-        FROM sales_daily
-        WHERE sale_date BETWEEN {first:Date} AND {last:Date}
-        GROUP BY date, store_id, category, product_id
-        ORDER BY date, store_id, product_id
-        """,
-        {"first": first.isoformat(), "last": last.isoformat()},
+@dataclass(frozen=True)
+class Scope:
+    """The days one batch computation covers, and where each day's rows come from.
+
+    ``days`` run from the first to the last day of the range (stock positions are carried
+    through all of them); ``run_dates`` are the days that passed the gate and get output rows.
+    The ``raw_*_days`` are aggregated from the raw tables without ``run_id``'s quarantined rows;
+    every other day is read from the views. Trailing windows reach ``history_days`` back.
+    """
+
+    days: tuple[date, ...]
+    run_dates: tuple[date, ...]
+    run_id: str = ""
+    raw_sales_days: tuple[date, ...] = ()
+    raw_inventory_days: tuple[date, ...] = ()
+    history_days: int = 28
+
+    @property
+    def first(self) -> date:
+        return min(self.days)
+
+    @property
+    def last(self) -> date:
+        return max(self.days)
+
+    def params(self) -> dict[str, object]:
+        """The bound parameters every batch query of this scope reads."""
+
+        def listed(days: tuple[date, ...]) -> str:
+            return ",".join(sorted(d.isoformat() for d in days))
+
+        return {
+            "first": self.first.isoformat(),
+            "last": self.last.isoformat(),
+            "history_first": (self.first - timedelta(days=self.history_days - 1)).isoformat(),
+            "run_dates": listed(self.run_dates),
+            "raw_sales_days": listed(self.raw_sales_days),
+            "raw_inventory_days": listed(self.raw_inventory_days),
+            "run_id": self.run_id,
+        }
+
+
+def dates(name: str) -> str:
+    """SQL for the Array(Date) held in the comma-separated String parameter ``name``."""
+    return (
+        f"arrayMap(d -> toDate(d), arrayFilter(d -> d != '', splitByChar(',', {{{name}:String}})))"
     )
 
 
-def raw_sales_grain(store: Store, day: date, run_id: str) -> pd.DataFrame:
-    """The same grain for one day from the raw table, deduplicated, without quarantined rows."""
-    return store.query_df(
-        f"""
+def _from_raw(dataset: str, days: str) -> str:
+    """The deduplicated raw rows of the ``days`` parameter, without the run's quarantined rows."""
+    return f"""
+        FROM {RAW_TABLES[dataset]} FINAL
+        WHERE toDate(event_time) BETWEEN {{first:Date}} AND {{last:Date}}
+          AND has({dates(days)}, toDate(event_time))
+          AND event_id != ''
+          AND (toDate(event_time), event_id) NOT IN (
+              SELECT batch_date, event_id FROM quarantine
+              WHERE run_id = {{run_id:String}} AND dataset = '{dataset}')
+    """  # noqa: S608 - constant fragments, values bound
+
+
+def sales_grain_sql(scope: Scope) -> str:
+    """Units, revenue and line items per day, store, category and product, from the history's
+    first day to the last day."""
+    view = f"""
+        SELECT sale_date AS date, toString(store_id) AS store_id, toString(category) AS category,
+               toString(product_id) AS product_id, toInt64(sum(line_items)) AS line_items,
+               toInt64(sum(units)) AS units, toFloat64(sum(revenue)) AS revenue
+        FROM sales_daily
+        WHERE sale_date BETWEEN {{history_first:Date}} AND {{last:Date}}
+          AND NOT has({dates("raw_sales_days")}, sale_date)
+        GROUP BY date, store_id, category, product_id
+    """  # noqa: S608 - constant fragments
+    if not scope.raw_sales_days:
+        return view
+    raw = f"""
         SELECT toDate(event_time) AS date, toString(store_id) AS store_id,
                toString(category) AS category, toString(product_id) AS product_id,
-               count() AS line_items, sum(toInt64(quantity)) AS units, sum(total_amount) AS revenue
-        FROM sales_events FINAL
-        WHERE toDate(event_time) = {{day:Date}} AND {_NOT_QUARANTINED}
+               toInt64(count()) AS line_items, sum(toInt64(quantity)) AS units,
+               toFloat64(sum(total_amount)) AS revenue
+        {_from_raw("sales", "raw_sales_days")}
         GROUP BY date, store_id, category, product_id
-        ORDER BY date, store_id, product_id
-        """,  # noqa: S608 - constant fragments, values bound
-        day_params(day, run_id=run_id, dataset="sales"),
-    )
+    """  # noqa: S608 - constant fragments
+    return f"{view}\nUNION ALL\n{raw}"
 
 
-def _basket_counts_sql(source: str, day_column: str, transactions: str, customers: str) -> str:
+def _basket_counts_sql(source: str, transactions: str, customers: str) -> str:
     levels = [
         ("'overall'", "'ALL'", "'ALL'", ""),
         ("'store'", "toString(store_id)", "'ALL'", ", store_id"),
         ("'category'", "'ALL'", "toString(category)", ", category"),
     ]
     return "\nUNION ALL\n".join(
-        f"SELECT {day_column} AS date, {level} AS level, {store} AS store_id, "  # noqa: S608 - constants
-        f"{category} AS category, {transactions} AS transactions, "
-        f"{customers} AS unique_customers FROM {source} GROUP BY {day_column}{keys}"
+        f"SELECT sale_date AS date, {level} AS level, {store} AS store_id, "  # noqa: S608 - constants
+        f"{category} AS category, toInt64({transactions}) AS transactions, "
+        f"toInt64({customers}) AS unique_customers FROM {source} GROUP BY sale_date{keys}"
         for level, store, category, keys in levels
     )
 
 
-def basket_counts(store: Store, first: date, last: date) -> pd.DataFrame:
+def basket_counts_sql(scope: Scope) -> str:
     """Distinct transactions and customers per day overall, per store and per category, from the
-    view (distinct counts do not add up across products, so they are merged here)."""
-    source = "(SELECT * FROM sales_daily WHERE sale_date BETWEEN {first:Date} AND {last:Date})"
-    sql = _basket_counts_sql(
-        source, "sale_date", "uniqExactMerge(transactions)", "uniqExactMerge(customers)"
+    first to the last day (distinct counts do not add up across products, so they are merged
+    here from the views' states)."""
+    view = _basket_counts_sql(
+        "(SELECT * FROM sales_daily WHERE sale_date BETWEEN {first:Date} AND {last:Date} "  # noqa: S608
+        f"AND NOT has({dates('raw_sales_days')}, sale_date))",
+        "uniqExactMerge(transactions)",
+        "uniqExactMerge(customers)",
     )
-    return store.query_df(sql, {"first": first.isoformat(), "last": last.isoformat()})
-
-
-def raw_basket_counts(store: Store, day: date, run_id: str) -> pd.DataFrame:
-    """The same distinct counts for one day from the raw table, without quarantined rows."""
-    source = (
-        "(SELECT toDate(event_time) AS sale_date, store_id, category, transaction_id, customer_id "  # noqa: S608
-        f"FROM sales_events FINAL WHERE toDate(event_time) = {{day:Date}} AND {_NOT_QUARANTINED})"
+    if not scope.raw_sales_days:
+        return view
+    raw_rows = (
+        "(SELECT toDate(event_time) AS sale_date, store_id, category, transaction_id, customer_id "
+        f"{_from_raw('sales', 'raw_sales_days')})"
     )
-    sql = _basket_counts_sql(
-        source, "sale_date", "uniqExact(transaction_id)", "uniqExact(customer_id)"
-    )
-    return store.query_df(sql, day_params(day, run_id=run_id, dataset="sales"))
+    raw = _basket_counts_sql(raw_rows, "uniqExact(transaction_id)", "uniqExact(customer_id)")
+    return f"{view}\nUNION ALL\n{raw}"
 
 
-def inventory_days(store: Store, first: date, last: date) -> pd.DataFrame:
-    """Opening, closing and lowest stock and units received per day, store and product (view)."""
-    return store.query_df(
-        """
+def inventory_days_sql(scope: Scope) -> str:
+    """Opening, closing and lowest stock and units received per day, store and product, from the
+    first to the last day."""
+    view = f"""
         SELECT movement_date AS date, toString(store_id) AS store_id,
-               toString(product_id) AS product_id, sum(movements) AS movements,
+               toString(product_id) AS product_id, toInt64(sum(movements)) AS movements,
                argMinMerge(opening_units) AS opening_units,
                argMaxMerge(closing_units) AS closing_units,
                min(min_units) AS min_units, sum(received_units) AS received_units
         FROM inventory_daily
-        WHERE movement_date BETWEEN {first:Date} AND {last:Date}
+        WHERE movement_date BETWEEN {{first:Date}} AND {{last:Date}}
+          AND NOT has({dates("raw_inventory_days")}, movement_date)
         GROUP BY date, store_id, product_id
-        ORDER BY date, store_id, product_id
-        """,
-        {"first": first.isoformat(), "last": last.isoformat()},
-    )
-
-
-def raw_inventory_days(store: Store, day: date, run_id: str) -> pd.DataFrame:
-    """The same stock grain for one day from the raw table, without quarantined rows."""
-    return store.query_df(
-        f"""
+    """  # noqa: S608 - constant fragments
+    if not scope.raw_inventory_days:
+        return view
+    raw = f"""
         SELECT toDate(event_time) AS date, toString(store_id) AS store_id,
-               toString(product_id) AS product_id, count() AS movements,
+               toString(product_id) AS product_id, toInt64(count()) AS movements,
                argMin(toInt64(stock_level) - quantity_change, event_time) AS opening_units,
                argMax(toInt64(stock_level), event_time) AS closing_units,
                min(least(toInt64(stock_level), toInt64(stock_level) - quantity_change)) AS min_units,
                sumIf(toInt64(quantity_change), event_type = 'restock') AS received_units
-        FROM inventory_events FINAL
-        WHERE toDate(event_time) = {{day:Date}} AND {_NOT_QUARANTINED}
+        {_from_raw("inventory", "raw_inventory_days")}
         GROUP BY date, store_id, product_id
-        ORDER BY date, store_id, product_id
-        """,  # noqa: S608 - constant fragments, values bound
-        day_params(day, run_id=run_id, dataset="inventory"),
-    )
+    """  # noqa: S608 - constant fragments
+    return f"{view}\nUNION ALL\n{raw}"
 
 
-def stock_before(store: Store, day: date) -> pd.DataFrame:
-    """The last known closing stock of every store and product before ``day``."""
-    return store.query_df(
-        """
-        SELECT store_id, product_id, argMax(closing_units, date) AS closing_units
-        FROM (
-            SELECT movement_date AS date, toString(store_id) AS store_id,
-                   toString(product_id) AS product_id, argMaxMerge(closing_units) AS closing_units
-            FROM inventory_daily
-            WHERE movement_date < {day:Date}
-            GROUP BY date, store_id, product_id
-        )
-        GROUP BY store_id, product_id
-        ORDER BY store_id, product_id
-        """,
-        day_params(day),
+STOCK_BEFORE_SQL = """
+    SELECT store_id, product_id, argMax(closing_units, date) AS closing_units
+    FROM (
+        SELECT movement_date AS date, toString(store_id) AS store_id,
+               toString(product_id) AS product_id, argMaxMerge(closing_units) AS closing_units
+        FROM inventory_daily
+        WHERE movement_date < {first:Date}
+        GROUP BY date, store_id, product_id
     )
+    GROUP BY store_id, product_id
+"""
+"""The last known closing stock of every store and product before the first day."""
+
+PRODUCTS_SQL = """
+    SELECT toString(product_id) AS product_id, toString(name) AS product_name,
+           toString(category) AS category, toFloat64(unit_cost) AS unit_cost,
+           toFloat64(unit_price) AS unit_price
+    FROM products FINAL
+"""
+
+STORES_SQL = """
+    SELECT toString(store_id) AS store_id, toString(name) AS store_name,
+           toString(region) AS region
+    FROM stores FINAL
+"""
+
+FORECASTS_SQL = """
+    SELECT forecast_date AS date, toString(store_id) AS store_id,
+           toString(product_id) AS product_id, toFloat64(predicted_units) AS forecast_units,
+           toString(model_name) AS model_name, model_version
+    FROM forecasts FINAL
+    WHERE forecast_date BETWEEN {history_first:Date} AND {last:Date}
+"""
+"""The champion's stored forecasts per day, store and product, over the history and the days."""
+
+
+def read(store: Store, sql: str, scope: Scope, order_by: str = "") -> pd.DataFrame:
+    """The rows of one of the sources above."""
+    order = f" ORDER BY {order_by}" if order_by else ""
+    return store.query_df(f"SELECT * FROM ({sql}){order}", scope.params())  # noqa: S608
 
 
 def products(store: Store) -> pd.DataFrame:
@@ -289,42 +351,19 @@ def products(store: Store) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["product_id", "product_name", "category", "unit_cost", "unit_price"]
         )
-    return store.query_df(
-        """
-        SELECT toString(product_id) AS product_id, toString(name) AS product_name,
-               toString(category) AS category, toFloat64(unit_cost) AS unit_cost,
-               toFloat64(unit_price) AS unit_price
-        FROM products FINAL ORDER BY product_id
-        """
-    )
+    return store.query_df(f"{PRODUCTS_SQL} ORDER BY product_id")
 
 
 def stores(store: Store) -> pd.DataFrame:
     """The store catalog (one row per store), empty when the generator has not written it."""
     if not table_exists(store, "stores"):
         return pd.DataFrame(columns=["store_id", "store_name", "region"])
-    return store.query_df(
-        """
-        SELECT toString(store_id) AS store_id, toString(name) AS store_name,
-               toString(region) AS region
-        FROM stores FINAL ORDER BY store_id
-        """
-    )
+    return store.query_df(f"{STORES_SQL} ORDER BY store_id")
 
 
-def forecasts(store: Store, first: date, last: date) -> pd.DataFrame:
-    """The champion's stored forecasts per day, store and product; empty when there are none."""
+def forecasts(store: Store, scope: Scope) -> pd.DataFrame:
+    """The stored forecasts of the scope's history and days; empty when there are none."""
     columns = ["date", "store_id", "product_id", "forecast_units", "model_name", "model_version"]
     if not table_exists(store, "forecasts"):
         return pd.DataFrame(columns=columns)
-    return store.query_df(
-        """
-        SELECT forecast_date AS date, toString(store_id) AS store_id,
-               toString(product_id) AS product_id, predicted_units AS forecast_units,
-               toString(model_name) AS model_name, model_version
-        FROM forecasts FINAL
-        WHERE forecast_date BETWEEN {first:Date} AND {last:Date}
-        ORDER BY date, store_id, product_id
-        """,
-        {"first": first.isoformat(), "last": last.isoformat()},
-    )
+    return read(store, FORECASTS_SQL, scope, "date, store_id, product_id")

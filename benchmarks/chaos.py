@@ -763,7 +763,7 @@ def quality_failure(stack: Stack, sizes: Sizes, seed: int = 61) -> ChaosResult:
         "AND cityHash64(event_id) % 10 != 0",
         {"day": bad_day},
     )
-    results = {r.day: r for r in run_batch(settings, bad_day, good_day, spark=stack.spark)}
+    results = {r.day: r for r in run_batch(settings, bad_day, good_day)}
     published = {
         day: {
             table: int(

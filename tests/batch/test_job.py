@@ -1,4 +1,4 @@
-"""The daily batch end to end on a real embedded store, real Great Expectations and Spark:
+"""The daily batch end to end on a real embedded store, real Great Expectations:
 hand-computed KPIs, idempotent reruns, quarantine on warnings, and a critical failure (through the
 `retail batch` command) that publishes nothing and leaves earlier results as they were."""
 
@@ -15,8 +15,6 @@ import pytest
 from batch_world import EXPECTED_KPIS, MODEL_VERSION, RUN_DAY
 
 from batch.job import FAILED, PUBLISHED, BatchError, resolve_days, run_batch
-
-pytestmark = [pytest.mark.spark]
 
 WARN_DAY = date(2019, 7, 10)
 KEY = ["level", "store_id", "category"]
@@ -45,12 +43,12 @@ def last_run_id(store, day: date) -> str:
 
 
 @pytest.fixture(scope="module")
-def published(batch_settings, batch_store, clean_world, spark):
+def published(batch_settings, batch_store, clean_world):
     """The clean day run twice: the first results and the state after the rerun."""
-    first = run_batch(batch_settings, RUN_DAY, RUN_DAY, spark)
+    first = run_batch(batch_settings, RUN_DAY, RUN_DAY)
     first_run = last_run_id(batch_store, RUN_DAY)
     first_kpis = published_kpis(batch_store, RUN_DAY)
-    second = run_batch(batch_settings, RUN_DAY, RUN_DAY, spark)
+    second = run_batch(batch_settings, RUN_DAY, RUN_DAY)
     return {"first": first, "first_run": first_run, "first_kpis": first_kpis, "second": second}
 
 
@@ -139,7 +137,7 @@ def test_every_check_is_recorded_and_the_report_written(
 
 
 @pytest.fixture(scope="module")
-def warned(batch_settings, batch_store, make_world, spark):
+def warned(batch_settings, batch_store, make_world):
     """A day with bad rows next to good ones, run with a lenient quarantine limit."""
     world = make_world("warn")
     world.clean_day(WARN_DAY)
@@ -157,7 +155,7 @@ def warned(batch_settings, batch_store, make_world, spark):
     )
     world.insert_movements([world.movement(WARN_DAY, 12, "BT-S1", "BT-P1", "adjustment", -8, -1)])
     lenient = batch_settings.model_copy(update={"batch_quarantine_max_percent": 50.0})
-    (result,) = run_batch(lenient, WARN_DAY, WARN_DAY, spark)
+    (result,) = run_batch(lenient, WARN_DAY, WARN_DAY)
     return result, cheese
 
 

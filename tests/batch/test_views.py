@@ -20,36 +20,50 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def test_views_hold_the_same_daily_aggregates_as_the_raw_tables(batch_store, clean_world) -> None:
-    keys = ["date", "store_id", "product_id"]
-    from_view = _sorted(views.sales_grain(batch_store, RUN_DAY, RUN_DAY), keys)
-    from_raw = _sorted(views.raw_sales_grain(batch_store, RUN_DAY, NO_RUN), keys)
-    pd.testing.assert_frame_equal(from_view, from_raw, check_dtype=False)
-    assert from_view["revenue"].sum() == 39.0
-    assert from_view["line_items"].sum() == 6
+    from_views = views.Scope(days=(RUN_DAY,), run_dates=(RUN_DAY,), history_days=1)
+    from_raw = views.Scope(
+        days=(RUN_DAY,),
+        run_dates=(RUN_DAY,),
+        run_id=NO_RUN,
+        raw_sales_days=(RUN_DAY,),
+        raw_inventory_days=(RUN_DAY,),
+        history_days=1,
+    )
 
-    baskets = ["date", "level", "store_id", "category"]
+    def both(source, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return tuple(
+            _sorted(views.read(batch_store, source(scope), scope), keys)
+            for scope in (from_views, from_raw)
+        )
+
+    keys = ["date", "store_id", "product_id"]
+    view_sales, raw_sales = both(views.sales_grain_sql, keys)
+    pd.testing.assert_frame_equal(view_sales, raw_sales, check_dtype=False)
+    assert view_sales["revenue"].sum() == 39.0
+    assert view_sales["line_items"].sum() == 6
     pd.testing.assert_frame_equal(
-        _sorted(views.basket_counts(batch_store, RUN_DAY, RUN_DAY), baskets),
-        _sorted(views.raw_basket_counts(batch_store, RUN_DAY, NO_RUN), baskets),
+        *both(views.basket_counts_sql, ["date", "level", "store_id", "category"]),
         check_dtype=False,
     )
-    stock_from_view = _sorted(views.inventory_days(batch_store, RUN_DAY, RUN_DAY), keys)
-    pd.testing.assert_frame_equal(
-        stock_from_view,
-        _sorted(views.raw_inventory_days(batch_store, RUN_DAY, NO_RUN), keys),
-        check_dtype=False,
-    )
-    s2_bread = stock_from_view.query("store_id == 'BT-S2' and product_id == 'BT-P2'").iloc[0]
+    view_stock, raw_stock = both(views.inventory_days_sql, keys)
+    pd.testing.assert_frame_equal(view_stock, raw_stock, check_dtype=False)
+    s2_bread = view_stock.query("store_id == 'BT-S2' and product_id == 'BT-P2'").iloc[0]
     assert (s2_bread.opening_units, s2_bread.closing_units, s2_bread.min_units) == (0, 8, 0)
     assert s2_bread.received_units == 10
 
 
+def _stock_before(batch_store, day: date) -> pd.DataFrame:
+    scope = views.Scope(days=(day,), run_dates=(day,))
+    return views.read(batch_store, views.STOCK_BEFORE_SQL, scope).set_index(
+        ["store_id", "product_id"]
+    )
+
+
 def test_stock_before_a_day_is_the_last_closing_level(batch_store, clean_world) -> None:
-    before = views.stock_before(batch_store, RUN_DAY).set_index(["store_id", "product_id"])
+    before = _stock_before(batch_store, RUN_DAY)
     assert before.loc[("BT-S1", "BT-P1"), "closing_units"] == 10
     assert before.loc[("BT-S2", "BT-P4"), "closing_units"] == 0
-    after = views.stock_before(batch_store, RUN_DAY + timedelta(days=1))
-    after = after.set_index(["store_id", "product_id"])
+    after = _stock_before(batch_store, RUN_DAY + timedelta(days=1))
     assert after.loc[("BT-S1", "BT-P1"), "closing_units"] == 7
     assert after.loc[("BT-S1", "BT-P4"), "closing_units"] == 2
 
@@ -78,7 +92,8 @@ def test_repair_rebuilds_the_days_the_views_missed(batch_store, make_world) -> N
     assert views.daily_row_counts(batch_store, "sales_events", day, day)["view_rows"].iloc[0] == 0
 
     assert views.repair_daily_views(batch_store, day - timedelta(days=1), day) == [day]
-    grain = views.sales_grain(batch_store, day, day)
+    scope = views.Scope(days=(day,), run_dates=(day,), history_days=1)
+    grain = views.read(batch_store, views.sales_grain_sql(scope), scope)
     assert sorted(zip(grain["product_id"], grain["units"], grain["revenue"], strict=True)) == [
         ("BT-P2", 1, 3.0),
         ("BT-P3", 4, 20.0),
