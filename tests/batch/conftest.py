@@ -1,6 +1,6 @@
 """Fixtures of the batch tests. They run on a DATA_DIR of their own (their own embedded store,
 GX project and reports), so the hand-made rows meet no other test's data and theirs do not reach
-the batch; the SparkSession is the session's one."""
+the batch."""
 
 from __future__ import annotations
 
