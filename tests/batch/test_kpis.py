@@ -52,8 +52,8 @@ def stock_world(make_world):
 def test_stock_positions_carry_the_last_level_and_flag_stockouts(batch_store, stock_world) -> None:
     scope = Scope(days=(D1, D2), run_dates=(D1, D2))
     positions = batch_store.query_df(
-        f"{kpis.sources(scope, 'inventory', 'stock_before', 'positions')} "
-        f"SELECT * FROM positions WHERE store_id = 'KP-S' {kpis.SQL_SETTINGS}",  # noqa: S608
+        f"{kpis.sources(scope, 'inventory', 'stock_before', 'positions')} "  # noqa: S608
+        f"SELECT * FROM positions WHERE store_id = 'KP-S' {kpis.SQL_SETTINGS}",
         scope.params(),
     )
     positions["date"] = pd.to_datetime(positions["date"]).dt.date
