@@ -58,40 +58,11 @@ WHERE toDate(event_time) = {day:Date}
 GROUP BY movement_date, store_id, product_id
 """
 
-_SALES_BASKETS_SELECT = """
-SELECT
-    toDate(event_time) AS sale_date,
-    level_key.1 AS level,
-    level_key.2 AS store_key,
-    level_key.3 AS category_key,
-    count() AS line_items,
-    uniqExactState(transaction_id) AS transactions,
-    uniqExactState(customer_id) AS customers
-FROM sales_events
-ARRAY JOIN [('overall', 'ALL', 'ALL'), ('store', toString(store_id), 'ALL'),
-            ('category', 'ALL', toString(category))] AS level_key
-WHERE toDate(event_time) = {day:Date}
-GROUP BY sale_date, level, store_key, category_key
-"""
-
-# view: (raw table, day column, the raw rows it counted (SQL), the SELECT that rebuilds a day)
-_VIEWS = {
-    "sales_daily": ("sales_events", "sale_date", "sum(line_items)", _SALES_DAILY_SELECT),
-    "sales_daily_baskets": (
-        "sales_events",
-        "sale_date",
-        "sumIf(line_items, level = 'overall')",
-        _SALES_BASKETS_SELECT,
-    ),
-    "inventory_daily": (
-        "inventory_events",
-        "movement_date",
-        "sum(movements)",
-        _INVENTORY_DAILY_SELECT,
-    ),
+_VIEW_COUNTS = {
+    "sales_events": ("sales_daily", "sale_date", "line_items"),
+    "inventory_events": ("inventory_daily", "movement_date", "movements"),
 }
-# The view whose row count decides whether a raw table's day is read from the views.
-_MAIN_VIEW = {"sales_events": "sales_daily", "inventory_events": "inventory_daily"}
+_REBUILD = {"sales_events": _SALES_DAILY_SELECT, "inventory_events": _INVENTORY_DAILY_SELECT}
 
 
 def day_params(day: date, **extra: object) -> dict[str, object]:
@@ -108,20 +79,16 @@ def table_exists(store: Store, name: str) -> bool:
     return bool(found)
 
 
-def daily_row_counts(
-    store: Store, raw_table: str, first: date, last: date, view: str | None = None
-) -> pd.DataFrame:
-    """Rows per day between two dates, as inserted (raw) and as a daily view (by default the
-    table's main view) counted them."""
-    view = view or _MAIN_VIEW[raw_table]
-    _, day_column, count_select, _ = _VIEWS[view]
+def daily_row_counts(store: Store, raw_table: str, first: date, last: date) -> pd.DataFrame:
+    """Rows per day between two dates, as inserted (raw) and as the daily view counted them."""
+    view, day_column, count_column = _VIEW_COUNTS[raw_table]
     raw = store.query_df(
         f"SELECT toDate(event_time) AS date, count() AS raw_rows FROM {raw_table} "  # noqa: S608 - constant names
         "WHERE toDate(event_time) BETWEEN {first:Date} AND {last:Date} GROUP BY date",
         {"first": first.isoformat(), "last": last.isoformat()},
     )
     counted = store.query_df(
-        f"SELECT {day_column} AS date, {count_select} AS view_rows FROM {view} "  # noqa: S608 - constant names
+        f"SELECT {day_column} AS date, sum({count_column}) AS view_rows FROM {view} "  # noqa: S608 - constant names
         f"WHERE {day_column} BETWEEN {{first:Date}} AND {{last:Date}} GROUP BY date",
         {"first": first.isoformat(), "last": last.isoformat()},
     )
@@ -137,8 +104,9 @@ def repair_daily_views(store: Store, first: date, last: date) -> list[date]:
     existed, or a view changed); return the days rebuilt."""
     rebuilt: set[date] = set()
     with store.session():
-        for view, (raw_table, day_column, _, select) in _VIEWS.items():
-            counts = daily_row_counts(store, raw_table, first, last, view)
+        for raw_table, select in _REBUILD.items():
+            view, day_column, _ = _VIEW_COUNTS[raw_table]
+            counts = daily_row_counts(store, raw_table, first, last)
             for day in counts.loc[counts["raw_rows"] != counts["view_rows"], "date"]:
                 store.execute(
                     f"DELETE FROM {view} WHERE {day_column} = {{day:Date}}",  # noqa: S608 - constant names
@@ -178,8 +146,7 @@ def latest_event_time(store: Store, raw_table: str, day: date) -> pd.Timestamp |
 
 def first_view_day(store: Store, raw_table: str) -> date | None:
     """The first day the daily view holds data for."""
-    view = _MAIN_VIEW[raw_table]
-    day_column = _VIEWS[view][1]
+    view, day_column, _ = _VIEW_COUNTS[raw_table]
     first = store.scalar(f"SELECT min({day_column}) FROM {view}")  # noqa: S608 - constant names
     if first is None or pd.isna(first) or pd.Timestamp(first).year <= 1970:
         return None
@@ -273,36 +240,39 @@ def sales_grain_sql(scope: Scope) -> str:
     return f"{view}\nUNION ALL\n{raw}"
 
 
-def basket_counts_sql(scope: Scope) -> str:
-    """Distinct transactions and customers per day overall, per store and per category, from the
-    first to the last day (distinct counts do not add up, so the view keeps one mergeable state
-    per day and level)."""
-    view = f"""
-        SELECT sale_date AS date, toString(level) AS level, toString(store_key) AS store_id,
-               toString(category_key) AS category,
-               toInt64(uniqExactMerge(transactions)) AS transactions,
-               toInt64(uniqExactMerge(customers)) AS unique_customers
-        FROM sales_daily_baskets
-        WHERE sale_date BETWEEN {{first:Date}} AND {{last:Date}}
-          AND NOT has({dates("raw_sales_days")}, sale_date)
-        GROUP BY date, level, store_id, category
-    """  # noqa: S608 - constant fragments
-    if not scope.raw_sales_days:
-        return view
-    raw = f"""
+def _basket_counts_sql(source: str, transactions: str, customers: str) -> str:
+    """The three levels in one pass over ``source`` (grouping sets; a key left out is NULL)."""
+    return f"""
         SELECT date,
                multiIf(grouped_store IS NULL AND grouped_category IS NULL, 'overall',
                        grouped_category IS NULL, 'store', 'category') AS level,
                toString(coalesce(grouped_store, 'ALL')) AS store_id,
                toString(coalesce(grouped_category, 'ALL')) AS category,
-               toInt64(uniqExact(transaction_id)) AS transactions,
-               toInt64(uniqExact(customer_id)) AS unique_customers
-        FROM (SELECT toDate(event_time) AS date, store_id AS grouped_store,
-                     category AS grouped_category, transaction_id, customer_id
-              {_from_raw("sales", "raw_sales_days")})
+               toInt64({transactions}) AS transactions, toInt64({customers}) AS unique_customers
+        FROM (SELECT *, sale_date AS date, store_id AS grouped_store,
+                     category AS grouped_category FROM {source})
         GROUP BY GROUPING SETS ((date), (date, grouped_store), (date, grouped_category))
         SETTINGS group_by_use_nulls = 1
     """  # noqa: S608 - constant fragments
+
+
+def basket_counts_sql(scope: Scope) -> str:
+    """Distinct transactions and customers per day overall, per store and per category, from the
+    first to the last day (distinct counts do not add up across products, so they are merged
+    here from the views' states)."""
+    view = _basket_counts_sql(
+        "(SELECT * FROM sales_daily WHERE sale_date BETWEEN {first:Date} AND {last:Date} "  # noqa: S608
+        f"AND NOT has({dates('raw_sales_days')}, sale_date))",
+        "uniqExactMerge(transactions)",
+        "uniqExactMerge(customers)",
+    )
+    if not scope.raw_sales_days:
+        return view
+    raw_rows = (
+        "(SELECT toDate(event_time) AS sale_date, store_id, category, transaction_id, customer_id "
+        f"{_from_raw('sales', 'raw_sales_days')})"
+    )
+    raw = _basket_counts_sql(raw_rows, "uniqExact(transaction_id)", "uniqExact(customer_id)")
     return f"{view}\nUNION ALL\n{raw}"
 
 
