@@ -84,7 +84,7 @@ def sizes(quick: bool) -> dict[str, Any]:
     """The data sizes of a run (they go in the table's header)."""
     return {
         "stream seconds": 8 if quick else 30,
-        "perf test records": 300_000 if quick else 2_000_000,
+        "perf test records": 1_000_000 if quick else 4_000_000,
         "backfill days": 10 if quick else 40,
         "scale": 4.0,
     }
