@@ -37,13 +37,7 @@ SQL_SETTINGS = "SETTINGS join_use_nulls = 1"
 RUN_DATES = views.dates("run_dates")
 
 
-def stock_positions_sql(scope: Scope) -> str:
-    """Opening, closing and received units and a stockout flag per day, store and product.
-
-    Days without a stock movement carry the last known closing stock forward (from before the
-    first day too); a pair enters the grid from its first known position on.
-    """
-    return """
+_STOCK_POSITIONS = """
     SELECT date, store_id, product_id,
            coalesce(closing_units, carried_units) AS closing,
            coalesce(opening_units, carried_units, closing) AS opening,
@@ -74,7 +68,10 @@ def stock_positions_sql(scope: Scope) -> str:
         )
     )
     WHERE is_seed = 0 AND closing IS NOT NULL
-    """
+"""
+"""Opening, closing and received units and a stockout flag per day, store and product. Days
+without a stock movement carry the last known closing stock forward (from before the first day
+too); a pair enters the grid from its first known position on."""
 
 
 _SALES_WINDOWS = f"""
@@ -193,7 +190,7 @@ def sources(scope: Scope, *names: str) -> str:
         "sales": lambda: views.sales_grain_sql(scope),
         "inventory": lambda: views.inventory_days_sql(scope),
         "stock_before": lambda: views.STOCK_BEFORE_SQL,
-        "positions": lambda: stock_positions_sql(scope),
+        "positions": lambda: _STOCK_POSITIONS,
         "products": lambda: views.PRODUCTS_SQL,
         "stores": lambda: views.STORES_SQL,
         "forecasts": lambda: views.FORECASTS_SQL,
