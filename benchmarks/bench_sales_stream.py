@@ -29,6 +29,7 @@ THROUGHPUT_TARGET = 50_000.0  # events/s
 SHARE_TARGET = 0.25  # of the raw consumer rate
 LATENCY_P99_TARGET_S = 5.0
 LATENCY_RATE = 5_000.0  # events/s for the latency target
+WINDOW_METHOD_ROUNDS = 2
 _JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
 _CSV_HEADER = re.compile(r"nMsg\.sec")
 
@@ -231,7 +232,8 @@ def measure_latency(
 
 
 def measure_window_methods(spark: Any, events: int) -> tuple[float, float]:
-    """Seconds to compute the windows of ``events`` static events by panes and by sliding windows."""
+    """Seconds to compute the windows of ``events`` static events by panes and by sliding windows
+    (the best of ``WINDOW_METHOD_ROUNDS`` alternated rounds)."""
     from pyspark.sql import functions as sf
 
     from streaming.sales import sliding_window_metrics, windowed_sales_metrics
@@ -252,13 +254,15 @@ def measure_window_methods(spark: Any, events: int) -> tuple[float, float]:
         .cache()
     )
     frame.count()
-    timings = []
-    for method in (windowed_sales_metrics, sliding_window_metrics):
-        started = time.monotonic()
-        method(frame).write.format("noop").mode("overwrite").save()
-        timings.append(time.monotonic() - started)
+    methods = (windowed_sales_metrics, sliding_window_metrics)
+    best = [float("inf")] * len(methods)
+    for _ in range(WINDOW_METHOD_ROUNDS):  # alternated, so that drift hits both alike
+        for index, method in enumerate(methods):
+            started = time.monotonic()
+            method(frame).write.format("noop").mode("overwrite").save()
+            best[index] = min(best[index], time.monotonic() - started)
     frame.unpersist()
-    return timings[0], timings[1]
+    return best[0], best[1]
 
 
 def sizes(quick: bool) -> dict[str, Any]:
