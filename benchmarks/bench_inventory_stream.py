@@ -194,18 +194,12 @@ def measure_alert_latency(
     )
     sent: dict[str, float] = {}
     try:
-        # A first batch (planning, state, Python workers) before the clock starts, as for sales.
-        send_at_rate(
-            settings.kafka_bootstrap_servers,
-            settings.inventory_topic,
-            rate,
-            0.2,
-            series=series,
-            prefix=f"W{prefix}",
-            sent={},
-        )
-        for query in queries:
-            query.processAllAvailable()
+        # The producer starts once the query has run its first (empty) micro-batch.
+        deadline = time.monotonic() + 120
+        while not all(query.recentProgress for query in queries):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the inventory job ran no micro-batch within 120 s")
+            time.sleep(0.2)
         sender = threading.Thread(
             target=send_at_rate,
             args=(settings.kafka_bootstrap_servers, settings.inventory_topic, rate, seconds),
