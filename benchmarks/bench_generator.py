@@ -1,7 +1,7 @@
 """Generator benchmark: sustained events/s to the real broker beside Kafka's own producer perf test
 (``org.apache.kafka.tools.ProducerPerformance``) sending the same records with the same producer
 settings in the same run, and the backfill's line items per minute into the store beside the
-same days simulated without the store.
+same days simulated without the store (in alternated rounds, each one sample).
 
 ``run(quick)`` returns the rows for ``retail bench``; ``python -m benchmarks.bench_generator``
 runs it alone on a fresh local stack and prints the table.
@@ -21,6 +21,7 @@ from typing import Any
 STREAM_TARGET = 50_000.0  # events/s
 PERF_TEST_SHARE_TARGET = 0.25
 BACKFILL_TARGET = 1_000_000.0  # line items per minute
+BACKFILL_ROUNDS = 2  # each round one sample: a backfill, then its peer
 _JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
 _PERF_LINE = re.compile(r"(\d+) records sent, ([\d.]+) records/sec")
 # The producer settings the generator uses (generator/stream.py), given to the perf test too.
@@ -133,10 +134,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
         stack.ensure_topics(settings)
         store = open_store(settings)
         migrate(store)
-        filled = backfill(store, size["backfill days"], 7, scale)
-        ceiling = simulation_rate(
-            size["backfill days"], 7, scale, dt.date.fromisoformat(filled["start_date"])
-        )
+        backfills = []
+        for round_ in range(BACKFILL_ROUNDS):  # alternated with the peer; a new world each round
+            filled = backfill(store, size["backfill days"], 7, scale, prefix=f"r{round_}")
+            start = dt.date.fromisoformat(filled["start_date"])
+            ceiling = simulation_rate(size["backfill days"], 7, scale, start)
+            backfills.append((filled["line_items_per_minute"], ceiling))
         streams = {
             workers: produce(
                 settings,
@@ -158,7 +161,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
         perf_topic = f"bench-gen-perf-{tag}"
         stack.ensure_topics(load_settings(sales_topic=perf_topic, inventory_topic=perf_topic))
         peer = run_perf_test(base.kafka_bootstrap_servers, perf_topic, perf_records, payloads)
-    per_minute = filled["line_items_per_minute"]
     rows = []
     for workers, counts in streams.items():
         rate = counts["records_per_s"]
@@ -181,11 +183,18 @@ def run(quick: bool) -> list[dict[str, Any]]:
         {
             "name": "backfill sales line items/min into the store",
             "target": f">= {BACKFILL_TARGET:,.0f} line items/min",
-            "value": per_minute,
             "unit": "line items/min",
-            "peer": f"the same days simulated without the store: {ceiling:,.0f} line items/min",
-            "ratio": per_minute / ceiling,
-            "met": per_minute >= BACKFILL_TARGET,
+            "peer": "the same days simulated without the store, in the same round: "
+            + ", ".join(f"{ceiling:,.0f}" for _, ceiling in backfills)
+            + " line items/min",
+            "samples": [
+                {
+                    "value": per_minute,
+                    "ratio": per_minute / ceiling,
+                    "met": per_minute >= BACKFILL_TARGET,
+                }
+                for per_minute, ceiling in backfills
+            ],
         },
     ]
 

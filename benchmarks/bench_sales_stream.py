@@ -30,6 +30,7 @@ SHARE_TARGET = 0.25  # of the raw consumer rate
 LATENCY_P99_TARGET_S = 5.0
 LATENCY_RATE = 5_000.0  # events/s for the latency target
 WINDOW_METHOD_ROUNDS = 2
+LATENCY_BLOCKS = 3  # the latency run is cut into this many consecutive samples
 _JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
 _CSV_HEADER = re.compile(r"nMsg\.sec")
 
@@ -197,7 +198,8 @@ def measure_throughput(
 def measure_latency(
     spark: Any, settings: Any, store: Any, model_name: str, rate: float, seconds: float, prefix: str
 ) -> np.ndarray:
-    """Run the job while sending at ``rate``; per-event seconds from event_time to ingested_at."""
+    """Run the job while sending at ``rate``; per-event seconds from event_time to ingested_at, in
+    the order the events were sent."""
     from streaming.runtime import stop_gracefully
 
     queries = _job(spark, settings, model_name, available_now=False)
@@ -225,18 +227,15 @@ def measure_latency(
             stop_gracefully(query)  # interrupting a running batch is not what is measured
     frame = store.query_df(
         "SELECT (toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(event_time)) / 1000 "
-        "AS latency FROM sales_events WHERE startsWith(store_id, {p:String})",
+        "AS latency FROM sales_events WHERE startsWith(store_id, {p:String}) ORDER BY event_time",
         {"p": prefix},
     )
     return frame["latency"].to_numpy(dtype=float)
 
 
-def measure_window_methods(spark: Any, events: int) -> tuple[float, float]:
-    """Seconds to compute the windows of ``events`` static events by panes and by sliding windows
-    (the best of ``WINDOW_METHOD_ROUNDS`` alternated rounds)."""
+def _static_sales(spark: Any, events: int) -> Any:
+    """``events`` cached static sales events, 20 per second from a fixed start, over 50 stores."""
     from pyspark.sql import functions as sf
-
-    from streaming.sales import sliding_window_metrics, windowed_sales_metrics
 
     start = dt.datetime(2026, 1, 5, 8, 0)
     frame = (
@@ -254,15 +253,31 @@ def measure_window_methods(spark: Any, events: int) -> tuple[float, float]:
         .cache()
     )
     frame.count()
+    return frame
+
+
+def measure_window_methods(spark: Any, events: int) -> list[tuple[float, float]]:
+    """Seconds to compute the windows of ``events`` static events by panes and by sliding windows,
+    one pair per round (``WINDOW_METHOD_ROUNDS`` rounds, the methods alternated), after both
+    have run once on a few events (the JVM's first run of a plan is not what is compared)."""
+    from streaming.sales import sliding_window_metrics, windowed_sales_metrics
+
     methods = (windowed_sales_metrics, sliding_window_metrics)
-    best = [float("inf")] * len(methods)
+    warm_up = _static_sales(spark, 10_000)
+    for method in methods:
+        method(warm_up).write.format("noop").mode("overwrite").save()
+    warm_up.unpersist()
+    frame = _static_sales(spark, events)
+    rounds = []
     for _ in range(WINDOW_METHOD_ROUNDS):  # alternated, so that drift hits both alike
-        for index, method in enumerate(methods):
+        timings = []
+        for method in methods:
             started = time.monotonic()
             method(frame).write.format("noop").mode("overwrite").save()
-            best[index] = min(best[index], time.monotonic() - started)
+            timings.append(time.monotonic() - started)
+        rounds.append((timings[0], timings[1]))
     frame.unpersist()
-    return best[0], best[1]
+    return rounds
 
 
 def sizes(quick: bool) -> dict[str, Any]:
@@ -312,10 +327,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
         )
         stack.ensure_topics(live.model_copy(update={"inventory_topic": live.sales_topic}))
         latencies = measure_latency(spark, live, store, model_name, rate, seconds, f"L{tag}")
-    panes_s, sliding_s = measure_window_methods(spark, events)
+    window_rounds = measure_window_methods(spark, events)
     if latencies.size == 0:
         raise RuntimeError("no event reached the store during the latency run")
-    p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99))
+    blocks = np.array_split(latencies, LATENCY_BLOCKS)
+    p50s, p99s = ([float(np.percentile(b, q)) for b in blocks] for q in (50, 99))
     share = throughput / peer
     return [
         {
@@ -339,20 +355,26 @@ def run(quick: bool) -> list[dict[str, Any]]:
         {
             "name": f"event-to-store latency p50 at {rate:,.0f} events/s",
             "target": "reported",
-            "value": p50,
             "unit": "s",
-            "peer": f"{latencies.size} events stored; p99 target {LATENCY_P99_TARGET_S:.0f} s",
-            "ratio": p50 / LATENCY_P99_TARGET_S,
-            "met": True,
+            "peer": f"{latencies.size} events stored, {LATENCY_BLOCKS} consecutive samples; "
+            f"p99 target {LATENCY_P99_TARGET_S:.0f} s",
+            "samples": [
+                {"value": p50, "ratio": p50 / LATENCY_P99_TARGET_S, "met": True} for p50 in p50s
+            ],
         },
         {
             "name": f"event-to-store latency p99 at {rate:,.0f} events/s",
             "target": f"<= {LATENCY_P99_TARGET_S:.0f} s at {LATENCY_RATE:,.0f} events/s",
-            "value": p99,
             "unit": "s",
-            "peer": f"{latencies.size} events stored",
-            "ratio": p99 / LATENCY_P99_TARGET_S,
-            "met": p99 <= LATENCY_P99_TARGET_S and rate >= LATENCY_RATE,
+            "peer": f"{latencies.size} events stored, {LATENCY_BLOCKS} consecutive samples",
+            "samples": [
+                {
+                    "value": p99,
+                    "ratio": p99 / LATENCY_P99_TARGET_S,
+                    "met": p99 <= LATENCY_P99_TARGET_S,
+                }
+                for p99 in p99s
+            ],
         },
         {
             "name": "sales job scoring overhead (sustained events/s, scoring on / off)",
@@ -366,11 +388,13 @@ def run(quick: bool) -> list[dict[str, Any]]:
         {
             "name": f"5-minute windows of {events:,} events: 1-minute panes",
             "target": "faster than sliding windows",
-            "value": panes_s,
             "unit": "s",
-            "peer": f"Spark sliding window(): {sliding_s:.2f} s",
-            "ratio": sliding_s / panes_s,
-            "met": panes_s < sliding_s,
+            "peer": "Spark sliding window() in the same round: "
+            + ", ".join(f"{sliding:.2f} s" for _, sliding in window_rounds),
+            "samples": [
+                {"value": panes, "ratio": sliding / panes, "met": panes < sliding}
+                for panes, sliding in window_rounds
+            ],
         },
     ]
 

@@ -2,10 +2,12 @@
 
 A benchmark module ``benchmarks/bench_<area>.py`` exposes ``run(quick: bool) -> list[dict]``; each
 row has ``name``, ``target`` (text such as ">= 50000 events/s" or "<= 3x"), ``value``, ``unit``,
-``peer`` (what it was compared with, and its value), ``ratio`` and ``met`` (bool). The harness starts
-one local stack for the whole run (its own DATA_DIR and free ports, exported so that
-``get_settings()`` sees them), calls each module ``repeats`` times, and reports the median of each
-figure with its min and max. A module that is not built shows as "not built", never silently absent.
+``peer`` (what it was compared with, and its value), ``ratio`` and ``met`` (bool), or, for a figure
+measured several times within a run, ``samples``: one dict of ``value``, ``ratio`` and ``met`` per
+measurement. The harness starts one local stack for the whole run (its own DATA_DIR and free
+ports, exported so that ``get_settings()`` sees them), calls each module ``repeats`` times, and
+reports the median of each figure with its min and max over every sample of every run. A module
+that is not built shows as "not built", never silently absent.
 """
 
 from __future__ import annotations
@@ -68,11 +70,27 @@ class Figure:
             "peer": self.peer,
             "value": spread(self.values),
             "ratio": spread(self.ratios),
-            "runs": len(self.values),
+            "samples": len(self.values),
             "met": bool(self.met)
             and statistics.median([1.0 if m else 0.0 for m in self.met]) >= 0.5,
             "note": self.note,
         }
+
+
+def add_row(figures: dict[tuple[str, str], Figure], area: str, row: dict[str, Any]) -> None:
+    """Fold one row of a module's run into its figure: the row's value, ratio and met, or each
+    of its ``samples`` (several independent measurements taken within the run)."""
+    figure = figures.setdefault(
+        (area, row["name"]),
+        Figure(area, row["name"], row.get("target", ""), row.get("unit", ""), row.get("peer", "")),
+    )
+    for sample in row.get("samples") or [row]:
+        if sample.get("value") is not None:
+            figure.values.append(float(sample["value"]))
+        if sample.get("ratio") is not None:
+            figure.ratios.append(float(sample["ratio"]))
+        figure.met.append(bool(sample.get("met")))
+    figure.peer = row.get("peer", figure.peer)
 
 
 def _free_port() -> int:
@@ -164,22 +182,7 @@ def run_benchmarks(quick: bool, repeats: int, only: list[str] | None = None) -> 
                     )
                     break
                 for row in rows:
-                    figure = figures.setdefault(
-                        (area, row["name"]),
-                        Figure(
-                            area,
-                            row["name"],
-                            row.get("target", ""),
-                            row.get("unit", ""),
-                            row.get("peer", ""),
-                        ),
-                    )
-                    if row.get("value") is not None:
-                        figure.values.append(float(row["value"]))
-                    if row.get("ratio") is not None:
-                        figure.ratios.append(float(row["ratio"]))
-                    figure.met.append(bool(row.get("met")))
-                    figure.peer = row.get("peer", figure.peer)
+                    add_row(figures, area, row)
             area_seconds[area] = round(time.monotonic() - area_started, 1)
             log.info("benchmark %s took %.0f s", area, area_seconds[area])
     finally:
@@ -232,18 +235,20 @@ def render_markdown(result: dict[str, Any]) -> str:
             for area, sizes in header.get("sizes", {}).items()
         ],
         "",
-        "| area | figure | target | value (median, min–max) | peer | ratio (median, min–max) | met |",
-        "|---|---|---|---|---|---|---|",
+        "| area | figure | target | value (median, min–max) | peer | ratio (median, min–max) "
+        "| samples | met |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for f in result["figures"]:
         if f["note"]:
-            lines.append(f"| {f['area']} | {f['name']} | | {f['note']} | | | no |")
+            lines.append(f"| {f['area']} | {f['name']} | | {f['note']} | | | | no |")
             continue
         value, ratio = f["value"], f["ratio"]
         lines.append(
             f"| {f['area']} | {f['name']} | {f['target']} | {_fmt(value['median'])} {f['unit']} "
             f"({_fmt(value['min'])}–{_fmt(value['max'])}) | {f['peer']} | {_fmt(ratio['median'])} "
-            f"({_fmt(ratio['min'])}–{_fmt(ratio['max'])}) | {'yes' if f['met'] else 'no'} |"
+            f"({_fmt(ratio['min'])}–{_fmt(ratio['max'])}) | {f['samples']} | "
+            f"{'yes' if f['met'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 
