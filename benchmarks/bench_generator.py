@@ -22,6 +22,7 @@ STREAM_TARGET = 50_000.0  # events/s
 PERF_TEST_SHARE_TARGET = 0.25
 BACKFILL_TARGET = 1_000_000.0  # line items per minute
 BACKFILL_ROUNDS = 2  # each round one sample: a backfill, then its peer
+START_DATE = dt.date(2025, 3, 3)  # fixed, so that every run simulates the same days
 _JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
 _PERF_LINE = re.compile(r"(\d+) records sent, ([\d.]+) records/sec")
 # The producer settings the generator uses (generator/stream.py), given to the perf test too.
@@ -43,7 +44,7 @@ def _payload_file(folder: Path, scale: float, lines: int) -> Path:
 
     world = build_world(7, scale)
     simulator = Simulator(world)
-    state = initial_state(world, dt.date(2025, 3, 3))
+    state = initial_state(world, START_DATE)
     stamp = iso_utc(1_741_000_000_000).encode()
     values: list[bytes] = []
     while len(values) < lines:
@@ -136,9 +137,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
         migrate(store)
         backfills = []
         for round_ in range(BACKFILL_ROUNDS):  # alternated with the peer; a new world each round
-            filled = backfill(store, size["backfill days"], 7, scale, prefix=f"r{round_}")
-            start = dt.date.fromisoformat(filled["start_date"])
-            ceiling = simulation_rate(size["backfill days"], 7, scale, start)
+            filled = backfill(
+                store, size["backfill days"], 7, scale, START_DATE, prefix=f"r{round_}"
+            )
+            ceiling = simulation_rate(size["backfill days"], 7, scale, START_DATE)
             backfills.append((filled["line_items_per_minute"], ceiling))
         streams = {
             workers: produce(
