@@ -10,7 +10,8 @@ set. Two real HTTP load generators then ask for random store x product pairs:
   hide its queue (no coordinated omission): p50, p99, achieved rate, errors, and the API
   process's CPU per request;
 - ``wrk`` (Debian package ``wrk``), closed loop with 8 connections for a few seconds: the
-  maximum throughput and its latency.
+  maximum throughput and its latency, in ``WRK_ROUNDS`` rounds alternated with wrk on ``/health``,
+  each round one sample.
 
 The fixed-rate requests go out as four consecutive blocks, each one sample of p50, p99, rate and
 CPU: a run gives four samples of each, and the min–max spread shows how much a measurement of
@@ -47,6 +48,7 @@ MAX_CONNECTIONS = 256
 KEEPALIVE_S = 4.0
 P99_TARGET_MS = 25.0
 FIXED_RATE_BLOCKS = 4  # the fixed-rate requests are sent as this many consecutive samples
+WRK_ROUNDS = 2  # wrk on /forecast and on /health, alternated, one sample per round
 FORECAST_DAYS = 14
 ORIGIN = dt.date(2025, 6, 1)
 QUANTILES = {"q0.05": -1.2, "q0.5": 0.0, "q0.9": 1.1, "q0.95": 1.5, "q0.99": 2.3}
@@ -370,7 +372,7 @@ def sizes(quick: bool) -> dict[str, Any]:
     return {
         "stores x products": (20, 50) if quick else (50, 200),
         "fixed-rate requests": int(RATE * (10 if quick else 30)),
-        "wrk seconds": 4 if quick else 15,
+        "wrk seconds per round": 2 if quick else 8,
     }
 
 
@@ -409,8 +411,15 @@ def run(quick: bool) -> list[dict[str, Any]]:
             for targets in _blocks(forecast_targets(keys, count), FIXED_RATE_BLOCKS)
         ]
         load = max(load_before, os.getloadavg()[0])
-        peak = run_wrk(base_url, size["wrk seconds"], forecast_script(token, keys))
-        health_peak = run_wrk(f"{base_url}/health", size["wrk seconds"])
+        script = forecast_script(token, keys)
+        rounds = []
+        for _ in range(WRK_ROUNDS):  # alternated, so that drift hits both alike
+            rounds.append(
+                (
+                    run_wrk(base_url, size["wrk seconds per round"], script),
+                    run_wrk(f"{base_url}/health", size["wrk seconds per round"]),
+                )
+            )
     finally:
         process.terminate()
         try:
@@ -420,6 +429,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     failures = sum(block["failures"] for block in blocks)
     answered = [block["answered_per_s"] for block in blocks]
     answered_all = failures == 0 and min(answered) >= 0.98 * RATE
+    peak = {key: statistics.median(r[0][key] for r in rounds) for key in rounds[0][0]}
+    non_2xx = sum(forecast["non_2xx"] for forecast, _ in rounds)
     peer = (
         f"wrk closed loop, 8 connections: {peak['requests_per_s']:,.0f} req/s, "
         f"p50 {peak['p50_ms']:.1f} ms, p99 {peak['p99_ms']:.1f} ms; "
@@ -467,14 +478,20 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "samples": samples("cpu_ms", cpu_limit),
         },
         {
-            "name": f"forecast max throughput (wrk, {peak['non_2xx']:.0f} non-2xx)",
+            "name": f"forecast max throughput (wrk, {non_2xx:.0f} non-2xx)",
             "target": f">= {RATE:.0f} req/s",
-            "value": peak["requests_per_s"],
             "unit": "req/s",
-            "peer": f"wrk on /health of the same API: {health_peak['requests_per_s']:,.0f} req/s; "
-            f"on /forecast p50 {peak['p50_ms']:.1f} ms, p99 {peak['p99_ms']:.1f} ms",
-            "ratio": peak["requests_per_s"] / health_peak["requests_per_s"],
-            "met": peak["requests_per_s"] >= RATE and peak["non_2xx"] == 0,
+            "peer": "wrk on /health of the same API, in the same round: "
+            + ", ".join(f"{health['requests_per_s']:,.0f}" for _, health in rounds)
+            + f" req/s; on /forecast p50 {peak['p50_ms']:.1f} ms, p99 {peak['p99_ms']:.1f} ms",
+            "samples": [
+                {
+                    "value": forecast["requests_per_s"],
+                    "ratio": forecast["requests_per_s"] / health["requests_per_s"],
+                    "met": forecast["requests_per_s"] >= RATE and non_2xx == 0,
+                }
+                for forecast, health in rounds
+            ],
         },
     ]
 
