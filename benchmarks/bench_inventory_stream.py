@@ -125,7 +125,7 @@ def measure_throughput(
 ) -> tuple[list[float], int]:
     """Drain a filled topic with the job (AvailableNow); the events/s of each micro-batch after
     the first (each one sample), and the events drained. ``model_name`` None: scoring off."""
-    from benchmarks.bench_sales_stream import constant_features
+    from benchmarks.bench_sales_stream import constant_features, drain_rates
     from common.models import ChampionModel
     from streaming.inventory import JOB, InventoryRules, StockPolicy, build_queries
     from streaming.runtime import run_queries
@@ -143,10 +143,9 @@ def measure_throughput(
         query_names=(f"{name}_changes", f"{name}_dead"),
     )
     ended = run_queries(spark, queries, job=JOB, settings=settings)
-    progress = [p for p in ended[0].recentProgress if p.numInputRows]
-    timed = [p for p in progress[1:] or progress if p.durationMs.get("triggerExecution")]
-    rates = [p.numInputRows / (p.durationMs["triggerExecution"] / 1000) for p in timed]
-    return rates, sum(p.numInputRows for p in progress)
+    progress = ended[0].recentProgress
+    drained = sum(p.numInputRows for p in progress)
+    return drain_rates(progress, settings.max_offsets_per_trigger), drained
 
 
 def measure_alert_latency(
