@@ -272,10 +272,22 @@ def _bindable(params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _python_table(frame: pd.DataFrame) -> pd.DataFrame | pa.Table:
-    """chDB reads a pandas column of lists as Nullable(String); through Arrow it stays an Array."""
+    """chDB reads a pandas column of lists as Nullable(String); through Arrow it stays an Array.
+
+    A column whose lists are all empty has no element type in Arrow (``list<null>``), which chDB
+    reads as NULLs; it goes as ``list<string>``, and the insert converts it to the column's type.
+    """
     for column in frame.columns:
         if frame[column].dtype == object:
             first = frame[column].first_valid_index()
             if first is not None and not isinstance(frame[column].at[first], str | bytes):
-                return pa.Table.from_pandas(frame, preserve_index=False)
+                return _typed_empty_lists(pa.Table.from_pandas(frame, preserve_index=False))
     return frame
+
+
+def _typed_empty_lists(table: pa.Table) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if pa.types.is_list(field.type) and pa.types.is_null(field.type.value_type):
+            typed = table.column(index).cast(pa.list_(pa.string()))
+            table = table.set_column(index, field.name, typed)
+    return table

@@ -70,6 +70,30 @@ def test_insert_with_the_same_token_is_dropped(store):
     assert count == 10
 
 
+def test_array_columns_insert_when_every_array_in_the_frame_is_empty(store):
+    """A micro-batch of anonymous sales only: every pane's customer_ids is []."""
+    store_id = f"arr-{uuid.uuid4().hex[:8]}"
+    panes = pd.DataFrame(
+        {
+            "pane_start": pd.to_datetime(["2026-01-05 08:00", "2026-01-05 08:01"]),
+            "store_id": [store_id, store_id],
+            "revenue_cents": [250, 100],
+            "units": [2, 1],
+            "line_items": [1, 1],
+            "transaction_ids": [["t1"], ["t2"]],
+            "customer_ids": [[], []],
+        }
+    )
+    store.insert_df("sales_panes", panes)
+    got = store.query_df(
+        "SELECT transaction_ids, customer_ids FROM sales_panes WHERE store_id = {s:String} "
+        "ORDER BY pane_start",
+        {"s": store_id},
+    )
+    assert [list(ids) for ids in got["transaction_ids"]] == [["t1"], ["t2"]]
+    assert [list(ids) for ids in got["customer_ids"]] == [[], []]
+
+
 def test_query_arrow_returns_a_table(store):
     table = store.query_arrow("SELECT number AS n FROM numbers(3)")
     assert table.column("n").to_pylist() == [0, 1, 2]

@@ -424,6 +424,35 @@ def test_stream_counts_duplicates_and_late_events_once(
 
 @pytest.mark.services
 @pytest.mark.spark
+def test_a_batch_of_anonymous_sales_only_is_stored_with_no_customers(
+    settings, kafka, store, sales_job
+) -> None:
+    day, tag = dt.date(2026, 3, 12), uuid.uuid4().hex[:6]
+    shop, topic = f"S-{tag}", f"sales-anon-{tag}"
+    create_topic(settings, topic, partitions=1)
+    queries = sales_job(topic)
+    anonymous = [
+        sale(f"a{i}-{tag}", at(day, "10:00:30"), f"t{i}", shop, None, 1, 2.5) for i in (1, 2)
+    ]
+    produce(kafka, topic, anonymous)
+    drain(queries)
+
+    assert all(q.isActive for q in queries)
+    stored = store.scalar(
+        "SELECT count() FROM sales_events WHERE store_id = {s:String}", {"s": shop}
+    )
+    assert stored == len(anonymous)
+    windows = store.query_df(
+        "SELECT transactions, customers FROM sales_metrics FINAL WHERE store_id = {s:String}",
+        {"s": shop},
+    )
+    assert len(windows) == 5  # the 10:00 pane is in five 5-minute windows
+    assert windows["transactions"].tolist() == [2] * 5
+    assert windows["customers"].tolist() == [0] * 5
+
+
+@pytest.mark.services
+@pytest.mark.spark
 def test_poison_records_go_to_dead_letters_and_the_query_goes_on(
     spark, settings, kafka, store, sales_job
 ) -> None:
