@@ -224,7 +224,11 @@ def sizes(quick: bool) -> dict[str, Any]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Measure throughput beside the raw consumer, and latency at a fixed rate."""
-    from benchmarks.bench_sales_stream import consumer_rates, register_bench_model
+    from benchmarks.bench_sales_stream import (
+        consumer_rates,
+        register_bench_model,
+        scoring_overhead,
+    )
     from common import stack
     from common.settings import get_settings
     from common.spark import build_spark_session
@@ -280,18 +284,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 for peer in peers
             ],
         },
-        {
-            "name": "inventory job scoring overhead (sustained events/s, scoring on / off)",
-            "target": "reported",
-            "unit": "x",
-            "peer": "scoring off: "
-            + ", ".join(f"{rate:,.0f}" for rate in rates["off"])
-            + " events/s; micro-batch i on / micro-batch i off",
-            "samples": [
-                {"value": on / off, "ratio": on / off, "met": True}
-                for on, off in zip(rates["on"], rates["off"], strict=False)
-            ],
-        },
+        scoring_overhead("inventory", rates["on"], rates["off"]),
         {
             "name": f"event-to-alert latency p50 at {rate:,.0f} events/s",
             "target": "reported",

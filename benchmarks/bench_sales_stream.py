@@ -8,7 +8,8 @@ benchmark model name, fed by a constant feature builder: it measures the job's s
 (alias check, pinning, transform, insert), not the training package's feature queries.
 
 The drain runs in micro-batches of 50,000 events; each one after the first (but a small
-remainder) is a sample of the sustained rate, and the scoring overhead pairs the i-th micro-batch with scoring on and off.
+remainder) is a sample of the sustained rate, and the scoring overhead pairs the i-th micro-batch
+with scoring on and off.
 
 ``run(quick)`` returns the rows for ``retail bench``; ``python -m benchmarks.bench_sales_stream``
 runs it alone on a fresh local stack and prints the table.
@@ -204,6 +205,23 @@ def _job(spark: Any, settings: Any, model_name: str | None, available_now: bool)
         champion=champion,
         feature_builder=constant_features,
     )
+
+
+def scoring_overhead(job: str, scored: list[float], unscored: list[float]) -> dict[str, Any]:
+    """The row of a job's scoring overhead: micro-batch i with scoring on over micro-batch i with
+    it off, each pair one sample."""
+    return {
+        "name": f"{job} job scoring overhead (sustained events/s, scoring on / off)",
+        "target": "reported",
+        "unit": "x",
+        "peer": "scoring off: "
+        + ", ".join(f"{rate:,.0f}" for rate in unscored)
+        + " events/s; micro-batch i on / micro-batch i off",
+        "samples": [
+            {"value": on / off, "ratio": on / off, "met": True}
+            for on, off in zip(scored, unscored, strict=False)
+        ],
+    }
 
 
 def drain_rates(progress: list[Any], batch_size: int) -> list[float]:
@@ -420,18 +438,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 for p99 in p99s
             ],
         },
-        {
-            "name": "sales job scoring overhead (sustained events/s, scoring on / off)",
-            "target": "reported",
-            "unit": "x",
-            "peer": "scoring off: "
-            + ", ".join(f"{rate:,.0f}" for rate in without_scoring)
-            + " events/s; micro-batch i on / micro-batch i off",
-            "samples": [
-                {"value": on / off, "ratio": on / off, "met": True}
-                for on, off in zip(scored, without_scoring, strict=False)
-            ],
-        },
+        scoring_overhead("sales", scored, without_scoring),
         {
             "name": f"5-minute windows of {events:,} events: 1-minute panes",
             "target": "faster than sliding windows",

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.bench_sales_stream import drain_rates, shares
+from benchmarks.bench_sales_stream import drain_rates, scoring_overhead, shares
 
 
 def _batch(rows: int, millis: int) -> SimpleNamespace:
@@ -30,3 +30,9 @@ def test_shares_pair_every_job_rate_with_every_consumer_run() -> None:
     assert [s["value"] for s in samples] == pytest.approx([0.2, 0.1, 0.3, 0.15])
     assert [s["ratio"] for s in samples] == pytest.approx([0.8, 0.4, 1.2, 0.6])
     assert [s["met"] for s in samples] == [False, False, True, False]
+
+
+def test_scoring_overhead_pairs_the_ith_micro_batch_on_and_off() -> None:
+    row = scoring_overhead("sales", scored=[20.0, 30.0], unscored=[25.0, 30.0])
+    assert row["name"] == "sales job scoring overhead (sustained events/s, scoring on / off)"
+    assert [s["ratio"] for s in row["samples"]] == pytest.approx([0.8, 1.0])
