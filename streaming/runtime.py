@@ -44,8 +44,10 @@ Running
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 import signal
 import threading
 import time
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
@@ -190,8 +193,24 @@ def classify_events(
         ],
     )
     failed_checks = sf.concat_ws("; ", *[sf.when(~c.condition, sf.lit(c.message)) for c in checks])
+    # Most records are good: one chain of booleans says so without building any message string.
+    good = _all(
+        [
+            sf.col("value").isNotNull(),
+            sf.coalesce(sf.col("_utf8"), sf.lit(False)),
+            sf.coalesce(~corrupt, sf.lit(False)),
+            *[sf.col(f"_event.{name}").isNotNull() for name in required_fields(schema)],
+            *[
+                sf.col(f"_event.{name}").isNull()
+                | sf.try_to_timestamp(sf.col(f"_event.{name}")).isNotNull()
+                for name in time_fields
+            ],
+            *[sf.coalesce(c.condition, sf.lit(True)) for c in checks],
+        ]
+    )
     error = (
-        sf.when(sf.col("value").isNull(), sf.lit("empty payload"))
+        sf.when(good, sf.lit(None).cast("string"))
+        .when(sf.col("value").isNull(), sf.lit("empty payload"))
         .when(~sf.col("_utf8"), sf.lit("payload is not valid UTF-8"))
         .when(corrupt & (wrong_types == ""), sf.lit("malformed JSON: not a JSON object"))
         .when(corrupt, sf.concat(sf.lit("wrong type for field(s): "), wrong_types))
@@ -220,6 +239,11 @@ def classify_events(
         sf.lit(job).alias("job"),
         sf.current_timestamp().alias("received_at"),
     )
+
+
+def _all(conditions: Sequence[Column]) -> Column:
+    """The conjunction of ``conditions`` (evaluated left to right, stopping at the first false)."""
+    return functools.reduce(operator.and_, conditions)
 
 
 def valid_events(classified: DataFrame, schema: StructType) -> DataFrame:
@@ -326,6 +350,11 @@ def stream_token(spark: SparkSession, query_name: str, batch_id: int) -> str:
 def to_pandas(frame: DataFrame) -> pd.DataFrame:
     """Collect a (small, per-batch) frame to pandas through Arrow."""
     return frame.toPandas()
+
+
+def to_arrow(frame: DataFrame) -> pa.Table:
+    """Collect a (per-batch) frame as an Arrow table: no pandas objects for its strings."""
+    return frame.toArrow()
 
 
 def insert_batch(store: Store, table: str, frame: DataFrame | pd.DataFrame, token: str) -> int:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as sf
 from pyspark.sql.streaming import StreamingQuery
@@ -54,6 +56,7 @@ from streaming.runtime import (
     run_queries,
     start_query,
     stream_token,
+    to_arrow,
     to_pandas,
 )
 
@@ -176,46 +179,58 @@ PANE_COLUMNS = [
 ]
 
 
-def whole_cents(amounts: pd.Series) -> np.ndarray:
+def whole_cents(amounts: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Amounts in whole cents, half up: Spark's ``round(amount * 100)`` for amounts >= 0."""
-    scaled = amounts.to_numpy(dtype="float64") * 100
+    scaled = amounts.to_numpy(zero_copy_only=False).astype("float64") * 100
     floor = np.floor(scaled)
-    return (floor + (scaled - floor >= 0.5)).astype("int64")
+    return pa.array((floor + (scaled - floor >= 0.5)).astype("int64"))
 
 
-def panes_of_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """``sales_panes`` of valid events a micro-batch already collected (pandas, same columns).
+_PANE_AGGREGATES = [
+    ("revenue_cents", "sum"),
+    ("units", "sum"),
+    ("units", "count"),
+    ("transaction_id", "distinct", pc.CountOptions(mode="only_valid")),
+    ("customer_id", "distinct", pc.CountOptions(mode="only_valid")),
+]
 
-    The job computes its panes here rather than with a second Spark job over the same rows.
+
+def panes_of_rows(rows: pa.Table) -> pa.Table:
+    """``sales_panes`` of valid events a micro-batch already collected (Arrow, same columns).
+
+    The job computes its panes here, with Arrow's vectorised group-by, rather than with a second
+    Spark job over the same rows.
     """
-    lines = pd.DataFrame(
+    lines = pa.table(
         {
-            "pane_start": pd.to_datetime(rows["event_time"]).dt.floor("min"),
-            "store_id": rows["store_id"].astype(str),
+            "pane_start": pc.floor_temporal(rows["event_time"], unit="minute"),
+            "store_id": rows["store_id"],
             "transaction_id": rows["transaction_id"],
             "customer_id": rows["customer_id"],
             "revenue_cents": whole_cents(rows["total_amount"]),
-            "units": rows["quantity"].astype("int64"),
+            "units": pc.cast(rows["quantity"], pa.int64()),
         }
     )
-    overall = lines.assign(store_id=OVERALL)
-    panes = []
-    for part in (lines, overall):
-        grouped = part.groupby(["pane_start", "store_id"], sort=False)
-        panes.append(
-            grouped.agg(
-                revenue_cents=("revenue_cents", "sum"),
-                units=("units", "sum"),
-                line_items=("units", "size"),
-                transaction_ids=("transaction_id", _distinct),
-                customer_ids=("customer_id", _distinct),
-            ).reset_index()
+    overall = lines.set_column(
+        1, "store_id", pa.array([OVERALL] * lines.num_rows, type=pa.string())
+    )
+    panes = [
+        part.group_by(["pane_start", "store_id"], use_threads=False).aggregate(_PANE_AGGREGATES)
+        for part in (lines, overall)
+    ]
+    return (
+        pa.concat_tables(panes)
+        .rename_columns(
+            {
+                "revenue_cents_sum": "revenue_cents",
+                "units_sum": "units",
+                "units_count": "line_items",
+                "transaction_id_distinct": "transaction_ids",
+                "customer_id_distinct": "customer_ids",
+            }
         )
-    return pd.concat(panes, ignore_index=True)[PANE_COLUMNS]
-
-
-def _distinct(values: pd.Series) -> list[str]:
-    return values.dropna().unique().tolist()
+        .select(PANE_COLUMNS)
+    )
 
 
 def _window_metrics(frame: DataFrame, revenue_cents: Column) -> DataFrame:
@@ -642,8 +657,21 @@ def default_probes() -> list[Probe]:
     return [check_signature([*model_input_columns(DEMAND_MODEL), "store_id", "product_id", "date"])]
 
 
-def _minute_floor(moment: pd.Timestamp) -> dt.datetime:
-    return moment.floor("min").to_pydatetime()
+def _minute_floor(moment: dt.datetime) -> dt.datetime:
+    """The minute of ``moment`` as a naive UTC datetime."""
+    return _naive_utc(moment).replace(second=0, microsecond=0)
+
+
+def scoring_keys(raw: pa.Table) -> pa.Table:
+    """The distinct (store_id, product_id, forecast_date) of a batch's valid events (UTC days)."""
+    keys = pa.table(
+        {
+            "store_id": raw["store_id"],
+            "product_id": raw["product_id"],
+            "forecast_date": pc.cast(raw["event_time"], pa.date32()),
+        }
+    )
+    return keys.group_by(keys.column_names, use_threads=False).aggregate([])
 
 
 class SalesBatchWriter:
@@ -677,51 +705,46 @@ class SalesBatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
-        classified = batch.persist()
         steps = StepTimer()
-        try:
-            rows = to_pandas(storable_rows(classified))
-            if rows.empty:
-                return
-            good = rows["error"].isna()
-            dead = rows.loc[~good, DEAD_LETTER_COLUMNS]
-            raw = rows.loc[good, RAW_SALES_COLUMNS]
-            if not dead.empty:
-                self.store.insert_df("dead_letters", dead, dedup_token=token)
-            if raw.empty:
-                return
-            steps.lap("collect")
-            panes = panes_of_rows(raw)
-            steps.lap("panes")
-            times = pd.to_datetime(raw["event_time"])
-            with self.store.session():
-                self.store.insert_df("sales_events", raw, dedup_token=token)
-                self.store.insert_df("sales_panes", panes, dedup_token=token)
-                refresh_windows(self.store, _minute_floor(times.min()), _minute_floor(times.max()))
-            steps.lap("store")
-            self._score_demand(raw, batch_id, token)
-            steps.lap("scoring")
-            if time.monotonic() - self._last_judged_at >= self.anomaly_interval_s:
-                self._judge_windows(times.max(), token)
-                self._last_judged_at = time.monotonic()
-                steps.lap("anomalies")
-            log.info("%s batch %d: %d events; %s", self.query_name, batch_id, len(raw), steps)
-        finally:
-            classified.unpersist()
+        rows = to_arrow(storable_rows(batch))  # one Spark job: the batch is read once
+        if rows.num_rows == 0:
+            return
+        good = pc.is_null(rows["error"])
+        dead = rows.filter(pc.invert(good)).select(DEAD_LETTER_COLUMNS)
+        raw = rows.filter(good).select(RAW_SALES_COLUMNS)
+        if dead.num_rows:
+            self.store.insert_df("dead_letters", dead, dedup_token=token)
+        if raw.num_rows == 0:
+            return
+        steps.lap("collect")
+        panes = panes_of_rows(raw)
+        steps.lap("panes")
+        span = pc.min_max(raw["event_time"])
+        first, last = (_minute_floor(span[end].as_py()) for end in ("min", "max"))
+        with self.store.session():
+            self.store.insert_df("sales_events", raw, dedup_token=token)
+            self.store.insert_df("sales_panes", panes, dedup_token=token)
+            refresh_windows(self.store, first, last)
+        steps.lap("store")
+        self._score_demand(raw, batch_id, token)
+        steps.lap("scoring")
+        if time.monotonic() - self._last_judged_at >= self.anomaly_interval_s:
+            self._judge_windows(span["max"].as_py(), token)
+            self._last_judged_at = time.monotonic()
+            steps.lap("anomalies")
+        log.info("%s batch %d: %d events; %s", self.query_name, batch_id, raw.num_rows, steps)
 
-    def _score_demand(self, raw: pd.DataFrame, batch_id: int, token: str) -> None:
+    def _score_demand(self, raw: pa.Table, batch_id: int, token: str) -> None:
         if self.champion is None or self.feature_builder is None:
             return
         loaded = self.champion.current()  # pinned: this whole batch uses one version
         if loaded is None:
             return
-        keys = raw.assign(forecast_date=pd.to_datetime(raw["event_time"], utc=True).dt.date)[
-            ["store_id", "product_id", "forecast_date"]
-        ].drop_duplicates()
+        keys = scoring_keys(raw)
         todo = [
-            row
-            for row in keys.itertuples(index=False)
-            if (row.store_id, row.product_id, row.forecast_date, loaded.version) not in self._scored
+            key
+            for key in zip(*(keys[c].to_pylist() for c in keys.column_names), strict=True)
+            if (*key, loaded.version) not in self._scored
         ]
         if not todo:
             return
@@ -736,13 +759,15 @@ class SalesBatchWriter:
         self._scoring_error = ""
         scores = scores.assign(query_name=self.query_name, batch_id=batch_id)
         self.store.insert_df("demand_scores", scores, dedup_token=token)
-        self._scored.update((r[0], r[1], r[2], loaded.version) for r in todo)
+        self._scored.update((*key, loaded.version) for key in todo)
 
-    def _scores_for(self, todo: list[Any], loaded: LoadedModel) -> pd.DataFrame:
+    def _scores_for(
+        self, todo: list[tuple[str, str, dt.date]], loaded: LoadedModel
+    ) -> pd.DataFrame:
         frames = []
-        for day in sorted({row.forecast_date for row in todo}):
+        for day in sorted({day for _, _, day in todo}):
             pairs = pd.DataFrame(
-                [(r.store_id, r.product_id) for r in todo if r.forecast_date == day],
+                [(store, product) for store, product, key_day in todo if key_day == day],
                 columns=["store_id", "product_id"],
             )
             keys = self.spark.createDataFrame(pairs, "store_id string, product_id string")
@@ -750,7 +775,7 @@ class SalesBatchWriter:
             frames.append(to_pandas(score_demand(features, loaded)))
         return pd.concat(frames, ignore_index=True)
 
-    def _judge_windows(self, max_event_time: pd.Timestamp, token: str) -> None:
+    def _judge_windows(self, max_event_time: dt.datetime, token: str) -> None:
         if not self._horizon_loaded:
             value = self.store.scalar(HORIZON_SQL, {"query": self.query_name})
             self._judged_until = None if pd.isna(value) or value is None else _naive_utc(value)

@@ -36,8 +36,11 @@ class Store(Protocol):
 
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table: ...
 
-    def insert_df(self, table: str, frame: pd.DataFrame, dedup_token: str | None = None) -> int:
-        """Insert the rows; a repeated insert with the same token is dropped. Returns rows sent."""
+    def insert_df(
+        self, table: str, frame: pd.DataFrame | pa.Table, dedup_token: str | None = None
+    ) -> int:
+        """Insert the rows of a pandas or Arrow frame; a repeated insert with the same token is
+        dropped. Returns rows sent."""
         ...
 
     def session(self) -> AbstractContextManager[Store]:
@@ -45,6 +48,16 @@ class Store(Protocol):
         ...
 
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any: ...
+
+
+def frame_rows(frame: pd.DataFrame | pa.Table) -> int:
+    """The number of rows of a pandas or Arrow frame."""
+    return frame.num_rows if isinstance(frame, pa.Table) else len(frame)
+
+
+def frame_columns(frame: pd.DataFrame | pa.Table) -> list[str]:
+    """The column names of a pandas or Arrow frame."""
+    return list(frame.column_names if isinstance(frame, pa.Table) else frame.columns)
 
 
 def sql_files() -> list[tuple[str, str]]:

@@ -26,7 +26,14 @@ import pandas as pd
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
-from common.store.base import StoreBusyError, StoreError, check_table, check_token
+from common.store.base import (
+    StoreBusyError,
+    StoreError,
+    check_table,
+    check_token,
+    frame_columns,
+    frame_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +252,13 @@ class EmbeddedStore:
         frame = self.query_df(sql, params)
         return None if frame.empty else frame.iat[0, 0]
 
-    def insert_df(self, table: str, frame: pd.DataFrame, dedup_token: str | None = None) -> int:
+    def insert_df(
+        self, table: str, frame: pd.DataFrame | pa.Table, dedup_token: str | None = None
+    ) -> int:
         table = check_table(table)
-        if frame.empty:
+        if frame_rows(frame) == 0:
             return 0
-        columns = ", ".join(f"`{c}`" for c in frame.columns)
+        columns = ", ".join(f"`{c}`" for c in frame_columns(frame))
         settings = ""
         if dedup_token is not None:
             settings = f" SETTINGS insert_deduplication_token='{check_token(dedup_token)}'"
@@ -259,7 +268,7 @@ class EmbeddedStore:
             "CSV",
             None,
         )
-        return len(frame)
+        return frame_rows(frame)
 
 
 def _bindable(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -271,12 +280,14 @@ def _bindable(params: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _python_table(frame: pd.DataFrame) -> pd.DataFrame | pa.Table:
+def _python_table(frame: pd.DataFrame | pa.Table) -> pd.DataFrame | pa.Table:
     """chDB reads a pandas column of lists as Nullable(String); through Arrow it stays an Array.
 
     A column whose lists are all empty has no element type in Arrow (``list<null>``), which chDB
     reads as NULLs; it goes as ``list<string>``, and the insert converts it to the column's type.
     """
+    if isinstance(frame, pa.Table):
+        return _typed_empty_lists(frame)
     for column in frame.columns:
         if frame[column].dtype == object:
             first = frame[column].first_valid_index()

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from common.settings import Settings
-from common.store.base import StoreError, check_table, check_token
+from common.store.base import StoreError, check_table, check_token, frame_rows
 
 
 class ServerStore:
@@ -69,12 +69,17 @@ class ServerStore:
         frame = self.query_df(sql, params)
         return None if frame.empty else frame.iat[0, 0]
 
-    def insert_df(self, table: str, frame: pd.DataFrame, dedup_token: str | None = None) -> int:
+    def insert_df(
+        self, table: str, frame: pd.DataFrame | pa.Table, dedup_token: str | None = None
+    ) -> int:
         table = check_table(table)
-        if frame.empty:
+        if frame_rows(frame) == 0:
             return 0
         settings = {}
         if dedup_token is not None:
             settings["insert_deduplication_token"] = check_token(dedup_token)
-        self._run(self._client.insert_df, table, frame, settings=settings)
-        return len(frame)
+        insert = (
+            self._client.insert_arrow if isinstance(frame, pa.Table) else self._client.insert_df
+        )
+        self._run(insert, table, frame, settings=settings)
+        return frame_rows(frame)

@@ -169,13 +169,14 @@ def test_panes_of_a_collected_batch_equal_the_spark_panes(spark: SparkSession) -
     ]
     frame = events_frame(spark, events)
     by_spark = sales_panes(frame)
-    by_pandas = panes_of_rows(frame.toPandas())
+    by_arrow = panes_of_rows(frame.toArrow())
 
     def sorted_ids(panes: DataFrame) -> DataFrame:  # id sets come in no particular order
         return panes.withColumns({c: sf.array_sort(c) for c in ("transaction_ids", "customer_ids")})
 
     assertDataFrameEqual(
-        sorted_ids(spark.createDataFrame(by_pandas, by_spark.schema)), sorted_ids(by_spark)
+        sorted_ids(spark.createDataFrame(by_arrow.to_pandas(), by_spark.schema)),
+        sorted_ids(by_spark),
     )
 
 
