@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 BatchFunction = Callable[[DataFrame, int], None]
 CONSOLE: Literal["console"] = "console"
 
+FETCH_BYTES_PER_PARTITION = 16 << 20
+MAX_POLL_RECORDS = 20_000  # Kafka's default of 500 costs a poll per 500 records of a backlog
 _CORRUPT = "_corrupt_record"
 _KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
 DEAD_LETTER_COLUMNS = [
@@ -108,6 +110,10 @@ def kafka_source_options(settings: Settings, topic: str, application: str) -> di
         "startingOffsets": settings.starting_offsets,
         "groupIdPrefix": consumer_group(application),
         "kafka.client.id": f"{application}-spark",
+        # Fetch a backlog in large requests (Kafka's defaults: 1 MiB per partition, 50 MiB).
+        "kafka.max.partition.fetch.bytes": str(FETCH_BYTES_PER_PARTITION),
+        "kafka.fetch.max.bytes": str(4 * FETCH_BYTES_PER_PARTITION),
+        "kafka.max.poll.records": str(MAX_POLL_RECORDS),
     }
     if settings.max_offsets_per_trigger is not None:
         options["maxOffsetsPerTrigger"] = str(settings.max_offsets_per_trigger)

@@ -598,6 +598,7 @@ WHERE pane_start >= {first_pane:DateTime('UTC')} - toIntervalMinute({window_minu
   AND pane_start <= {last_pane:DateTime('UTC')} + toIntervalMinute({window_minutes:UInt32} - 1)
   AND window_start >= {first_pane:DateTime('UTC')} - toIntervalMinute({window_minutes:UInt32} - 1)
   AND window_start <= {last_pane:DateTime('UTC')}
+  AND has({store_ids:Array(String)}, store_id)
 GROUP BY window_start, store_id
 """
 
@@ -631,11 +632,19 @@ HORIZON_SQL = (
 )
 
 
-def refresh_windows(store: Store, first_pane: dt.datetime, last_pane: dt.datetime) -> None:
-    """Recompute every 5-minute window that contains a pane in [first_pane, last_pane]."""
+def refresh_windows(
+    store: Store, first_pane: dt.datetime, last_pane: dt.datetime, store_ids: list[str]
+) -> None:
+    """Recompute the 5-minute windows of ``store_ids`` (a batch's stores and 'ALL') that contain
+    a pane in [first_pane, last_pane]; the windows of other stores did not change."""
     store.execute(
         REFRESH_WINDOWS_SQL,
-        {"window_minutes": WINDOW_MINUTES, "first_pane": first_pane, "last_pane": last_pane},
+        {
+            "window_minutes": WINDOW_MINUTES,
+            "first_pane": first_pane,
+            "last_pane": last_pane,
+            "store_ids": store_ids,
+        },
     )
 
 
@@ -722,10 +731,12 @@ class SalesBatchWriter:
         span = pc.min_max(raw["event_time"])
         first, last = (_minute_floor(span[end].as_py()) for end in ("min", "max"))
         with self.store.session():
-            self.store.insert_df("sales_events", raw, dedup_token=token)
+            # Unique by event_id already (deduplicated within the watermark).
+            self.store.insert_df("sales_events", raw, dedup_token=token, unique_rows=True)
+            steps.lap("events")
             self.store.insert_df("sales_panes", panes, dedup_token=token)
-            refresh_windows(self.store, first, last)
-        steps.lap("store")
+            refresh_windows(self.store, first, last, pc.unique(panes["store_id"]).to_pylist())
+            steps.lap("windows")
         self._score_demand(raw, batch_id, token)
         steps.lap("scoring")
         if time.monotonic() - self._last_judged_at >= self.anomaly_interval_s:

@@ -37,10 +37,17 @@ class Store(Protocol):
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table: ...
 
     def insert_df(
-        self, table: str, frame: pd.DataFrame | pa.Table, dedup_token: str | None = None
+        self,
+        table: str,
+        frame: pd.DataFrame | pa.Table,
+        dedup_token: str | None = None,
+        *,
+        unique_rows: bool = False,
     ) -> int:
         """Insert the rows of a pandas or Arrow frame; a repeated insert with the same token is
-        dropped. Returns rows sent."""
+        dropped. ``unique_rows``: the caller already made the rows unique by the table's key, so
+        a Replacing table need not merge them within the insert (ClickHouse's
+        ``optimize_on_insert=0``). Returns rows sent."""
         ...
 
     def session(self) -> AbstractContextManager[Store]:
@@ -58,6 +65,16 @@ def frame_rows(frame: pd.DataFrame | pa.Table) -> int:
 def frame_columns(frame: pd.DataFrame | pa.Table) -> list[str]:
     """The column names of a pandas or Arrow frame."""
     return list(frame.column_names if isinstance(frame, pa.Table) else frame.columns)
+
+
+def insert_settings(dedup_token: str | None, unique_rows: bool) -> dict[str, str | int]:
+    """The ClickHouse settings of one insert (values checked: they are written into the SQL)."""
+    settings: dict[str, str | int] = {}
+    if dedup_token is not None:
+        settings["insert_deduplication_token"] = check_token(dedup_token)
+    if unique_rows:
+        settings["optimize_on_insert"] = 0
+    return settings
 
 
 def sql_files() -> list[tuple[str, str]]:

@@ -30,9 +30,9 @@ from common.store.base import (
     StoreBusyError,
     StoreError,
     check_table,
-    check_token,
     frame_columns,
     frame_rows,
+    insert_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -253,15 +253,24 @@ class EmbeddedStore:
         return None if frame.empty else frame.iat[0, 0]
 
     def insert_df(
-        self, table: str, frame: pd.DataFrame | pa.Table, dedup_token: str | None = None
+        self,
+        table: str,
+        frame: pd.DataFrame | pa.Table,
+        dedup_token: str | None = None,
+        *,
+        unique_rows: bool = False,
     ) -> int:
         table = check_table(table)
         if frame_rows(frame) == 0:
             return 0
         columns = ", ".join(f"`{c}`" for c in frame_columns(frame))
+        chosen = insert_settings(dedup_token, unique_rows)
         settings = ""
-        if dedup_token is not None:
-            settings = f" SETTINGS insert_deduplication_token='{check_token(dedup_token)}'"
+        if chosen:
+            settings = " SETTINGS " + ", ".join(
+                f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
+                for name, value in chosen.items()
+            )
         rows = _python_table(frame)  # noqa: F841 - read by name by chDB's Python() below
         self._query(
             f"INSERT INTO {table} ({columns}){settings} SELECT {columns} FROM Python(rows)",  # noqa: S608
@@ -273,11 +282,18 @@ class EmbeddedStore:
 
 def _bindable(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """ClickHouse reads a String parameter with escape sequences; escape backslashes so that the
-    value arrives verbatim (``a\\'b`` would otherwise become ``a'b``)."""
-    return {
-        name: value.replace("\\", "\\\\") if isinstance(value, str) else value
-        for name, value in (params or {}).items()
-    }
+    value arrives verbatim (``a\\'b`` would otherwise become ``a'b``). A list of strings (an
+    ``Array(String)`` parameter) goes in ClickHouse's quoted text form, which chDB does not build."""
+    return {name: _bindable_value(value) for name, value in (params or {}).items()}
+
+
+def _bindable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\")
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        quoted = (v.replace("\\", "\\\\").replace("'", "\\'") for v in value)
+        return "[" + ",".join(f"'{v}'" for v in quoted) + "]"
+    return value
 
 
 def _python_table(frame: pd.DataFrame | pa.Table) -> pd.DataFrame | pa.Table:

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from common.settings import Settings
-from common.store.base import StoreError, check_table, check_token, frame_rows
+from common.store.base import StoreError, check_table, frame_rows, insert_settings
 
 
 class ServerStore:
@@ -70,14 +70,17 @@ class ServerStore:
         return None if frame.empty else frame.iat[0, 0]
 
     def insert_df(
-        self, table: str, frame: pd.DataFrame | pa.Table, dedup_token: str | None = None
+        self,
+        table: str,
+        frame: pd.DataFrame | pa.Table,
+        dedup_token: str | None = None,
+        *,
+        unique_rows: bool = False,
     ) -> int:
         table = check_table(table)
         if frame_rows(frame) == 0:
             return 0
-        settings = {}
-        if dedup_token is not None:
-            settings["insert_deduplication_token"] = check_token(dedup_token)
+        settings = insert_settings(dedup_token, unique_rows)
         insert = (
             self._client.insert_arrow if isinstance(frame, pa.Table) else self._client.insert_df
         )

@@ -60,6 +60,16 @@ def test_query_binds_values_and_stores_injection_strings_verbatim(store):
     assert "model_events" in set(store.query_df("SHOW TABLES")["name"])
 
 
+def test_a_list_of_strings_binds_as_an_array_verbatim(store):
+    values = ["S1", "it's", "back\\slash", "a,b", "[x]", ""]
+    got = store.query_df(
+        "SELECT {ids:Array(String)} AS ids, has({ids:Array(String)}, {one:String}) AS found",
+        {"ids": values, "one": "it's"},
+    )
+    assert list(got["ids"][0]) == values
+    assert got["found"][0] == 1
+
+
 def test_insert_with_the_same_token_is_dropped(store):
     job = f"dedup-{uuid.uuid4().hex[:8]}"
     frame = _events(5, job)
