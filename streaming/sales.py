@@ -108,25 +108,30 @@ def classify_sales(raw: DataFrame, job: str = JOB) -> DataFrame:
     return classify_events(raw, SALES_EVENT_SCHEMA, sales_checks(), job=job)
 
 
-RAW_SALES_COLUMNS = [*SALES_EVENT_SCHEMA.fieldNames(), "source"]
+RAW_SALES_COLUMNS = SALES_EVENT_SCHEMA.fieldNames()  # sales_events.source defaults to 'stream'
 
 
 def storable_rows(classified: DataFrame) -> DataFrame:
     """One frame holding both what ``sales_events`` and ``dead_letters`` need, so that a batch is
-    collected once: the event's fields and ``source`` ('stream'), ``error``, and the dead-letter
-    columns (``deduplicate_classified`` already kept the raw payload of bad records only)."""
+    collected once: the event's fields, ``error``, and the dead-letter columns, which only bad
+    records carry (``deduplicate_classified`` already kept the raw payload of bad records only)."""
+    bad = sf.col("error").isNotNull()
     return classified.select(
         *[f.name for f in SALES_EVENT_SCHEMA.fields if f.name != "on_promotion"],
         sf.coalesce(sf.col("on_promotion").cast("int"), sf.lit(0)).alias("on_promotion"),
-        sf.lit("stream").alias("source"),
         "error",
-        sf.col("kafka_topic").alias("topic"),
-        "kafka_partition",
-        "kafka_offset",
+        sf.when(bad, sf.col("kafka_topic")).alias("topic"),
+        *[
+            sf.when(bad, sf.col(name)).alias(name)
+            for name in (
+                "kafka_partition",
+                "kafka_offset",
+                "payload_encoding",
+                "job",
+                "received_at",
+            )
+        ],
         "raw_payload",
-        "payload_encoding",
-        "job",
-        "received_at",
     )
 
 
