@@ -7,7 +7,7 @@ RETAIL := $(VENV)/bin/retail
 SPARK_KAFKA_EXCLUDES := org.slf4j,org.lz4,org.xerial.snappy,com.github.luben,com.google.code.findbugs,org.apache.hadoop,org.scala-lang,org.scala-lang.modules
 export PYSPARK_PYTHON := $(abspath $(VENV)/bin/python)
 
-.PHONY: setup jars python-env browser up down status cluster demo test lint bench bench-full chaos serve clean
+.PHONY: setup jars python-env browser bench-tools up down status cluster demo test lint bench bench-full chaos serve clean
 
 setup: python-env jars browser ## install everything (idempotent)
 
@@ -32,6 +32,11 @@ browser: ## Debian's Chromium, for the report and MLflow UI tests (Playwright dr
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Chromium is missing: sudo apt-get install chromium"; exit 1; fi; }
+
+bench-tools: ## Debian's wrk, the serving benchmark's load generator
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk is missing: sudo apt-get install wrk"; exit 1; fi; }
 
 up: setup
 	$(RETAIL) up
@@ -59,10 +64,10 @@ demo: setup
 clean:
 	./submit_jobs.sh clean
 
-bench: setup ## quick benchmarks: one table, benchmarks/results/<date>.md
+bench: setup bench-tools ## quick benchmarks: one table, benchmarks/results/<date>.md
 	$(RETAIL) bench
 
-bench-full: setup
+bench-full: setup bench-tools
 	$(RETAIL) bench --full
 
 serve: setup

@@ -297,7 +297,7 @@ def run_wrk(url: str, seconds: int, script_text: str = "") -> dict[str, float]:
     ``script_text`` when given): requests/s and its p50/p99."""
     wrk = shutil.which("wrk")
     if wrk is None:
-        raise RuntimeError("wrk is not installed: `apt-get install wrk` (make setup does it)")
+        raise RuntimeError("wrk is not installed: `apt-get install wrk` (make bench does it)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(script_text)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import multiprocessing
 import os
 import subprocess
@@ -10,6 +11,7 @@ import time
 import uuid
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from common.settings import load_settings
@@ -78,6 +80,41 @@ def test_insert_with_the_same_token_is_dropped(store):
     store.insert_df("model_events", frame, dedup_token=f"{job}-batch-1")
     count = store.scalar("SELECT count() FROM model_events WHERE job = {job:String}", {"job": job})
     assert count == 10
+
+
+def test_an_arrow_table_of_unique_rows_inserts_once_per_token(store):
+    """The sales job's raw-event insert: Arrow, rows already unique by key, a batch token."""
+    shop = f"arrow-{uuid.uuid4().hex[:8]}"
+    moment = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
+    events = pa.table(
+        {
+            "event_id": [f"{shop}-1", f"{shop}-2"],
+            "event_time": pa.array([moment, moment], pa.timestamp("us", tz="UTC")),
+            "transaction_id": ["t1", "t1"],
+            "store_id": [shop, shop],
+            "customer_id": [None, "c1"],
+            "product_id": ["P1", "P2"],
+            "category": ["c", "c"],
+            "quantity": pa.array([1, 2], pa.int32()),
+            "unit_price": [2.5, 1.0],
+            "discount": [0.0, 0.0],
+            "total_amount": [2.5, 2.0],
+            "payment_method": ["card", "card"],
+            "channel": ["store", "store"],
+            "on_promotion": pa.array([0, 1], pa.int32()),
+        }
+    )
+    for token in (f"{shop}-0", f"{shop}-0", f"{shop}-1"):
+        assert store.insert_df("sales_events", events, dedup_token=token, unique_rows=True) == 2
+    got = store.query_df(
+        "SELECT event_id, customer_id, quantity, source FROM sales_events "
+        "WHERE store_id = {s:String} ORDER BY event_id",
+        {"s": shop},
+    )
+    assert len(got) == 4  # the repeated token was dropped; the new one was not
+    assert got["event_id"].tolist() == [f"{shop}-1"] * 2 + [f"{shop}-2"] * 2
+    assert got["customer_id"].isna().tolist() == [True, True, False, False]
+    assert set(got["source"]) == {"stream"}
 
 
 def test_array_columns_insert_when_every_array_in_the_frame_is_empty(store):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
@@ -25,6 +26,7 @@ from streaming.sales import (
     detect_sales_anomalies,
     panes_of_rows,
     sales_panes,
+    scoring_keys,
     sliding_window_metrics,
     windowed_sales_metrics,
 )
@@ -178,6 +180,28 @@ def test_panes_of_a_collected_batch_equal_the_spark_panes(spark: SparkSession) -
         sorted_ids(spark.createDataFrame(by_arrow.to_pandas(), by_spark.schema)),
         sorted_ids(by_spark),
     )
+
+
+def test_scoring_keys_are_the_distinct_store_product_and_utc_day_of_a_batch() -> None:
+    times = [
+        dt.datetime(2026, 3, 3, 23, 59, 59, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 3, 23, 0, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 4, 0, 0, 1, tzinfo=dt.UTC),
+        dt.datetime(2026, 3, 4, 0, 0, 2, tzinfo=dt.UTC),
+    ]
+    batch = pa.table(
+        {
+            "event_time": pa.array(times, pa.timestamp("us", tz="UTC")),
+            "store_id": ["S1", "S1", "S1", "S2"],
+            "product_id": ["P1", "P1", "P1", "P1"],
+        }
+    )
+    keys = scoring_keys(batch).to_pylist()
+    assert sorted(keys, key=lambda k: (k["forecast_date"], k["store_id"])) == [
+        {"store_id": "S1", "product_id": "P1", "forecast_date": dt.date(2026, 3, 3)},
+        {"store_id": "S1", "product_id": "P1", "forecast_date": dt.date(2026, 3, 4)},
+        {"store_id": "S2", "product_id": "P1", "forecast_date": dt.date(2026, 3, 4)},
+    ]
 
 
 def baseline_metrics(
