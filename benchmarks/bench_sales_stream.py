@@ -11,8 +11,8 @@ The drain runs in micro-batches of ``DRAIN_BATCH`` events (``MAX_OFFSETS_PER_TRI
 seed's rate knob, raised for a backlog); each one after the first (but a small remainder) is a
 sample of the sustained rate, and the scoring overhead pairs the i-th micro-batch with scoring on
 and off. Each drain reads a topic of its own, filled in days of its own, so that no drain
-recomputes another's windows; the first run of a process drains one micro-batch first, so
-that the JVM's compilation of the job's hot paths is not in the measured drains.
+recomputes another's windows; the latency run comes first, so that the JVM's compilation of
+the job's hot paths is not in the measured drains.
 
 ``run(quick)`` returns the rows for ``retail bench``; ``python -m benchmarks.bench_sales_stream``
 runs it alone on a fresh local stack and prints the table.
@@ -40,7 +40,6 @@ LATENCY_BLOCKS = 3  # the latency run is cut into this many consecutive samples
 CONSUMER_PERF_RUNS = 3  # ConsumerPerformance runs per benchmark run, each one sample
 DRAIN_BATCH = 200_000  # events per micro-batch of the drain (MAX_OFFSETS_PER_TRIGGER)
 WINDOW_METHOD_EVENTS = 100_000
-_WARMED: list[bool] = []  # the process's JVM has run a warm-up drain (runs share one session)
 _JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
 _CSV_HEADER = re.compile(r"nMsg\.sec")
 
@@ -156,9 +155,11 @@ def run_consumer_perf(bootstrap: str, topic: str, messages: int) -> float:
     return float(values[names.index("fetch.nMsg.sec")])
 
 
-def consumer_rates(bootstrap: str, topic: str, messages: int) -> list[float]:
-    """``CONSUMER_PERF_RUNS`` runs of ConsumerPerformance over the topic, each one sample."""
-    return [run_consumer_perf(bootstrap, topic, messages) for _ in range(CONSUMER_PERF_RUNS)]
+def consumer_rates(
+    bootstrap: str, topic: str, messages: int, runs: int = CONSUMER_PERF_RUNS
+) -> list[float]:
+    """``runs`` runs of ConsumerPerformance over the topic, each one sample."""
+    return [run_consumer_perf(bootstrap, topic, messages) for _ in range(runs)]
 
 
 def shares(rates: list[float], peers: list[float], target: float) -> list[dict[str, Any]]:
@@ -394,7 +395,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
             prefix = f"{name[0].upper()}{tag}"
             fill_topic(base.kafka_bootstrap_servers, job.sales_topic, count, prefix, days_back)
             if name == "scored":
-                peers.extend(consumer_rates(base.kafka_bootstrap_servers, job.sales_topic, count))
+                peers.extend(
+                    consumer_rates(base.kafka_bootstrap_servers, job.sales_topic, count, runs=2)
+                )
             rates, whole = measure_throughput(spark, job, model, count)
             ends.append(whole)
             return rates
@@ -404,15 +407,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         # Each drain in days of its own (and each run in others), so that no two drains share
         # the overall ('ALL') windows that a micro-batch recomputes.
         days = 4 * (1 + int(tag, 16) % 1000)
-        if not _WARMED:
-            # The JVM compiles the job's hot paths during its first micro-batches: one full
-            # micro-batch before the measured drains of the first run, so that neither pays for it.
-            drain("warmup", model_name, DRAIN_BATCH, days_back=days + 2)
-            _WARMED.append(True)
-        scored = drain("scored", model_name, events, days_back=days + 1)
-        # Scoring off: two micro-batches, the second paired with the scored drain's second.
-        without_scoring = drain("unscored", None, 2 * DRAIN_BATCH, days_back=days)
-        end_to_end = ends[-2]
+        # The latency run goes first: its 15 s of micro-batches also let the JVM compile the
+        # job's hot paths, which the first drain of a process would otherwise pay for.
         live = base.model_copy(
             update={
                 "sales_topic": f"bench-sales-live-{tag}",
@@ -421,6 +417,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
         )
         stack.ensure_topics(live.model_copy(update={"inventory_topic": live.sales_topic}))
         latencies = measure_latency(spark, live, store, model_name, rate, seconds, f"L{tag}")
+        scored = drain("scored", model_name, events, days_back=days + 1)
+        # Scoring off: two micro-batches, the second paired with the scored drain's second.
+        without_scoring = drain("unscored", None, 2 * DRAIN_BATCH, days_back=days)
+        end_to_end = ends[0]
     window_rounds = measure_window_methods(spark, WINDOW_METHOD_EVENTS)
     if latencies.size == 0:
         raise RuntimeError("no event reached the store during the latency run")
