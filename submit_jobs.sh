@@ -18,6 +18,7 @@ SPARK_HOME=$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file_
 export SPARK_HOME
 
 setting() { "$PY" -c "from common.settings import get_settings as g; print(g().$1)"; }
+jvm() { "$PY" -c "import common.spark as s; print(s.$1)"; }  # the session factory's JVM settings
 DATA_DIR=$(setting data_root)
 RUN_DIR=$DATA_DIR/run
 LOG_DIR=$DATA_DIR/logs
@@ -39,11 +40,14 @@ PY
 }
 
 submit() {  # submit <args of the retail CLI...>
-  local master jars
+  local master jars options
   master=$(setting spark_master)
+  options=$(jvm JVM_OPTIONS)
   jars=$(ls "$ROOT"/.jvm/spark-kafka/*.jar 2>/dev/null | paste -sd, -)
   [ -n "$jars" ] || { echo "The Spark Kafka connector is missing: run 'make setup'." >&2; exit 1; }
   "$SPARK_HOME/bin/spark-submit" --master "$master" --deploy-mode client \
+    --driver-memory "$(jvm DRIVER_MEMORY)" --driver-java-options "$options" \
+    --conf spark.executor.extraJavaOptions="$options" \
     --conf spark.pyspark.python="$PY" --conf spark.sql.session.timeZone=UTC \
     --jars "$jars" --py-files "$(code_zip)" "$ROOT/common/cli.py" "$@"
 }

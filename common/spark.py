@@ -13,6 +13,11 @@ from common.settings import Settings, get_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTOR_DIR = PROJECT_ROOT / ".jvm" / "spark-kafka"
+DRIVER_MEMORY = "2g"
+# 32 MiB G1 regions: a buffer under 16 MiB (a Kafka fetch, an Arrow batch for Python) is then an
+# ordinary allocation, not a "humongous" one that starts a concurrent marking cycle. Draining a
+# backlog, this halved the marking cycles and gained 5-10% events/s on local[2] (docs/streaming.md).
+JVM_OPTIONS = "-Duser.timezone=UTC -XX:G1HeapRegionSize=32m"
 
 
 def connector_jars() -> list[Path]:
@@ -50,10 +55,10 @@ def build_spark_session(
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
         # A query whose batch is stuck fails its stop() after this long instead of waiting forever.
         "spark.sql.streaming.stopTimeout": "120s",
-        "spark.driver.memory": "2g",
+        "spark.driver.memory": DRIVER_MEMORY,
         "spark.pyspark.python": sys.executable,
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": JVM_OPTIONS,
+        "spark.executor.extraJavaOptions": JVM_OPTIONS,
         "spark.sql.warehouse.dir": str(settings.data_root / "spark-warehouse"),
     }
     jars = connector_jars()

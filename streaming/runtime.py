@@ -73,7 +73,8 @@ log = logging.getLogger(__name__)
 BatchFunction = Callable[[DataFrame, int], None]
 CONSOLE: Literal["console"] = "console"
 
-FETCH_BYTES_PER_PARTITION = 16 << 20
+# Large fetches for a backlog, each under half a G1 region (common/spark.py): not humongous.
+FETCH_BYTES_PER_PARTITION = 8 << 20
 MAX_POLL_RECORDS = 20_000  # Kafka's default of 500 costs a poll per 500 records of a backlog
 _CORRUPT = "_corrupt_record"
 _KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
