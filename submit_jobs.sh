@@ -18,7 +18,6 @@ SPARK_HOME=$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file_
 export SPARK_HOME
 
 setting() { "$PY" -c "from common.settings import get_settings as g; print(g().$1)"; }
-jvm() { "$PY" -c "import common.spark as s; print(s.$1)"; }  # the session factory's JVM settings
 DATA_DIR=$(setting data_root)
 RUN_DIR=$DATA_DIR/run
 LOG_DIR=$DATA_DIR/logs
@@ -40,13 +39,14 @@ PY
 }
 
 submit() {  # submit <args of the retail CLI...>
-  local master jars options
+  local master jars memory options
   master=$(setting spark_master)
-  options=$(jvm JVM_OPTIONS)
+  # The session factory's driver heap and JVM options: spark-submit starts the JVM before it runs.
+  read -r memory options < <("$PY" -c "import common.spark as s; print(s.DRIVER_MEMORY, s.JVM_OPTIONS)")
   jars=$(ls "$ROOT"/.jvm/spark-kafka/*.jar 2>/dev/null | paste -sd, -)
   [ -n "$jars" ] || { echo "The Spark Kafka connector is missing: run 'make setup'." >&2; exit 1; }
   "$SPARK_HOME/bin/spark-submit" --master "$master" --deploy-mode client \
-    --driver-memory "$(jvm DRIVER_MEMORY)" --driver-java-options "$options" \
+    --driver-memory "$memory" --driver-java-options "$options" \
     --conf spark.executor.extraJavaOptions="$options" \
     --conf spark.pyspark.python="$PY" --conf spark.sql.session.timeZone=UTC \
     --jars "$jars" --py-files "$(code_zip)" "$ROOT/common/cli.py" "$@"
