@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     inventory_slow_mover_hours: float = Field(
         24.0, gt=0, description="inventory: slow-mover alert after this long without a sale"
     )
+    inventory_state_buckets: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="inventory: hash buckets of the stock states (keep it for a checkpoint's life)",
+    )
     inventory_service_level: float = Field(
         0.95, gt=0.5, lt=1, description="inventory: target service level of the safety stock"
     )

@@ -39,7 +39,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
@@ -136,7 +136,16 @@ CHANGES_SCHEMA = StructType(
         StructField("payload", StringType(), False),
     ]
 )
-STATE_SCHEMA = StructType([StructField("state_json", StringType(), False)])
+# The stock states are grouped in hash buckets of store x product: Spark's Python round trip costs
+# a few milliseconds per group, so one group per key cost seconds per micro-batch once a batch
+# touched a few hundred keys. A bucket's state is its bucket count and a JSON object of each key's
+# state (``StockState.to_json``), keyed by ``state_key``.
+STATE_SCHEMA = StructType(
+    [
+        StructField("buckets", IntegerType(), False),
+        StructField("states_json", StringType(), False),
+    ]
+)
 
 
 def _fields(*fields: tuple[str, Any]) -> StructType:
@@ -224,13 +233,15 @@ _INPUT_COLUMNS = (
 
 @dataclass(frozen=True)
 class InventoryRules:
-    """Windows, lateness, the demand rate without a model, and the alert thresholds."""
+    """Windows, lateness, the demand rate without a model, the alert thresholds, and the hash
+    buckets the stock states are kept in (fixed for a checkpoint's life)."""
 
     window_minutes: int = 10
     slide_minutes: int = 2
     late_minutes: int = 60
     demand_window_minutes: int = 60
     alerts: AlertRules = field(default_factory=AlertRules)
+    state_buckets: int = 16
 
     def __post_init__(self) -> None:
         if self.slide_minutes <= 0 or self.window_minutes % self.slide_minutes != 0:
@@ -240,6 +251,8 @@ class InventoryRules:
             )
         if self.late_minutes <= 0 or self.demand_window_minutes <= 0:
             raise ValueError("late_minutes and demand_window_minutes must be > 0")
+        if self.state_buckets <= 0:
+            raise ValueError("state_buckets must be > 0")
 
     @property
     def panes_per_window(self) -> int:
@@ -256,6 +269,7 @@ class InventoryRules:
                 overstock_factor=settings.inventory_overstock_factor,
                 slow_mover_hours=settings.inventory_slow_mover_hours,
             ),
+            state_buckets=settings.inventory_state_buckets,
         )
 
 
@@ -404,7 +418,7 @@ class StockState:
     alerts: dict[str, Alert]
 
     def to_json(self) -> str:
-        value = asdict(self)
+        value = dict(vars(self))
         value["alerts"] = {k: a.to_state() for k, a in self.alerts.items()}
         value["sold_by_minute"] = {str(k): v for k, v in self.sold_by_minute.items()}
         return json.dumps(value, separators=(",", ":"))
@@ -516,7 +530,9 @@ def track_key(
     was applied, the latest version of every alert an event touched (``alert``) and every alert
     lifecycle change (``alert_change``).
     """
-    return track_movements(store_id, product_id, state, arrival_order(events), rules, detected_at)
+    movements = arrival_order(events)
+    state, rows = track_movements(store_id, product_id, state, movements, rules, detected_at)
+    return state, _changes_frame(rows)
 
 
 def track_movements(
@@ -526,8 +542,8 @@ def track_movements(
     movements: list[Movement],
     rules: InventoryRules,
     detected_at: int,
-) -> tuple[StockState | None, pd.DataFrame]:
-    """``track_key`` on a key's events already in arrival order."""
+) -> tuple[StockState | None, list[tuple]]:
+    """``track_key`` on a key's events already in arrival order; the rows as tuples."""
     rows: list[tuple] = []
     versions: dict[str, Alert] = {}
     applied = False
@@ -568,7 +584,7 @@ def track_movements(
     if applied:
         rows.append(_level_row(store_id, product_id, state, detected_at))
     rows.extend(_alert_row(a, detected_at) for a in versions.values())
-    return state, _changes_frame(rows)
+    return state, rows
 
 
 def _apply(
@@ -747,23 +763,72 @@ def _static_tracker(rules: InventoryRules) -> Callable[[tuple, pd.DataFrame], pd
     def track(key: tuple, events: pd.DataFrame) -> pd.DataFrame:
         movements = unpacked_movements(key[0], key[1], events["movement"])
         _, rows = track_movements(key[0], key[1], None, movements, rules, _now_ms())
-        return rows
+        return _changes_frame(rows)
 
     return track
+
+
+def state_key(store_id: str, product_id: str) -> str:
+    """The name of a store x product's state within its bucket."""
+    return json.dumps([store_id, product_id], separators=(",", ":"))
+
+
+def track_bucket(
+    chunks: Iterable[pd.DataFrame],
+    saved: tuple[int, str] | None,
+    rules: InventoryRules,
+    detected_at: int,
+) -> tuple[tuple[int, str], pd.DataFrame]:
+    """Run one hash bucket's events (columns ``store_id``, ``product_id``, ``movement``, one
+    micro-batch) through the states of their keys, each key as ``track_movements`` does.
+
+    ``saved`` is the bucket's state (see ``STATE_SCHEMA``; None for a new bucket). Returns the new
+    state and the output rows of every key.
+    """
+    payloads: dict[tuple[str, str], list[str]] = {}
+    for chunk in chunks:
+        for store_id, product_id, movement in zip(
+            chunk["store_id"], chunk["product_id"], chunk["movement"], strict=True
+        ):
+            payloads.setdefault((store_id, product_id), []).append(movement)
+    states: dict[str, str] = {}
+    if saved is not None:
+        saved_buckets, states_json = saved
+        if saved_buckets != rules.state_buckets:
+            raise ValueError(
+                f"the checkpoint keeps the stock states in {saved_buckets} buckets, but "
+                f"INVENTORY_STATE_BUCKETS is {rules.state_buckets}: set it back to "
+                f"{saved_buckets}, or start the inventory job from a new checkpoint"
+            )
+        states = json.loads(states_json)
+    rows: list[tuple] = []
+    for (store_id, product_id), movements in payloads.items():
+        name = state_key(store_id, product_id)
+        previous = StockState.from_json(states[name]) if name in states else None
+        current, key_rows = track_movements(
+            store_id,
+            product_id,
+            previous,
+            unpacked_movements(store_id, product_id, movements),
+            rules,
+            detected_at,
+        )
+        if current is not None:
+            states[name] = current.to_json()
+        rows.extend(key_rows)
+    bucket_state = (rules.state_buckets, json.dumps(states, separators=(",", ":")))
+    return bucket_state, _changes_frame(rows)
 
 
 def _streaming_tracker(
     rules: InventoryRules,
 ) -> Callable[[tuple, Iterator[pd.DataFrame], GroupState], Iterator[pd.DataFrame]]:
     def track(
-        key: tuple, chunks: Iterator[pd.DataFrame], state: GroupState
+        bucket: tuple, chunks: Iterator[pd.DataFrame], state: GroupState
     ) -> Iterator[pd.DataFrame]:
-        payloads = [p for chunk in chunks for p in chunk["movement"]]
-        movements = unpacked_movements(key[0], key[1], payloads)
-        previous = StockState.from_json(state.get[0]) if state.exists else None
-        current, rows = track_movements(key[0], key[1], previous, movements, rules, _now_ms())
-        if current is not None:
-            state.update((current.to_json(),))
+        saved = state.get if state.exists else None
+        bucket_state, rows = track_bucket(chunks, saved, rules, _now_ms())
+        state.update(bucket_state)
         yield rows
 
     return track
@@ -772,8 +837,9 @@ def _streaming_tracker(
 def track_inventory(events: DataFrame, rules: InventoryRules) -> DataFrame:
     """Run every store x product's events through its stock state (see ``track_key``).
 
-    Streaming frames keep the state across micro-batches (``applyInPandasWithState``); a static
-    frame is one batch from an empty state. Missing Kafka or threshold columns read as null.
+    Streaming frames keep the state across micro-batches (``applyInPandasWithState``, the keys
+    grouped in ``rules.state_buckets`` hash buckets, see ``STATE_SCHEMA``); a static frame is one
+    batch from an empty state. Missing Kafka or threshold columns read as null.
     Each event reaches the state function as one JSON column, ``movement`` (event time in epoch
     ms).
     """
@@ -795,20 +861,22 @@ def track_inventory(events: DataFrame, rules: InventoryRules) -> DataFrame:
             ]
         )
     )
-    grouped = (
-        events.select(*columns)
-        .select("store_id", "product_id", packed.alias("movement"))
-        .groupBy("store_id", "product_id")
+    packed_events = events.select(*columns).select(
+        "store_id", "product_id", packed.alias("movement")
     )
     if events.isStreaming:
-        return grouped.applyInPandasWithState(
+        bucket = sf.pmod(sf.hash("store_id", "product_id"), sf.lit(rules.state_buckets))
+        bucketed = packed_events.withColumn("state_bucket", bucket)
+        return bucketed.groupBy("state_bucket").applyInPandasWithState(
             _streaming_tracker(rules),
             CHANGES_SCHEMA,
             STATE_SCHEMA,
             "Append",
             GroupStateTimeout.NoTimeout,
         )
-    return grouped.applyInPandas(_static_tracker(rules), CHANGES_SCHEMA)
+    return packed_events.groupBy("store_id", "product_id").applyInPandas(
+        _static_tracker(rules), CHANGES_SCHEMA
+    )
 
 
 # ---------------------------------------------------------------- shaping the changes for tables

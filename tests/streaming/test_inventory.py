@@ -29,6 +29,7 @@ from streaming.inventory import (
     JOB,
     InventoryRules,
     StockPolicy,
+    StockState,
     alert_change_rows,
     alert_rows,
     build_queries,
@@ -36,7 +37,10 @@ from streaming.inventory import (
     parse_inventory,
     recommend_stock,
     stock_level_rows,
+    track_bucket,
     track_inventory,
+    track_movements,
+    unpacked_movements,
     windowed_inventory_metrics,
 )
 from streaming.runtime import run_queries
@@ -213,6 +217,97 @@ def test_static_tracking_gives_one_critical_alert_and_the_latest_level(spark: Sp
     )
     assert event_rows(changes).count() == 9
     changes.unpersist()
+
+
+def packed_movement(key: tuple[str, str], offset: int, kind: str, change: int, level: int) -> dict:
+    """One event as the state function receives it: its key and its ``movement`` JSON."""
+    moment = at("10:00") + dt.timedelta(minutes=offset)
+    movement = {
+        "event_id": f"{key[0]}-{key[1]}-{offset}",
+        "event_time": int(moment.replace(tzinfo=dt.UTC).timestamp() * 1000),
+        "event_type": kind,
+        "quantity_change": change,
+        "stock_level": level,
+        "reorder_point": 10,
+        "lead_time_days": 2.0,
+        "unit_cost": 1.5,
+        "kafka_partition": 0,
+        "kafka_offset": offset,
+        "model_reorder_point": None,
+        "model_daily_demand": None,
+        "model_name": None,
+        "model_version": None,
+    }
+    return {"store_id": key[0], "product_id": key[1], "movement": json.dumps(movement)}
+
+
+def bucket_events() -> list[dict]:
+    """Three keys interleaved: one drained to zero and restocked, one slowly declining, one
+    steady."""
+    drained, declining, steady = ("B1", "P1"), ("B1", "P2"), ("B2", "P1")
+    steps = [
+        (drained, "sale", -20, 30),
+        (declining, "sale", -5, 25),
+        (steady, "snapshot", 0, 60),
+        (drained, "sale", -30, 0),
+        (declining, "sale", -10, 15),
+        (drained, "restock", 50, 50),
+        (declining, "sale", -10, 5),
+        (steady, "sale", -1, 59),
+        (declining, "sale", -5, 0),
+    ]
+    return [packed_movement(key, n, *step) for n, (key, *step) in enumerate(steps)]
+
+
+def sorted_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.sort_values(list(rows.columns)).reset_index(drop=True)
+
+
+def test_a_bucket_tracks_each_key_as_if_it_were_alone_across_batches() -> None:
+    rules = InventoryRules(state_buckets=4)
+    events = bucket_events()
+    cuts = [(0, 4), (4, 9)]
+    saved, bucket_rows = None, []
+    for start, end in cuts:
+        batch = pd.DataFrame(events[start:end])
+        saved, rows = track_bucket([batch.iloc[:2], batch.iloc[2:]], saved, rules, 1_000)
+        bucket_rows.append(rows)
+    per_key_rows = []
+    for key in sorted({(e["store_id"], e["product_id"]) for e in events}):
+        state = None
+        for start, end in cuts:
+            payloads = [
+                e["movement"] for e in events[start:end] if (e["store_id"], e["product_id"]) == key
+            ]
+            if not payloads:
+                continue
+            movements = unpacked_movements(*key, payloads)
+            state, rows = track_movements(*key, state, movements, rules, 1_000)
+            state = StockState.from_json(state.to_json())
+            per_key_rows.extend(rows)
+    expected = pd.DataFrame(per_key_rows, columns=bucket_rows[0].columns, dtype=object)
+    got = pd.concat(bucket_rows, ignore_index=True)
+    pd.testing.assert_frame_equal(sorted_rows(got), sorted_rows(expected))
+    changes = got[got["kind"] == "alert_change"]
+    severities = {
+        (row.store_id, row.product_id, json.loads(row.payload)["to_severity"])
+        for row in changes.itertuples()
+    }
+    assert ("B1", "P1", "CRITICAL") in severities  # the drained key, whose state spans both batches
+    assert {(store, product) for store, product, _ in severities} == {
+        ("B1", "P1"),
+        ("B1", "P2"),
+        ("B2", "P1"),
+    }
+    assert saved[0] == 4
+    assert set(json.loads(saved[1])) == {'["B1","P1"]', '["B1","P2"]', '["B2","P1"]'}
+
+
+def test_a_checkpoint_with_another_bucket_count_is_refused_with_what_to_do() -> None:
+    events = pd.DataFrame(bucket_events()[:2])
+    saved, _ = track_bucket([events], None, InventoryRules(state_buckets=4), 1_000)
+    with pytest.raises(ValueError, match="INVENTORY_STATE_BUCKETS is 8: set it back to 4"):
+        track_bucket([events], saved, InventoryRules(state_buckets=8), 2_000)
 
 
 def test_recommendations_follow_the_documented_formulas() -> None:
