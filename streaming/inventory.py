@@ -2,7 +2,7 @@
 metrics, stock recommendations from the champion models, and alerts with a lifecycle, exactly once
 into the store.
 
-Pure transforms (static or streaming frames): ``parse_inventory``, ``with_thresholds``,
+Pure transforms (static or streaming frames): ``parse_inventory``,
 ``track_inventory`` (the stateful step), ``event_rows``, ``raw_inventory_rows``,
 ``stock_level_rows``, ``alert_rows``, ``alert_change_rows``, ``table_rows``, ``tagged_union``,
 ``split_tables`` (pandas), ``inventory_panes``, ``windows_from_panes``,
@@ -14,14 +14,16 @@ One micro-batch, end to end:
 
 1. Kafka records are parsed against the contract (bad ones go to ``dead_letters`` by a second
    query) and deduplicated by ``event_id`` within the watermark (``INVENTORY_LATE_MINUTES``).
-2. Each event is joined with the latest stock recommendation of its store x product (re-read from
-   the store at every micro-batch): the model's reorder point and daily demand, when a champion
-   exists; without one the event's own reorder point and the in-stream demand rate are used.
+2. Before Spark runs the batch, the writer refreshes the latest stock recommendation of every
+   store x product from the store (``ThresholdsFile``): the state function judges a key's events
+   with the model's reorder point and daily demand when a champion scored the key; without one
+   with the event's own reorder point and the in-stream demand rate.
 3. ``track_inventory`` runs each key's events (packed in one JSON column) through its state
-   (``applyInPandasWithState``) in the order they arrived on the key's partition. An event older
+   (``applyInPandasWithState``, keys grouped in hash buckets) in the order they arrived on the
+   key's partition. An event older
    than one already applied for the key is *late*: it counts in the window metrics but never
-   overwrites a newer level nor moves an alert. Applied events move the level, the demand rate and the alerts (``streaming.alerts``) one
-   at a time, so a drain to zero and a restock in one batch still open and resolve the CRITICAL
+   overwrites a newer level nor moves an alert. Applied events move the level, the demand rate
+   and the alerts (``streaming.alerts``) one at a time, so a drain to zero and a restock in one batch still open and resolve the CRITICAL
    alert. Since every key's result depends only on the order its events arrived, the results do
    not depend on how events fall into micro-batches.
 4. The writer collects raw events, pane partials, stock levels, alert versions and alert changes
@@ -37,17 +39,20 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from pyarrow import feather
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as sf
-from pyspark.sql.datasource import DataSource, DataSourceReader
 from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 from pyspark.sql.types import (
     DoubleType,
@@ -60,7 +65,7 @@ from pyspark.sql.types import (
 
 from common.models import ChampionModel, LoadedModel, use_tracking_server
 from common.schemas import INVENTORY_EVENT_SCHEMA, INVENTORY_EVENT_TYPES
-from common.settings import Settings, get_settings, load_settings
+from common.settings import Settings, get_settings
 from common.store import Store, open_store
 from streaming.alerts import (
     Alert,
@@ -76,6 +81,7 @@ from streaming.runtime import (
     CONSOLE,
     Check,
     StepTimer,
+    checkpoint_location,
     deduplicate_events,
     insert_batch,
     parse_events,
@@ -113,17 +119,6 @@ MODEL_THRESHOLDS = "model"
 EVENT_THRESHOLDS = "event"
 
 FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
-
-THRESHOLD_SCHEMA = StructType(
-    [
-        StructField("store_id", StringType(), False),
-        StructField("product_id", StringType(), False),
-        StructField("model_reorder_point", DoubleType(), True),
-        StructField("model_daily_demand", DoubleType(), True),
-        StructField("model_name", StringType(), True),
-        StructField("model_version", StringType(), True),
-    ]
-)
 
 # The state function emits one row per event, level, alert version or alert change: its kind, key
 # and the record's fields as JSON (times in epoch milliseconds). Four columns keep the Arrow
@@ -227,7 +222,6 @@ _INPUT_COLUMNS = (
     *[f.name for f in INVENTORY_EVENT_SCHEMA.fields],
     "kafka_partition",
     "kafka_offset",
-    *[f.name for f in THRESHOLD_SCHEMA.fields[2:]],
 )
 
 
@@ -332,65 +326,56 @@ SELECT store_id, product_id, reorder_point AS model_reorder_point,
     daily_demand AS model_daily_demand, stock_model_name AS model_name,
     stock_model_version AS model_version
 FROM stock_recommendations FINAL
+ORDER BY store_id, product_id
 """
+THRESHOLD_FIELDS = ("model_reorder_point", "model_daily_demand", "model_name", "model_version")
+NO_THRESHOLD = (None, None, None, None)
+
+# Thresholds already read by this Python process, by file: (the file's identity, the thresholds).
+_LOADED_THRESHOLDS: dict[str, tuple[tuple[int, int, int], dict[tuple[str, str], tuple]]] = {}
 
 
-class StockThresholdsSource(DataSource):
-    """The latest stock recommendation of every store x product, read from the store.
+@dataclass(frozen=True)
+class ThresholdsFile:
+    """The latest stock recommendation of every store x product, where the state function reads
+    them: a small Arrow file beside the job's checkpoint.
 
-    Used as the static side of a stream-static join: Spark plans it again at every micro-batch, so
-    each batch sees the recommendations the previous batches wrote (and those of a hot-swapped
-    model). Option ``data_dir`` points the executors at the embedded store's folder.
+    The writer refreshes it from ``stock_recommendations`` at the start of every micro-batch,
+    before Spark runs the batch, so each batch sees the recommendations the batches before it
+    wrote (and those of a hot-swapped model). The state function reloads it only when it was
+    replaced. (A Spark data source over the store, joined to the events, did the same for about
+    half a second per micro-batch.)
     """
 
-    @classmethod
-    def name(cls) -> str:
-        return "retail_stock_thresholds"
+    path: str
 
-    def schema(self) -> StructType:
-        return THRESHOLD_SCHEMA
+    def refresh(self, store: Store) -> None:
+        """Write the store's current thresholds, when they changed (atomically)."""
+        frame = store.query_df(THRESHOLDS_SQL)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        target = Path(self.path)
+        if target.exists() and feather.read_table(target).equals(table):
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        feather.write_feather(table, staged)
+        staged.replace(target)
 
-    def reader(self, schema: StructType) -> DataSourceReader:
-        return StockThresholdsReader(self.options.get("data_dir"))
-
-
-class StockThresholdsReader(DataSourceReader):
-    """Reads ``stock_recommendations`` FINAL in one partition."""
-
-    def __init__(self, data_dir: str | None) -> None:
-        self.data_dir = data_dir
-
-    def read(self, partition: Any) -> Iterator[tuple]:
-        settings = load_settings(data_dir=self.data_dir) if self.data_dir else get_settings()
-        frame = open_store(settings).query_df(THRESHOLDS_SQL)
-        for row in frame.itertuples(index=False):
-            yield (
-                row.store_id,
-                row.product_id,
-                float(row.model_reorder_point),
-                float(row.model_daily_demand),
-                row.model_name,
-                row.model_version,
-            )
-
-
-def read_thresholds(spark: SparkSession, settings: Settings) -> DataFrame:
-    """The stock thresholds of the champion models, as a frame re-read at every micro-batch."""
-    spark.dataSource.register(StockThresholdsSource)
-    reader = spark.read.format(StockThresholdsSource.name())
-    if settings.uses_embedded_store:
-        reader = reader.option("data_dir", str(settings.data_root))
-    return reader.load()
-
-
-def with_thresholds(events: DataFrame, thresholds: DataFrame | None = None) -> DataFrame:
-    """Events with the model's reorder point and daily demand of their key (null: none yet)."""
-    if thresholds is None:
-        return events.select(
-            "*",
-            *[sf.lit(None).cast(f.dataType).alias(f.name) for f in THRESHOLD_SCHEMA.fields[2:]],
-        )
-    return events.join(sf.broadcast(thresholds), ["store_id", "product_id"], "left")
+    def load(self) -> dict[tuple[str, str], tuple]:
+        """The thresholds by (store_id, product_id): THRESHOLD_FIELDS values."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        loaded = _LOADED_THRESHOLDS.get(self.path)
+        if loaded is None or loaded[0] != identity:
+            columns = feather.read_table(self.path).to_pydict()
+            keys = zip(columns["store_id"], columns["product_id"], strict=True)
+            values = zip(*(columns[name] for name in THRESHOLD_FIELDS), strict=True)
+            loaded = (identity, dict(zip(keys, values, strict=True)))
+            _LOADED_THRESHOLDS[self.path] = loaded
+        return loaded[1]
 
 
 # ---------------------------------------------------------------- per-key state
@@ -475,8 +460,10 @@ class Movement(NamedTuple):
 
 # Movement fields packed into one JSON column per event for the state function: one Arrow
 # column per key instead of one per field keeps the per-key conversion cheap.
-_PACKED_FIELDS = tuple(f for f in Movement._fields if f not in ("store_id", "product_id"))
-_REAL_FIELDS = ("lead_time_days", "unit_cost", "model_reorder_point", "model_daily_demand")
+_PACKED_FIELDS = tuple(
+    f for f in Movement._fields if f not in ("store_id", "product_id", *THRESHOLD_FIELDS)
+)
+_REAL_FIELDS = ("lead_time_days", "unit_cost")
 
 
 def arrival_order(events: pd.DataFrame) -> list[Movement]:
@@ -489,8 +476,12 @@ def arrival_order(events: pd.DataFrame) -> list[Movement]:
     return _in_arrival_order([Movement(*values) for values in zip(*columns, strict=True)])
 
 
-def unpacked_movements(store_id: str, product_id: str, payloads: Iterable[str]) -> list[Movement]:
-    """A key's events from their ``movement`` JSON (see ``track_inventory``), in arrival order."""
+def unpacked_movements(
+    store_id: str, product_id: str, payloads: Iterable[str], threshold: tuple = NO_THRESHOLD
+) -> list[Movement]:
+    """A key's events from their ``movement`` JSON (see ``track_inventory``), in arrival order,
+    with the key's model ``threshold`` (THRESHOLD_FIELDS values; none by default)."""
+    thresholds = dict(zip(THRESHOLD_FIELDS, threshold, strict=True))
     movements = []
     for payload in payloads:
         value = json.loads(payload)
@@ -502,6 +493,7 @@ def unpacked_movements(store_id: str, product_id: str, payloads: Iterable[str]) 
                 store_id=store_id,
                 product_id=product_id,
                 **{name: value.get(name) for name in _PACKED_FIELDS},
+                **thresholds,
             )
         )
     return _in_arrival_order(movements)
@@ -759,9 +751,12 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _static_tracker(rules: InventoryRules) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
+def _static_tracker(
+    rules: InventoryRules, thresholds: ThresholdsFile | None
+) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
     def track(key: tuple, events: pd.DataFrame) -> pd.DataFrame:
-        movements = unpacked_movements(key[0], key[1], events["movement"])
+        threshold = (thresholds.load() if thresholds else {}).get(key, NO_THRESHOLD)
+        movements = unpacked_movements(key[0], key[1], events["movement"], threshold)
         _, rows = track_movements(key[0], key[1], None, movements, rules, _now_ms())
         return _changes_frame(rows)
 
@@ -778,13 +773,16 @@ def track_bucket(
     saved: tuple[int, str] | None,
     rules: InventoryRules,
     detected_at: int,
+    thresholds: dict[tuple[str, str], tuple] | None = None,
 ) -> tuple[tuple[int, str], pd.DataFrame]:
     """Run one hash bucket's events (columns ``store_id``, ``product_id``, ``movement``, one
     micro-batch) through the states of their keys, each key as ``track_movements`` does.
 
-    ``saved`` is the bucket's state (see ``STATE_SCHEMA``; None for a new bucket). Returns the new
-    state and the output rows of every key.
+    ``saved`` is the bucket's state (see ``STATE_SCHEMA``; None for a new bucket);
+    ``thresholds`` the model thresholds by key (see ``ThresholdsFile``). Returns the new state and
+    the output rows of every key.
     """
+    thresholds = thresholds or {}
     payloads: dict[tuple[str, str], list[str]] = {}
     for chunk in chunks:
         for store_id, product_id, movement in zip(
@@ -809,7 +807,12 @@ def track_bucket(
             store_id,
             product_id,
             previous,
-            unpacked_movements(store_id, product_id, movements),
+            unpacked_movements(
+                store_id,
+                product_id,
+                movements,
+                thresholds.get((store_id, product_id), NO_THRESHOLD),
+            ),
             rules,
             detected_at,
         )
@@ -821,34 +824,34 @@ def track_bucket(
 
 
 def _streaming_tracker(
-    rules: InventoryRules,
+    rules: InventoryRules, thresholds: ThresholdsFile | None
 ) -> Callable[[tuple, Iterator[pd.DataFrame], GroupState], Iterator[pd.DataFrame]]:
     def track(
         bucket: tuple, chunks: Iterator[pd.DataFrame], state: GroupState
     ) -> Iterator[pd.DataFrame]:
         saved = state.get if state.exists else None
-        bucket_state, rows = track_bucket(chunks, saved, rules, _now_ms())
+        known = thresholds.load() if thresholds else {}
+        bucket_state, rows = track_bucket(chunks, saved, rules, _now_ms(), known)
         state.update(bucket_state)
         yield rows
 
     return track
 
 
-def track_inventory(events: DataFrame, rules: InventoryRules) -> DataFrame:
-    """Run every store x product's events through its stock state (see ``track_key``).
+def track_inventory(
+    events: DataFrame, rules: InventoryRules, thresholds: ThresholdsFile | None = None
+) -> DataFrame:
+    """Run every store x product's events through its stock state (see ``track_key``), judged
+    with the model thresholds of ``thresholds`` (none: each event's own reorder point).
 
     Streaming frames keep the state across micro-batches (``applyInPandasWithState``, the keys
     grouped in ``rules.state_buckets`` hash buckets, see ``STATE_SCHEMA``); a static frame is one
-    batch from an empty state. Missing Kafka or threshold columns read as null.
+    batch from an empty state. Missing Kafka columns read as null.
     Each event reaches the state function as one JSON column, ``movement`` (event time in epoch
     ms).
     """
     present = set(events.columns)
-    optional = {
-        "kafka_partition": IntegerType(),
-        "kafka_offset": LongType(),
-        **{f.name: f.dataType for f in THRESHOLD_SCHEMA.fields[2:]},
-    }
+    optional = {"kafka_partition": IntegerType(), "kafka_offset": LongType()}
     columns = [
         sf.col(name) if name in present else sf.lit(None).cast(optional[name]).alias(name)
         for name in _INPUT_COLUMNS
@@ -868,14 +871,14 @@ def track_inventory(events: DataFrame, rules: InventoryRules) -> DataFrame:
         bucket = sf.pmod(sf.hash("store_id", "product_id"), sf.lit(rules.state_buckets))
         bucketed = packed_events.withColumn("state_bucket", bucket)
         return bucketed.groupBy("state_bucket").applyInPandasWithState(
-            _streaming_tracker(rules),
+            _streaming_tracker(rules, thresholds),
             CHANGES_SCHEMA,
             STATE_SCHEMA,
             "Append",
             GroupStateTimeout.NoTimeout,
         )
     return packed_events.groupBy("store_id", "product_id").applyInPandas(
-        _static_tracker(rules), CHANGES_SCHEMA
+        _static_tracker(rules, thresholds), CHANGES_SCHEMA
     )
 
 
@@ -1268,10 +1271,12 @@ class InventoryBatchWriter:
         stock_champion: ChampionModel | None = None,
         demand_champion: ChampionModel | None = None,
         feature_builder: FeatureBuilder | None = None,
+        thresholds: ThresholdsFile | None = None,
     ) -> None:
         self.spark = spark
         self.settings = settings
         self.store = open_store(settings)
+        self.thresholds = thresholds
         self.rules = rules
         self.policy = policy
         self.query_name = query_name
@@ -1285,6 +1290,10 @@ class InventoryBatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
         steps = StepTimer()
+        if self.thresholds is not None:  # before Spark runs the batch's state function
+            with self.store.session():
+                self.thresholds.refresh(self.store)
+            steps.lap("thresholds")
         changes = batch.persist()  # the stateful step must run once: every table reads it
         try:
             frames = table_rows(changes, self.rules.slide_minutes)
@@ -1295,7 +1304,6 @@ class InventoryBatchWriter:
         panes = rows["inventory_panes"]
         if rows["inventory_events"].empty:
             return
-        # Every Spark action ran above: the thresholds reader on the executors needs the store too.
         with self.store.session():
             self.store.insert_df("inventory_events", rows["inventory_events"], dedup_token=token)
             self.store.insert_df("inventory_panes", panes, dedup_token=token)
@@ -1449,12 +1457,14 @@ def build_queries(
     events = deduplicate_events(valid, f"{rules.late_minutes} minutes")
     common = {"job": JOB, "settings": settings, "available_now": available_now}
     if console:
-        changes = track_inventory(with_thresholds(events), rules)
+        changes = track_inventory(events, rules)
         return [
             start_query(console_view(changes), query_name=changes_query, sink=CONSOLE, **common),
             start_query(dead, query_name=dead_query, sink=CONSOLE, **common),
         ]
-    changes = track_inventory(with_thresholds(events, read_thresholds(spark, settings)), rules)
+    checkpoint = checkpoint_location(settings, JOB, changes_query)
+    thresholds = ThresholdsFile(str(checkpoint.with_name(f"{checkpoint.name}.thresholds.arrow")))
+    changes = track_inventory(events, rules, thresholds)
     writer = InventoryBatchWriter(
         spark,
         settings,
@@ -1464,6 +1474,7 @@ def build_queries(
         stock_champion=stock_champion,
         demand_champion=demand_champion,
         feature_builder=feature_builder,
+        thresholds=thresholds,
     )
     return [
         start_query(changes, query_name=changes_query, sink=writer, **common),

@@ -30,6 +30,7 @@ from streaming.inventory import (
     InventoryRules,
     StockPolicy,
     StockState,
+    ThresholdsFile,
     alert_change_rows,
     alert_rows,
     build_queries,
@@ -233,10 +234,6 @@ def packed_movement(key: tuple[str, str], offset: int, kind: str, change: int, l
         "unit_cost": 1.5,
         "kafka_partition": 0,
         "kafka_offset": offset,
-        "model_reorder_point": None,
-        "model_daily_demand": None,
-        "model_name": None,
-        "model_version": None,
     }
     return {"store_id": key[0], "product_id": key[1], "movement": json.dumps(movement)}
 
@@ -308,6 +305,72 @@ def test_a_checkpoint_with_another_bucket_count_is_refused_with_what_to_do() -> 
     saved, _ = track_bucket([events], None, InventoryRules(state_buckets=4), 1_000)
     with pytest.raises(ValueError, match="INVENTORY_STATE_BUCKETS is 8: set it back to 4"):
         track_bucket([events], saved, InventoryRules(state_buckets=8), 2_000)
+
+
+def test_a_bucket_judges_each_key_with_its_model_threshold() -> None:
+    events = pd.DataFrame(bucket_events())
+    thresholds = {("B1", "P2"): (45.0, 12.0, "stock", "7")}
+    _, rows = track_bucket([events], None, InventoryRules(), 1_000, thresholds)
+    levels = {
+        (row.store_id, row.product_id): json.loads(row.payload)
+        for row in rows[rows["kind"] == "level"].itertuples()
+    }
+    modelled = levels[("B1", "P2")]
+    assert (modelled["threshold_source"], modelled["model_version"]) == ("model", "7")
+    assert modelled["effective_reorder_point"] == 45.0
+    assert modelled["demand_per_hour"] == 0.5
+    assert levels[("B1", "P1")]["threshold_source"] == "event"
+    assert levels[("B1", "P1")]["effective_reorder_point"] == 10
+
+
+def recommendation(store_id: str, reorder_point: float, version: str, scored_at: str) -> dict:
+    return {
+        "store_id": store_id,
+        "product_id": "P1",
+        "as_of": pd.Timestamp("2026-03-02 10:00", tz="UTC"),
+        "forecast_date": DAY,
+        "stock_level": 30,
+        "lead_time_days": 2.0,
+        "lead_time_demand": 8.0,
+        "daily_demand": 4.0,
+        "safety_stock": 3.0,
+        "reorder_point": reorder_point,
+        "order_up_to": 40.0,
+        "order_quantity": 10,
+        "reorder_now": 0,
+        "days_of_cover": 7.5,
+        "eta_hours": 180.0,
+        "stockout_eta": None,
+        "service_level": 0.95,
+        "stock_model_name": "stock",
+        "stock_model_version": version,
+        "demand_model_name": "",
+        "demand_model_version": "",
+        "query_name": "test",
+        "batch_id": 0,
+        "scored_at": pd.Timestamp(scored_at, tz="UTC"),
+    }
+
+
+def test_the_thresholds_file_follows_the_store_and_is_replaced_only_on_change(
+    store: Store, tmp_path: Path
+) -> None:
+    store_id = f"TH{uuid.uuid4().hex[:6]}"
+    thresholds = ThresholdsFile(str(tmp_path / "job" / "thresholds.arrow"))
+    assert thresholds.load() == {}  # nothing published yet: every event's own reorder point
+    store.insert_df(
+        "stock_recommendations", pd.DataFrame([recommendation(store_id, 20.0, "1", "10:00")])
+    )
+    thresholds.refresh(store)
+    assert thresholds.load()[(store_id, "P1")] == (20.0, 4.0, "stock", "1")
+    first = os.stat(thresholds.path).st_ino
+    thresholds.refresh(store)
+    assert os.stat(thresholds.path).st_ino == first  # unchanged: not rewritten, not reloaded
+    store.insert_df(
+        "stock_recommendations", pd.DataFrame([recommendation(store_id, 30.0, "2", "10:05")])
+    )
+    thresholds.refresh(store)
+    assert thresholds.load()[(store_id, "P1")] == (30.0, 4.0, "stock", "2")
 
 
 def test_recommendations_follow_the_documented_formulas() -> None:
