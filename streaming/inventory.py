@@ -20,12 +20,12 @@ One micro-batch, end to end:
    with the event's own reorder point and the in-stream demand rate.
 3. ``track_inventory`` runs each key's events (packed in one JSON column) through its state
    (``applyInPandasWithState``, keys grouped in hash buckets) in the order they arrived on the
-   key's partition. An event older
-   than one already applied for the key is *late*: it counts in the window metrics but never
-   overwrites a newer level nor moves an alert. Applied events move the level, the demand rate
-   and the alerts (``streaming.alerts``) one at a time, so a drain to zero and a restock in one batch still open and resolve the CRITICAL
-   alert. Since every key's result depends only on the order its events arrived, the results do
-   not depend on how events fall into micro-batches.
+   key's partition. An event older than one already applied for the key is *late*: it counts in
+   the window metrics but never overwrites a newer level nor moves an alert. Applied events move
+   the level, the demand rate and the alerts (``streaming.alerts``) one at a time, so a drain to
+   zero and a restock in one batch still open and resolve the CRITICAL alert. Since every key's
+   result depends only on the order its events arrived, the results do not depend on how events
+   fall into micro-batches.
 4. The writer collects raw events, pane partials, stock levels, alert versions and alert changes
    with one Spark job (``tagged_union``, ``split_tables``), inserts them with the batch's
    deduplication token, recomputes the windows the batch touched from their panes,
@@ -132,8 +132,8 @@ CHANGES_SCHEMA = StructType(
     ]
 )
 # The stock states are grouped in hash buckets of store x product: Spark's Python round trip costs
-# a few milliseconds per group, so one group per key cost seconds per micro-batch once a batch
-# touched a few hundred keys. A bucket's state is its bucket count and a JSON object of each key's
+# about a millisecond per group, so one group per key cost seconds per micro-batch once a batch
+# touched a few thousand keys. A bucket's state is its bucket count and a JSON object of each key's
 # state (``StockState.to_json``), keyed by ``state_key``.
 STATE_SCHEMA = StructType(
     [
