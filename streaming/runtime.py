@@ -503,7 +503,13 @@ def progress_row(job: str, progress: Any) -> dict[str, Any]:
         "batch_duration_ms": int(progress.batchDuration or 0),
         "lag_messages": kafka_lag(progress.sources),
         "watermark": _watermark(progress.eventTime),
+        "late_rows": late_rows(progress.stateOperators),
     }
+
+
+def late_rows(state_operators: Iterable[Any]) -> int:
+    """Events the stateful operators dropped in a batch for being older than the watermark."""
+    return sum(int(op.numRowsDroppedByWatermark or 0) for op in state_operators or ())
 
 
 class ProgressRecorder(StreamingQueryListener):
@@ -537,6 +543,16 @@ class ProgressRecorder(StreamingQueryListener):
                 row["lag_messages"],
                 row["watermark"],
             )
+            if row["late_rows"]:
+                log.warning(
+                    "%s/%s batch %d dropped %d events older than the watermark %s: they are not "
+                    "stored or counted; raise the job's watermark setting if they should count",
+                    self.job,
+                    row["query_name"],
+                    row["batch_id"],
+                    row["late_rows"],
+                    row["watermark"],
+                )
             frame = pd.DataFrame([row])
             frame["watermark"] = pd.to_datetime(frame["watermark"], utc=True)
             open_store(self.settings).insert_df("stream_progress", frame)

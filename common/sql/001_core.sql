@@ -67,10 +67,14 @@ CREATE TABLE IF NOT EXISTS stream_progress (
     processed_rows_per_second Float64,
     batch_duration_ms Int64,
     lag_messages Int64,
-    watermark Nullable(DateTime64(3, 'UTC'))
+    watermark Nullable(DateTime64(3, 'UTC')),
+    late_rows Int64 DEFAULT 0
 ) ENGINE = ReplacingMergeTree
 ORDER BY (job, query_name, batch_id)
 SETTINGS non_replicated_deduplication_window = 10000;
+
+-- late_rows (events dropped for being older than the watermark) came after the first release.
+ALTER TABLE stream_progress ADD COLUMN IF NOT EXISTS late_rows Int64 DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS model_events (
     event_time DateTime64(3, 'UTC') DEFAULT now64(3),

@@ -42,6 +42,16 @@ def test_migrate_is_idempotent_and_records_the_version(store):
     assert names == sorted(set(names)) and names[0] == "001_core.sql"
 
 
+def test_migrate_adds_columns_that_came_after_a_table_was_created(store):
+    def columns() -> set[str]:
+        return set(store.query_df("DESCRIBE TABLE stream_progress")["name"])
+
+    store.execute("ALTER TABLE stream_progress DROP COLUMN IF EXISTS late_rows")
+    assert "late_rows" not in columns()  # stream_progress as the first release made it
+    migrate(store)
+    assert "late_rows" in columns()
+
+
 def test_every_known_table_exists(store):
     existing = set(
         store.query_df("SELECT name FROM system.tables WHERE database = currentDatabase()")["name"]

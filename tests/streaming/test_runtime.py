@@ -237,11 +237,12 @@ def test_queries_record_progress_and_stop_between_batches(
 
     wait_for(lambda: progress_rows() == 40, 60, "the progress of every batch")
     last = store.query_df(
-        "SELECT lag_messages, batch_duration_ms FROM stream_progress FINAL WHERE job = {j:String} "
-        "AND input_rows > 0 ORDER BY batch_id DESC LIMIT 1",
+        "SELECT lag_messages, batch_duration_ms, late_rows FROM stream_progress FINAL "
+        "WHERE job = {j:String} AND input_rows > 0 ORDER BY batch_id DESC LIMIT 1",
         {"j": job},
     )
     assert last["lag_messages"][0] == 0 and last["batch_duration_ms"][0] > 0
+    assert last["late_rows"][0] == 0  # the query has no watermark: nothing is late
 
 
 @pytest.mark.services

@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.testing import assertDataFrameEqual
 
+from streaming.runtime import late_rows
 from streaming.sales import (
     AnomalyRules,
     detect_sales_anomalies,
@@ -445,6 +446,13 @@ def test_stream_counts_duplicates_and_late_events_once(
     expected = spark.createDataFrame(hand_windows(day, s1, s2), METRIC_COLUMNS)
     assertDataFrameEqual(metrics_frame(spark, store_metrics(store, day, tag)), expected)
     assert all(q.isActive for q in queries)
+
+    # The dropped event is reported (the stream_progress column and a warning in the log).
+    def reported() -> int:
+        return sum(late_rows(p.stateOperators) for p in queries[0].recentProgress)
+
+    wait_for(lambda: reported() >= 1, 30, "the late event in the progress", interval_s=0.2)
+    assert reported() == 1
 
 
 @pytest.mark.services
