@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import typer
+from collections.abc import Callable
 
-from common.settings import get_settings
+import typer
+from rich.console import Console
+
+from common.settings import SettingsError, get_settings
 
 stream_app = typer.Typer(
     help="Run the streaming jobs (Kafka -> Spark -> store).", no_args_is_help=True
@@ -23,7 +26,7 @@ def sales(available_now: bool = AVAILABLE_NOW, console: bool = CONSOLE) -> None:
     """Sales: raw events, 5-minute window metrics, demand scores, anomalies."""
     from streaming.sales import main
 
-    main(get_settings(), available_now=available_now, console=console)
+    _run(main, available_now=available_now, console=console)
 
 
 @stream_app.command("inventory")
@@ -31,7 +34,16 @@ def inventory(available_now: bool = AVAILABLE_NOW, console: bool = CONSOLE) -> N
     """Inventory: stock levels, window metrics, stock recommendations, alerts."""
     from streaming.inventory import main
 
-    main(get_settings(), available_now=available_now, console=console)
+    _run(main, available_now=available_now, console=console)
+
+
+def _run(main: Callable[..., None], **flags: bool) -> None:
+    """Run a job's ``main``; a setting that does not work (no broker) is a message, not a trace."""
+    try:
+        main(get_settings(), **flags)
+    except SettingsError as exc:
+        Console(stderr=True).print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -81,6 +81,7 @@ from streaming.runtime import (
     CONSOLE,
     Check,
     StepTimer,
+    check_source,
     checkpoint_location,
     deduplicate_events,
     insert_batch,
@@ -1496,6 +1497,7 @@ def main(
     from common.store import migrate
 
     settings = settings or get_settings()
+    check_source(settings, settings.inventory_topic, "INVENTORY_TOPIC")
     use_tracking_server(settings)
     spark = build_spark_session(JOB, settings)
     champions: list[ChampionModel] = []

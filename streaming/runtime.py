@@ -4,6 +4,9 @@ Everything a job needs between Kafka and the store, so that a job module only ho
 transforms and a thin ``main()``. Public API (stable; the inventory job builds on it):
 
 Reading and parsing
+    ``check_source(settings, topic, variable)`` fails fast, saying what to fix, when no broker
+    answers or the topic does not exist (call it before Spark).
+
     ``read_topic(spark, settings, topic, application)`` -> raw Kafka rows (``key``, ``value``,
     ``topic``, ``partition``, ``offset``, ``timestamp``), consumer group ``{application}-group``,
     ``startingOffsets`` and ``maxOffsetsPerTrigger`` from the settings.
@@ -64,8 +67,9 @@ from pyspark.sql import functions as sf
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 from pyspark.sql.types import StringType, StructField, StructType
 
+from common.broker import check_broker
 from common.schemas import required_fields
-from common.settings import Settings
+from common.settings import Settings, SettingsError
 from common.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -119,6 +123,16 @@ def kafka_source_options(settings: Settings, topic: str, application: str) -> di
     if settings.max_offsets_per_trigger is not None:
         options["maxOffsetsPerTrigger"] = str(settings.max_offsets_per_trigger)
     return options
+
+
+def check_source(settings: Settings, topic: str, variable: str) -> None:
+    """Before Spark starts, fail in seconds with what to fix when no broker answers (Spark's Kafka
+    source would retry for minutes) or the broker lacks ``topic`` (set by ``variable``)."""
+    if check_broker(settings, topics=[topic]):
+        raise SettingsError(
+            f"{variable}={topic}: the broker at {settings.kafka_bootstrap_servers} has no such "
+            f"topic. Create it (`retail up` creates the topics the settings name) or fix {variable}."
+        )
 
 
 def read_topic(spark: SparkSession, settings: Settings, topic: str, application: str) -> DataFrame:

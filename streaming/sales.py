@@ -48,6 +48,7 @@ from streaming.runtime import (
     DEAD_LETTER_COLUMNS,
     Check,
     StepTimer,
+    check_source,
     classify_events,
     deduplicate_classified,
     deduplicate_events,
@@ -911,6 +912,7 @@ def main(
     from common.store import migrate
 
     settings = settings or get_settings()
+    check_source(settings, settings.sales_topic, "SALES_TOPIC")
     use_tracking_server(settings)
     spark = build_spark_session(JOB, settings)
     champion = None

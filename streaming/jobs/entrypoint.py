@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 
 def run(job: str, argv: list[str]) -> None:
@@ -14,9 +15,12 @@ def run(job: str, argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     from common.logs import configure_logging
-    from common.settings import get_settings
+    from common.settings import SettingsError, get_settings
 
     settings = get_settings()
     configure_logging(settings)
     main = importlib.import_module(f"streaming.{job}").main
-    main(settings, available_now=args.available_now, console=args.console)
+    try:
+        main(settings, available_now=args.available_now, console=args.console)
+    except SettingsError as exc:
+        sys.exit(f"{job} job: {exc}")  # exit status 1, the message on stderr

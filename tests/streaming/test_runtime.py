@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,8 +20,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
 from common.schemas import INVENTORY_EVENT_SCHEMA, SALES_EVENT_SCHEMA
+from common.settings import SettingsError
 from streaming.runtime import (
     Check,
+    check_source,
     checkpoint_location,
     classify_events,
     hit_kafka_metrics_bug,
@@ -148,6 +153,30 @@ def test_kafka_options_and_checkpoints_come_from_settings(settings) -> None:
     assert checkpoint_location(settings, "sales-stream", "q") == (
         settings.checkpoint_root / "sales-stream" / "q"
     )
+
+
+@pytest.mark.services
+def test_a_missing_topic_or_broker_fails_before_spark_starts(settings, kafka) -> None:
+    from common import stack
+
+    topic = f"runtime-source-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(SettingsError, match=f"SALES_TOPIC={topic}: the broker at .* no such topic"):
+        check_source(settings, topic, "SALES_TOPIC")
+    stack.ensure_topics(settings.model_copy(update={"sales_topic": topic}), 1)
+    check_source(settings, topic, "SALES_TOPIC")
+
+    started = time.monotonic()
+    job = subprocess.run(
+        [sys.executable, "-m", "streaming", "sales", "--available-now"],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert job.returncode == 2, job.stderr[-2000:]
+    assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1: no Kafka broker answered" in job.stderr
+    assert "Traceback" not in job.stderr
+    assert time.monotonic() - started < 60
 
 
 def test_lag_is_summed_over_partitions() -> None:
