@@ -412,8 +412,18 @@ def write_to_store(
 
 
 def checkpoint_location(settings: Settings, job: str, query_name: str) -> Path:
-    """``CHECKPOINT_DIR/<job>/<query>``: where a query keeps its offsets and state."""
-    return settings.checkpoint_root / job / query_name
+    """``CHECKPOINT_DIR/<job>/<query>``: where a query keeps its offsets and state (created here,
+    so that a folder the job cannot write is named in a message rather than a JVM trace)."""
+    location = settings.checkpoint_root / job / query_name
+    try:
+        location.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(
+            f"CHECKPOINT_DIR={settings.checkpoint_root}: cannot create {location} "
+            f"({exc.strerror or type(exc).__name__}). Point CHECKPOINT_DIR (or DATA_DIR) at a "
+            "folder this user can write."
+        ) from None
+    return location
 
 
 def start_query(

@@ -155,6 +155,14 @@ def test_kafka_options_and_checkpoints_come_from_settings(settings) -> None:
     )
 
 
+def test_a_checkpoint_dir_that_cannot_be_written_is_named(settings, tmp_path) -> None:
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("")
+    unusable = settings.model_copy(update={"checkpoint_dir": a_file / "checkpoints"})
+    with pytest.raises(SettingsError, match=f"CHECKPOINT_DIR={a_file}/checkpoints: cannot create"):
+        checkpoint_location(unusable, "sales-stream", "q")
+
+
 @pytest.mark.services
 def test_a_missing_topic_or_broker_fails_before_spark_starts(settings, kafka) -> None:
     from common import stack
