@@ -518,8 +518,9 @@ def uncommit_last_batch(settings: Settings, job: str = STREAM_JOB) -> int:
 def store_outage(stack: Stack, sizes: Sizes, seed: int = 31) -> ChaosResult:
     """Another process holds the store when the job starts draining, until a batch that could not
     write failed; it runs again with the same token. Then replay the last batch (its commit deleted): once
-    with the token (nothing added) and, as the negative control, once with the token off
-    (duplicates appear)."""
+    with the token (nothing added), once with the token off (the job's event-id check alone adds
+    nothing) and, as the negative control, with both off (duplicates appear)."""
+    from streaming.sales import SalesBatchWriter
 
     settings = scenario_settings(stack, "outage", store_lock_timeout_s=3.0)
     counts = produce_world(settings, seed, sizes.rate, sizes.outage_seconds)
@@ -543,9 +544,17 @@ def store_outage(stack: Stack, sizes: Sizes, seed: int = 31) -> ChaosResult:
     replayed = uncommit_last_batch(settings)
     failures += drain_in_process(stack, settings)
     after_replay = reconcile_sales(settings, produced)
-    uncommit_last_batch(settings)
     fresh_tokens = (f"no-token-{uuid.uuid4().hex}" for _ in iter(int, 1))
-    with mock.patch("streaming.sales.stream_token", lambda spark, query, batch: next(fresh_tokens)):
+    token_off = mock.patch(
+        "streaming.sales.stream_token", lambda spark, query, batch: next(fresh_tokens)
+    )
+    uncommit_last_batch(settings)
+    with token_off:
+        failures += drain_in_process(stack, settings)
+    only_event_ids = reconcile_sales(settings, produced)
+    uncommit_last_batch(settings)
+    every_event_new = mock.patch.object(SalesBatchWriter, "_new_events", lambda _, raw, token: raw)
+    with token_off, every_event_new:
         failures += drain_in_process(stack, settings)
     control = reconcile_sales(settings, produced)
     busy = failures.count("store busy")
@@ -555,11 +564,15 @@ def store_outage(stack: Stack, sizes: Sizes, seed: int = 31) -> ChaosResult:
         events=counts["sales_events"],
         lost=after_replay["lost"],
         duplicated=after_outage["duplicated"] + after_replay["duplicated"],
-        control=f"token off: {control['duplicated']} duplicated (caught)",
+        control=(
+            f"token off: {only_event_ids['duplicated']} duplicated; "
+            f"token and event-id check off: {control['duplicated']} duplicated (caught)"
+        ),
         details={
             "after_outage": after_outage,
             "after_replay": after_replay,
             "replayed_batch": replayed,
+            "token_off": only_event_ids,
             "negative_control": control,
             "failures": failures,
             "lock_held": held,

@@ -23,9 +23,9 @@ Reading and parsing
 
     ``deduplicate_events(valid, delay)`` -> the events with a watermark on ``event_time`` and every
     ``event_id`` kept once while it is within the watermark (``dropDuplicatesWithinWatermark``).
-    ``deduplicate_classified(classified, delay)`` does the same on a ``classify_events`` frame and
-    lets every bad record through, so that one query writes both (``valid_events`` and
-    ``dead_letters`` split a batch again).
+    ``watermark_classified(classified, delay)`` watermarks a ``classify_events`` frame and drops
+    nothing, so that one query writes both good and bad records (``valid_events`` and
+    ``dead_letters`` split a batch again); the job then keeps each event once itself.
 
 Writing
     ``store_sink(table, query_name, settings, transform_batch=None)`` -> a ``foreachBatch``
@@ -308,30 +308,22 @@ def deduplicate_events(
     return events.withWatermark(time_column, delay).dropDuplicatesWithinWatermark([key])
 
 
-def deduplicate_classified(
-    classified: DataFrame,
-    delay: str = "10 minutes",
-    key: str = "event_id",
-    time_column: str = "event_time",
+def watermark_classified(
+    classified: DataFrame, delay: str = "10 minutes", time_column: str = "event_time"
 ) -> DataFrame:
-    """``deduplicate_events`` for a ``classify_events`` frame, so that one query (one Kafka read)
-    carries good and bad records: good records are watermarked and kept once per ``key``; bad ones
-    get a null ``time_column`` (so they never move the watermark and are never late) and a key of
-    their Kafka coordinates (so none is dropped). Only bad records keep ``raw_payload`` (what
-    ``dead_letters`` stores): good ones do not carry it through the shuffle. Split the batch with
-    ``error``.
+    """Watermark a ``classify_events`` frame on ``time_column`` by ``delay``, dropping nothing, so
+    that one query (one Kafka read) carries good and bad records. Bad records get a null
+    ``time_column`` (they never move the watermark) and only they keep ``raw_payload`` (what
+    ``dead_letters`` stores). With no stateful operator after it, the watermark (the newest event
+    time minus ``delay``) is reported in the progress and nothing is late: a job that keeps each
+    event once by itself (the sales job, against its store) counts late events too. Split the
+    batch with ``error``.
     """
     good = sf.col("error").isNull()
-    dedup_key = sf.when(good, sf.col(key)).otherwise(
-        sf.concat_ws(":", sf.lit("dead"), "kafka_topic", "kafka_partition", "kafka_offset")
-    )
     return (
         classified.withColumn(time_column, sf.when(good, sf.col(time_column)))
         .withColumn("raw_payload", sf.when(~good, sf.col("raw_payload")))
-        .withColumn("_dedup_key", dedup_key)
         .withWatermark(time_column, delay)
-        .dropDuplicatesWithinWatermark(["_dedup_key"])
-        .drop("_dedup_key")
     )
 
 

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,8 @@ from streaming.runtime import (
     Check,
     StepTimer,
     check_source,
+    checkpoint_location,
     classify_events,
-    deduplicate_classified,
     deduplicate_events,
     parse_events,
     read_topic,
@@ -59,6 +60,7 @@ from streaming.runtime import (
     stream_token,
     to_arrow,
     to_pandas,
+    watermark_classified,
 )
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,7 @@ RAW_SALES_COLUMNS = SALES_EVENT_SCHEMA.fieldNames()  # sales_events.source defau
 def storable_rows(classified: DataFrame) -> DataFrame:
     """One frame holding both what ``sales_events`` and ``dead_letters`` need, so that a batch is
     collected once: the event's fields, ``error``, and the dead-letter columns, which only bad
-    records carry (``deduplicate_classified`` already kept the raw payload of bad records only)."""
+    records carry (``watermark_classified`` already kept the raw payload of bad records only)."""
     bad = sf.col("error").isNotNull()
     return classified.select(
         *[f.name for f in SALES_EVENT_SCHEMA.fields if f.name != "on_promotion"],
@@ -677,6 +679,19 @@ def _minute_floor(moment: dt.datetime) -> dt.datetime:
     return _naive_utc(moment).replace(second=0, microsecond=0)
 
 
+def first_of_each_event(rows: pa.Table) -> pa.Table:
+    """``rows`` with each ``event_id`` kept once: its first row (Kafka order within a batch)."""
+    if pc.count_distinct(rows["event_id"]).as_py() == rows.num_rows:
+        return rows
+    positions = pa.array(np.arange(rows.num_rows))
+    firsts = (
+        pa.table({"event_id": rows["event_id"], "position": positions})
+        .group_by("event_id", use_threads=False)
+        .aggregate([("position", "min")])["position_min"]
+    )
+    return rows.take(pc.take(firsts, pc.sort_indices(firsts)))
+
+
 def scoring_keys(raw: pa.Table) -> pa.Table:
     """The distinct (store_id, product_id, forecast_date) of a batch's valid events (UTC days)."""
     keys = pa.table(
@@ -732,13 +747,20 @@ class SalesBatchWriter:
         if raw.num_rows == 0:
             return
         steps.lap("collect")
+        received = raw.num_rows
+        raw = self._new_events(first_of_each_event(raw), token)
+        steps.lap("dedup")
+        if raw.num_rows == 0:
+            log.info("%s batch %d: all %d events were repeats", self.query_name, batch_id, received)
+            return
         panes = panes_of_rows(raw)
         steps.lap("panes")
         span = pc.min_max(raw["event_time"])
         first, last = (_minute_floor(span[end].as_py()) for end in ("min", "max"))
+        stored = raw.append_column("ingest_token", pa.repeat(token, raw.num_rows))
         with self.store.session():
-            # Unique by event_id already (deduplicated within the watermark).
-            self.store.insert_df("sales_events", raw, dedup_token=token, unique_rows=True)
+            # Unique by event_id already: first of each in the batch, none the store holds.
+            self.store.insert_df("sales_events", stored, dedup_token=token, unique_rows=True)
             steps.lap("events")
             self.store.insert_df("sales_panes", panes, dedup_token=token)
             refresh_windows(self.store, first, last, pc.unique(panes["store_id"]).to_pylist())
@@ -749,7 +771,31 @@ class SalesBatchWriter:
             self._judge_windows(span["max"].as_py(), token)
             self._last_judged_at = time.monotonic()
             steps.lap("anomalies")
-        log.info("%s batch %d: %d events; %s", self.query_name, batch_id, raw.num_rows, steps)
+        log.info(
+            "%s batch %d: %d events (%d repeats dropped); %s",
+            self.query_name,
+            batch_id,
+            raw.num_rows,
+            received - raw.num_rows,
+            steps,
+        )
+
+    def _new_events(self, raw: pa.Table, token: str) -> pa.Table:
+        """The events of ``raw`` that ``sales_events`` does not hold yet. A repeat is the same
+        ``event_id`` on the same UTC day, whenever it arrives; rows this batch wrote itself (an
+        earlier attempt of a replayed batch, same ``token``) do not count as repeats, so that a
+        replay writes exactly what its first attempt did."""
+        days = pc.unique(pc.cast(raw["event_time"], pa.date32())).to_pylist()
+        known = self.store.known_keys(
+            "sales_events",
+            "event_id",
+            raw["event_id"],
+            "toDate(event_time) IN {days:Array(Date)} AND ingest_token != {token:String}",
+            {"days": [day.isoformat() for day in days], "token": token},
+        )
+        if len(known) == 0:
+            return raw
+        return raw.filter(pc.invert(pc.is_in(raw["event_id"], value_set=known)))
 
     def _score_demand(self, raw: pa.Table, batch_id: int, token: str) -> None:
         if self.champion is None or self.feature_builder is None:
@@ -860,6 +906,29 @@ def query_names(job: str) -> dict[str, str]:
     }
 
 
+def retire_stateful_checkpoint(location: Path) -> str | None:
+    """Move aside a checkpoint of the query as it was before 2026-12-05, when it deduplicated with
+    Spark's state (Spark refuses to run the stateless query on it); return the Kafka offsets its
+    last committed batch ended at (Spark's JSON form), or None when it committed none. The job
+    then starts a new checkpoint from there: the stored events it reads again are repeats."""
+    if not (location / "state").is_dir():
+        return None
+    committed = sorted(int(p.name) for p in (location / "commits").glob("[0-9]*"))
+    offsets = None
+    if committed:
+        offsets = (location / "offsets" / str(committed[-1])).read_text().splitlines()[2]
+    retired = location.with_name(f"{location.name}.stateful-{int(time.time())}")
+    location.rename(retired)
+    log.warning(
+        "the checkpoint %s was written by the stateful query of an earlier release: moved to %s; "
+        "the job goes on from the offsets of its last committed batch (%s)",
+        location,
+        retired,
+        offsets or "none: STARTING_OFFSETS",
+    )
+    return offsets
+
+
 def build_queries(
     spark: SparkSession,
     settings: Settings,
@@ -875,6 +944,10 @@ def build_queries(
     """Start the sales job: one query (one read of the topic) into every sales table and
     ``dead_letters``; with ``console``, the sliding windows and the dead letters on the console."""
     names = query_names(job)
+    if not console:
+        resume_at = retire_stateful_checkpoint(checkpoint_location(settings, job, names["events"]))
+        if resume_at is not None:
+            settings = settings.model_copy(update={"starting_offsets": resume_at})
     raw = read_topic(spark, settings, settings.sales_topic, job)
     delay = f"{settings.sales_watermark_minutes} minutes"
     common = {"job": job, "settings": settings, "available_now": available_now}
@@ -900,7 +973,7 @@ def build_queries(
         rules=rules or AnomalyRules.from_settings(settings),
         anomaly_interval_s=anomaly_interval_s,
     )
-    classified = deduplicate_classified(classify_sales(raw, job), delay)
+    classified = watermark_classified(classify_sales(raw, job), delay)
     return [start_query(classified, query_name=names["events"], sink=writer, **common)]
 
 

@@ -17,6 +17,7 @@ _CREATE_TABLE = re.compile(
     re.IGNORECASE,
 )
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+_COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class StoreError(RuntimeError):
@@ -55,6 +56,29 @@ class Store(Protocol):
         ...
 
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any: ...
+
+    def known_keys(
+        self,
+        table: str,
+        column: str,
+        keys: pa.Array,
+        where: str = "1",
+        params: Mapping[str, Any] | None = None,
+    ) -> pa.Array:
+        """The distinct values of ``keys`` (strings) that ``table.column`` holds in the rows that
+        match ``where``. The keys travel as a table beside the query (any number of them), not as
+        a parameter in its text."""
+        ...
+
+
+def known_keys_sql(table: str, column: str, where: str, probe: str) -> str:
+    """The ``known_keys`` query, ``probe`` being how the store names the table of keys."""
+    if not _COLUMN.match(column):
+        raise StoreError(f"bad column name {column!r}")
+    return (
+        f"SELECT DISTINCT {column} AS key FROM {check_table(table)} "  # noqa: S608 - checked names
+        f"WHERE ({where}) AND {column} IN (SELECT key FROM {probe})"
+    )
 
 
 def frame_rows(frame: pd.DataFrame | pa.Table) -> int:

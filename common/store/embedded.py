@@ -33,6 +33,7 @@ from common.store.base import (
     frame_columns,
     frame_rows,
     insert_settings,
+    known_keys_sql,
 )
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,18 @@ class EmbeddedStore:
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         frame = self.query_df(sql, params)
         return None if frame.empty else frame.iat[0, 0]
+
+    def known_keys(
+        self,
+        table: str,
+        column: str,
+        keys: pa.Array,
+        where: str = "1",
+        params: Mapping[str, Any] | None = None,
+    ) -> pa.Array:
+        probe = pa.table({"key": pa.array(keys, pa.string())})  # noqa: F841 - chDB's Python(probe)
+        sql = known_keys_sql(table, column, where, "Python(probe)")
+        return self.query_arrow(sql, params)["key"].combine_chunks()
 
     def insert_df(
         self,

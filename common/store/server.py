@@ -10,9 +10,10 @@ from urllib.parse import urlparse
 import clickhouse_connect
 import pandas as pd
 import pyarrow as pa
+from clickhouse_connect.driver.external import ExternalData
 
 from common.settings import Settings
-from common.store.base import StoreError, check_table, frame_rows, insert_settings
+from common.store.base import StoreError, check_table, frame_rows, insert_settings, known_keys_sql
 
 
 class ServerStore:
@@ -68,6 +69,30 @@ class ServerStore:
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         frame = self.query_df(sql, params)
         return None if frame.empty else frame.iat[0, 0]
+
+    def known_keys(
+        self,
+        table: str,
+        column: str,
+        keys: pa.Array,
+        where: str = "1",
+        params: Mapping[str, Any] | None = None,
+    ) -> pa.Array:
+        sink = pa.BufferOutputStream()
+        probe = pa.table({"key": pa.array(keys, pa.string())})
+        with pa.ipc.new_file(sink, probe.schema) as writer:
+            writer.write_table(probe)
+        external = ExternalData(
+            file_name="probe.arrow",
+            data=sink.getvalue().to_pybytes(),
+            fmt="Arrow",
+            structure="key String",
+        )
+        sql = known_keys_sql(table, column, where, "probe")
+        result = self._run(
+            self._client.query_arrow, sql, parameters=dict(params or {}), external_data=external
+        )
+        return result["key"].combine_chunks()
 
     def insert_df(
         self,

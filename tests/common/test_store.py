@@ -52,6 +52,19 @@ def test_migrate_adds_columns_that_came_after_a_table_was_created(store):
     assert "late_rows" in columns()
 
 
+def test_known_keys_finds_which_keys_a_table_holds_however_many_are_asked(store):
+    job = f"keys-{uuid.uuid4().hex[:8]}"
+    odd = "x'); DROP TABLE model_events; --\\"
+    held = _events(3, job).assign(detail=[f"{job}-a", odd, f"{job}-c"])
+    store.insert_df("model_events", held)
+    store.insert_df("model_events", _events(1, f"{job}-other").assign(detail=[f"{job}-b"]))
+    asked = pa.array([f"{job}-a", f"{job}-b", odd, *(f"{job}-n{i}" for i in range(100_000))])
+    found = store.known_keys("model_events", "detail", asked, "job = {job:String}", {"job": job})
+    assert sorted(found.to_pylist()) == sorted([f"{job}-a", odd])
+    with pytest.raises(StoreError, match="bad column name"):
+        store.known_keys("model_events", "detail; DROP TABLE x", asked)
+
+
 def test_every_known_table_exists(store):
     existing = set(
         store.query_df("SELECT name FROM system.tables WHERE database = currentDatabase()")["name"]

@@ -26,9 +26,11 @@ from streaming.runtime import (
     check_source,
     checkpoint_location,
     classify_events,
+    deduplicate_events,
     hit_kafka_metrics_bug,
     kafka_lag,
     kafka_source_options,
+    late_rows,
     parse_events,
     read_topic,
     run_queries,
@@ -280,6 +282,44 @@ def test_queries_record_progress_and_stop_between_batches(
     )
     assert last["lag_messages"][0] == 0 and last["batch_duration_ms"][0] > 0
     assert last["late_rows"][0] == 0  # the query has no watermark: nothing is late
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_events_beyond_the_watermark_are_dropped_and_counted(
+    spark: SparkSession, settings, kafka
+) -> None:
+    from common import stack
+
+    tag = uuid.uuid4().hex[:8]
+    topic, job = f"runtime-late-{tag}", f"runtime-late-{tag}"
+    stack.ensure_topics(settings.model_copy(update={"inventory_topic": topic}), 1)
+    kept: list[str] = []
+
+    def keep(batch: DataFrame, batch_id: int) -> None:
+        kept.extend(row.event_id for row in batch.select("event_id").collect())
+
+    valid, _ = parse_events(
+        read_topic(spark, settings, topic, job), INVENTORY_EVENT_SCHEMA, job=job
+    )
+    events = deduplicate_events(valid, "10 minutes")
+    query = start_query(events, job=job, query_name=f"{job}-q", settings=settings, sink=keep)
+    try:
+        produce(kafka, topic, [encoded({**GOOD, "event_id": "on-time"})])  # 10:00
+        query.processAllAvailable()
+        behind = {"event_time": "2026-04-01T09:45:00Z", "event_id": "beyond"}  # 15 minutes
+        within = {"event_time": "2026-04-01T09:55:00Z", "event_id": "within"}  # 5 minutes
+        produce(kafka, topic, [encoded({**GOOD, **behind}), encoded({**GOOD, **within})])
+        query.processAllAvailable()
+
+        def dropped() -> int:
+            return sum(late_rows(p.stateOperators) for p in query.recentProgress)
+
+        wait_for(lambda: dropped() > 0, 30, "the late event in the progress")
+    finally:
+        query.stop()
+    assert sorted(kept) == ["on-time", "within"]
+    assert dropped() == 1
 
 
 @pytest.mark.services

@@ -21,7 +21,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.testing import assertDataFrameEqual
 
-from streaming.runtime import late_rows
 from streaming.sales import (
     AnomalyRules,
     detect_sales_anomalies,
@@ -416,6 +415,57 @@ def test_a_new_checkpoint_does_not_take_its_batches_for_replays(
 
 @pytest.mark.services
 @pytest.mark.spark
+def test_a_checkpoint_of_the_stateful_query_is_retired_and_the_job_resumes_from_its_offsets(
+    spark, settings, kafka, store
+) -> None:
+    from streaming.runtime import (
+        checkpoint_location,
+        deduplicate_events,
+        read_topic,
+        run_queries,
+        start_query,
+    )
+    from streaming.sales import build_queries, parse_sales, query_names
+
+    day, tag = dt.date(2026, 3, 15), uuid.uuid4().hex[:6]
+    shop, topic, job = f"S-{tag}", f"sales-upgrade-{tag}", f"sales-upgrade-{tag}"
+    create_topic(settings, topic, partitions=1)
+    job_settings = settings.model_copy(update={"sales_topic": topic})
+    events_query = query_names(job)["events"]
+    before = [
+        sale(f"a{i}-{tag}", at(day, f"10:0{i}:00"), f"ta{i}", shop, "c", 1, 2.0) for i in range(3)
+    ]
+    produce(kafka, topic, before)
+    # The query as released before 2026-12-05: Spark's deduplication state in its checkpoint.
+    valid, _ = parse_sales(read_topic(spark, job_settings, topic, job), job)
+    old = start_query(
+        deduplicate_events(valid),
+        job=job,
+        query_name=events_query,
+        settings=job_settings,
+        sink=lambda batch, batch_id: batch.count(),
+        available_now=True,
+    )
+    old.awaitTermination()
+    after = [
+        sale(f"b{i}-{tag}", at(day, f"10:1{i}:00"), f"tb{i}", shop, "c", 1, 2.0) for i in range(3)
+    ]
+    produce(kafka, topic, after)
+
+    queries = build_queries(spark, job_settings, job=job, available_now=True)
+    run_queries(spark, queries, job=job, settings=job_settings)
+
+    stored = store.query_df(
+        "SELECT event_id FROM sales_events WHERE store_id = {s:String}", {"s": shop}
+    )
+    assert sorted(stored.event_id) == sorted(e["event_id"] for e in after)  # none read twice
+    folder = checkpoint_location(job_settings, job, events_query).parent
+    assert len(list(folder.glob(f"{events_query}.stateful-*"))) == 1
+    assert not (folder / events_query / "state").exists()
+
+
+@pytest.mark.services
+@pytest.mark.spark
 def test_stream_counts_duplicates_and_late_events_once(
     spark, settings, kafka, store, sales_job
 ) -> None:
@@ -432,27 +482,87 @@ def test_stream_counts_duplicates_and_late_events_once(
     # First batch: everything but e3, and e2 twice (a producer re-send).
     produce(kafka, topic, [e["e1"], e["e2"], e["e2"], e["e4"], e["e5"], e["e6"]])
     drain(queries)
-    # Second batch: e3 arrives twice, 4.5 minutes behind the newest event (within the 10-minute
-    # watermark: it counts, once), e1 again (dropped), and an event 26 minutes behind (beyond the
-    # watermark: dropped).
+    # Second batch: e3 twice, 4.5 minutes behind the newest event, e1 again, and an event 26
+    # minutes behind, beyond the 10-minute watermark: late events count, once, however late.
     too_late = sale(f"e7-{tag}", at(day, "09:40:00"), "t9", s1, "c9", 9, 99.0)
     produce(kafka, topic, [e["e3"], e["e3"], e["e1"], too_late])
+    drain(queries)
+    # Third batch: repeats only, long after the first copies.
+    produce(kafka, topic, [too_late, e["e2"], e["e6"]])
     drain(queries)
 
     raw = store.query_df(
         "SELECT event_id FROM sales_events WHERE endsWith(store_id, {s:String})", {"s": f"-{tag}"}
     )
-    assert sorted(raw["event_id"]) == sorted(ev["event_id"] for ev in e.values())
-    expected = spark.createDataFrame(hand_windows(day, s1, s2), METRIC_COLUMNS)
+    assert sorted(raw["event_id"]) == sorted([*(ev["event_id"] for ev in e.values()), f"e7-{tag}"])
+    late_windows = [  # e7 alone (09:40, s1, 9 units, 99.00), by hand
+        (start, start + dt.timedelta(minutes=5), store_id, 99.0, 1, 1, 9, 1, 99.0, 9.0)
+        for store_id in (s1, "ALL")
+        for start in (at(day, f"09:{minute}:00").replace(tzinfo=None) for minute in range(36, 41))
+    ]
+    expected = spark.createDataFrame(hand_windows(day, s1, s2) + late_windows, METRIC_COLUMNS)
     assertDataFrameEqual(metrics_frame(spark, store_metrics(store, day, tag)), expected)
     assert all(q.isActive for q in queries)
 
-    # The dropped event is reported (the stream_progress column and a warning in the log).
-    def reported() -> int:
-        return sum(late_rows(p.stateOperators) for p in queries[0].recentProgress)
 
-    wait_for(lambda: reported() >= 1, 30, "the late event in the progress", interval_s=0.2)
-    assert reported() == 1
+class CrashBefore:
+    """A store whose insert into ``table`` fails: the job dies between two writes of a batch."""
+
+    def __init__(self, table: str, store) -> None:
+        self.table, self.store = table, store
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def insert_df(self, table: str, *args, **kwargs):
+        if table == self.table:
+            raise RuntimeError(f"crash before the {table} insert")
+        return self.store.insert_df(table, *args, **kwargs)
+
+
+@pytest.mark.spark
+def test_a_replayed_batch_writes_what_its_first_attempt_did(spark, settings, store) -> None:
+    from streaming.runtime import watermark_classified
+    from streaming.sales import SalesBatchWriter, classify_sales
+
+    day, tag = dt.date(2026, 3, 14), uuid.uuid4().hex[:6]
+    s1, s2 = f"S1-{tag}", f"S2-{tag}"
+    events = hand_events(day, s1, s2)
+    for event in events:
+        event["event_id"] = f"{event['event_id']}-{tag}"
+    records = [*events, events[1]]  # e2 twice in the batch
+    kafka_time = dt.datetime(2026, 3, 12, 10, 7)
+    raw = spark.createDataFrame(
+        [("t", 0, offset, json.dumps(r).encode(), kafka_time) for offset, r in enumerate(records)],
+        "topic string, partition int, offset long, value binary, timestamp timestamp",
+    )
+    batch = watermark_classified(classify_sales(raw))
+    writer = SalesBatchWriter(spark, settings, query_name=f"sales-replay-{tag}")
+
+    def stored() -> tuple[int, int, int]:
+        counts = store.query_df(
+            "SELECT count() AS n, uniqExact(event_id) AS ids FROM sales_events "
+            "WHERE endsWith(store_id, {s:String})",
+            {"s": f"-{tag}"},
+        )
+        line_items = store.scalar(
+            "SELECT sum(line_items) FROM sales_panes WHERE store_id = 'ALL' "
+            "AND toDate(pane_start) = {d:Date}",
+            {"d": day},
+        )
+        return int(counts["n"][0]), int(counts["ids"][0]), int(line_items or 0)
+
+    writer.store = CrashBefore("sales_panes", store)  # the events are in, their panes are not
+    with pytest.raises(RuntimeError, match="crash before the sales_panes insert"):
+        writer(batch, 0)
+    assert stored() == (6, 6, 0)
+    writer.store = store
+    writer(batch, 0)  # the replay: the events it finds are its own, not repeats
+    assert stored() == (6, 6, 6)
+    writer(batch, 1)  # the same events again in a later batch: repeats, nothing added
+    assert stored() == (6, 6, 6)
+    expected = spark.createDataFrame(hand_windows(day, s1, s2), METRIC_COLUMNS)
+    assertDataFrameEqual(metrics_frame(spark, store_metrics(store, day, tag)), expected)
 
 
 @pytest.mark.services
@@ -628,7 +738,7 @@ def test_sigkill_and_restart_write_every_event_exactly_once(
     )
     assert (counts["rows"][0], counts["ids"][0]) == (len(events), len(events))
     stored_events = store.query_df(
-        "SELECT * EXCEPT (source, ingested_at) FROM sales_events "
+        "SELECT * EXCEPT (source, ingested_at, ingest_token) FROM sales_events "
         "WHERE endsWith(store_id, {s:String})",
         {"s": f"-{tag}"},
     )
