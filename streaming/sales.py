@@ -9,11 +9,11 @@ Pure transforms (static or streaming frames): ``parse_sales``/``classify_sales``
 wiring and ``main()`` starts the query.
 
 How a micro-batch becomes store rows (results do not depend on how events fall into batches):
-valid events are deduplicated by ``event_id`` within the watermark, then each batch inserts its
-dead letters, raw events and 1-minute pane partials (sums in cents, distinct id arrays) with the
-token ``<query>.<stream id>-<batch id>`` (``stream_token``); the 5-minute windows touched by the
-batch are recomputed from all partials of their panes (``sum`` and ``uniqExactArray``: exact) and
-replace their earlier rows.
+each batch keeps the first of each ``event_id`` that ``sales_events`` does not hold yet (late or
+not: nothing valid is dropped), then inserts its dead letters, raw events and 1-minute pane
+partials (sums in cents, distinct id arrays) with the token ``<query>.<stream id>-<batch id>``
+(``stream_token``); the 5-minute windows touched by the batch are recomputed from all partials of
+their panes (``sum`` and ``uniqExactArray``: exact) and replace their earlier rows.
 """
 
 from __future__ import annotations
