@@ -120,7 +120,10 @@ class Settings(BaseSettings):
         120.0, ge=0, description="serving: first wait this long for `retail promote` to write them"
     )
     sales_watermark_minutes: int = Field(
-        10, ge=1, le=1440, description="sales: how far behind the newest event an event counts"
+        10,
+        ge=1,
+        le=1440,
+        description="sales: how far behind the newest event time a window closes (to be judged)",
     )
     sales_anomaly_z: float = Field(
         3.5, gt=0, description="sales: robust z-score (median/MAD) from which a window is anomalous"
