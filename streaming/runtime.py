@@ -42,7 +42,8 @@ Running
     own checkpoint ``<query>.console``). ``run_queries(spark, queries, job=..., settings=...)`` waits
     for them, records progress (input and processed rate, batch duration, Kafka lag, watermark) to
     the log and the ``stream_progress`` table, stops them gracefully on SIGTERM/SIGINT (the running
-    batch finishes first) and stops them all when one fails.
+    batch finishes first; the next one is parked before it reads anything, see ``BatchGate``) and
+    stops them all when one fails.
 """
 
 from __future__ import annotations
@@ -418,6 +419,71 @@ def checkpoint_location(settings: Settings, job: str, query_name: str) -> Path:
     return location
 
 
+class BatchGate:
+    """Lets a stop land between two micro-batches of a ``foreachBatch`` query.
+
+    Spark's ``StreamingQuery.stop()`` interrupts the running batch, and under steady input a batch
+    is always running: the stop would cut a batch function short between two of its writes (safe,
+    since replays write nothing twice, but the batch's work is lost). Once ``close()`` is called,
+    the next batch parks at its start, before it reads or writes anything, in a JVM sleep on the
+    query's own thread; ``stop()`` interrupts that sleep, which Spark counts as a stop rather than
+    a failure (SPARK-39218). The parked batch was only planned: the next start runs it.
+    """
+
+    PARK_MS = 600_000  # far longer than a stop takes; a batch never leaves the park by itself
+
+    def __init__(self, sink: BatchFunction) -> None:
+        self.sink = sink
+        self.closing = threading.Event()
+        self.parked = threading.Event()
+
+    def close(self) -> None:
+        """Park the next batch (the running one finishes)."""
+        self.closing.set()
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        if self.closing.is_set():
+            self._park(batch, batch_id)
+        self.sink(batch, batch_id)
+
+    def _park(self, batch: DataFrame, batch_id: int) -> None:
+        """Wait for ``stop()`` and end the batch with an error Spark reads as the stop. Never
+        returns: Spark would commit a batch that returned, with nothing written."""
+        from py4j.protocol import Py4JJavaError
+
+        self.parked.set()
+        log.info("batch %d parked before it started: the query is stopping", batch_id)
+        jvm = batch.sparkSession.sparkContext._jvm  # noqa: SLF001 - py4j's view of the JVM
+        try:
+            jvm.java.lang.Thread.sleep(self.PARK_MS)  # runs on the query's thread (pinned mode)
+        except Py4JJavaError as interrupted:
+            # Spark tells a stop from a failure by matching the text Python sends back against
+            # "py4j.protocol.Py4JJavaError: An error occurred while calling ... InterruptedException"
+            # with a regex that overflows the stack on a full Java trace: send that line only.
+            if "InterruptedException" not in str(interrupted.java_exception.toString()):
+                raise
+            raise BatchParked(
+                f"py4j.protocol.Py4JJavaError: {interrupted.errmsg.strip()} "
+                f"{interrupted.java_exception.toString()}"
+            ) from None
+        raise BatchParked(f"batch {batch_id} was parked for a stop that never came")
+
+
+class BatchParked(Exception):  # noqa: N818 - it is the event, not an error of the job
+    """A parked batch was interrupted by ``stop()`` (see ``BatchGate``)."""
+
+
+class _NotAParkedBatch(logging.Filter):
+    """py4j logs every exception a Python callback raises as an ERROR; a parked batch's is the
+    stop working as meant."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[0] is BatchParked)
+
+
+logging.getLogger("py4j.clientserver").addFilter(_NotAParkedBatch())
+
+
 def start_query(
     frame: DataFrame,
     *,
@@ -436,7 +502,8 @@ def start_query(
         writer = writer.format("console").option("truncate", "false").option("numRows", 50)
     else:
         location = checkpoint_location(settings, job, query_name)
-        writer = writer.foreachBatch(sink)
+        gate = BatchGate(sink)
+        writer = writer.foreachBatch(gate)
     writer = writer.option("checkpointLocation", str(location))
     if available_now:
         writer = writer.trigger(availableNow=True)
@@ -444,12 +511,16 @@ def start_query(
         writer = writer.trigger(processingTime=trigger_interval)
     query = writer.start()
     _RESTARTS[str(query.id)] = writer.start
+    if sink != CONSOLE:
+        _GATES[str(query.id)] = gate
     log.info("started query %s of job %s (checkpoint %s)", query_name, job, location)
     return query
 
 
 # How to start each query again from its checkpoint (by query id, which a restart keeps).
 _RESTARTS: dict[str, Callable[[], StreamingQuery]] = {}
+# The gate of each foreachBatch query (by query id), through which a stop parks its next batch.
+_GATES: dict[str, BatchGate] = {}
 MAX_RESTARTS = 3
 
 
@@ -595,10 +666,21 @@ class _StopRequest:
 
 
 def stop_gracefully(query: StreamingQuery, timeout_s: float = 60.0) -> None:
-    """Let the running batch (if any) finish, then stop ``query``."""
+    """Let the running batch (if any) finish, then stop ``query`` between two batches: when it is
+    idle or, under steady input, with its next batch parked by its ``BatchGate`` (a console query
+    has none: it is stopped when idle). After ``timeout_s`` it is stopped wherever it is."""
+    gate = _GATES.get(str(query.id))
+    if gate is not None:
+        gate.close()
+
+    def between_batches() -> bool:
+        return (gate is not None and gate.parked.is_set()) or not query.status.get(
+            "isTriggerActive"
+        )
+
     deadline = time.monotonic() + timeout_s
-    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while query.isActive and not between_batches() and time.monotonic() < deadline:
+        time.sleep(0.05)
     query.stop()
 
 

@@ -284,6 +284,57 @@ def test_queries_record_progress_and_stop_between_batches(
     assert last["late_rows"][0] == 0  # the query has no watermark: nothing is late
 
 
+@pytest.mark.spark
+def test_a_stop_under_steady_input_lands_between_batches_and_loses_nothing(
+    spark: SparkSession, settings, kafka, store, tmp_path
+) -> None:
+    """Under a backlog a batch is always running: the stop must still let it finish, park the next
+    one before it starts, and the next start must run that one (every event once)."""
+    from common import stack
+
+    tag = uuid.uuid4().hex[:8]
+    topic, job = f"runtime-busy-{tag}", f"runtime-busy-{tag}"
+    stack.ensure_topics(
+        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic}), 2
+    )
+    produce(kafka, topic, [encoded({**GOOD, "event_id": f"e{i}"}) for i in range(300)])
+    tuned = settings.model_copy(
+        update={"max_offsets_per_trigger": 10, "checkpoint_dir": tmp_path / "checkpoints"}
+    )
+    started: list[int] = []
+    finished: list[tuple[int, list[str]]] = []  # a batch run twice would be here twice
+
+    def slow_sink(batch: DataFrame, batch_id: int) -> None:
+        started.append(batch_id)
+        ids = [row.event_id for row in batch.select("event_id").collect()]
+        time.sleep(0.3)  # the batch's work: a backlog of 30 batches takes 9 s or more
+        finished.append((batch_id, ids))
+
+    def run(sink: Callable[[DataFrame, int], None], until: Callable[[], bool]) -> None:
+        valid, _ = parse_events(
+            read_topic(spark, tuned, topic, job), INVENTORY_EVENT_SCHEMA, job=job
+        )
+        query = start_query(valid, job=job, query_name=f"{job}-q", settings=tuned, sink=sink)
+        stop = threading.Event()
+        threading.Thread(
+            target=lambda: (wait_for(until, 180, "the batches"), stop.set()), daemon=True
+        ).start()
+        queries = run_queries(spark, [query], job=job, settings=tuned, stop=stop)
+        assert not queries[0].isActive and queries[0].exception() is None
+
+    run(slow_sink, lambda: len(finished) >= 3)
+
+    first_run = sum(len(ids) for _, ids in finished)
+    assert first_run < 300, "the stop waited for the backlog to drain"
+    assert started == [batch_id for batch_id, _ in finished], "a batch was cut short"
+    commits = tuned.checkpoint_root / job / f"{job}-q" / "commits"
+    assert sorted(int(p.name) for p in commits.glob("[0-9]*")) == started
+
+    run(slow_sink, lambda: sum(len(ids) for _, ids in finished) >= 300)
+    every = [i for _, ids in finished for i in ids]
+    assert sorted(every) == sorted(f"e{i}" for i in range(300))  # each event once
+
+
 @pytest.mark.services
 @pytest.mark.spark
 def test_events_beyond_the_watermark_are_dropped_and_counted(
