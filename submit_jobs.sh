@@ -63,14 +63,22 @@ start_background() {  # start_background <job> <retail args...>
   echo "$job submitted (pid $!, log $LOG_DIR/$job.log)"
 }
 
+wait_gone() {  # wait_gone <pid> <seconds>: true once the process has exited
+  for _ in $(seq "$2"); do kill -0 "$1" 2>/dev/null || return 0; sleep 1; done
+  ! kill -0 "$1" 2>/dev/null
+}
+
 stop_job() {
   local pidfile=$RUN_DIR/$1.pid
   [ -f "$pidfile" ] || return 0
-  local pid; pid=$(cat "$pidfile")
+  local pid driver; pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
+    # SIGTERM to spark-submit's JVM stops the queries mid-batch: signal the Python driver alone,
+    # which finishes the running micro-batch, stops its queries and exits (the JVM follows).
+    driver=$(pgrep -g "$pid" -f "^$PY .*cli\.py" || true)
+    if [ -n "$driver" ]; then kill -TERM $driver; else kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"; fi
+    wait_gone "$pid" 90 || { kill -TERM -- "-$pid" 2>/dev/null || true; wait_gone "$pid" 30; } \
+      || kill -KILL -- "-$pid" 2>/dev/null || true
     echo "$1 stopped"
   fi
   rm -f "$pidfile"

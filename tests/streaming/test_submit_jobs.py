@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -79,3 +80,77 @@ def test_the_sales_job_runs_through_spark_submit(
     assert (int(stored.events[0]), float(stored.revenue[0])) == (12, 36.0)
     dead = store.scalar("SELECT count() FROM dead_letters WHERE topic = {t:String}", {"t": topic})
     assert dead == 1
+
+
+def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
+    services: Settings, store: Store, tmp_path: Path
+) -> None:
+    """`./submit_jobs.sh stop` in the middle of a backlog: every committed micro-batch is stored
+    whole and no other one partly; the next start stores every event once."""
+    from kafka import KafkaProducer
+
+    from common import stack
+
+    shop = f"stop-{uuid.uuid4().hex[:6]}"
+    topic = f"sales-{shop}"
+    stack.ensure_topics(services.model_copy(update={"sales_topic": topic}))
+    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap_servers, acks="all")
+    events = 3000
+    for index in range(events):
+        event = sale(index % 60, shop) | {"event_id": f"{shop}-{index}"}
+        producer.send(
+            topic, key=event_key(shop, event["product_id"]), value=json.dumps(event).encode()
+        )
+    producer.flush()
+    producer.close()
+    checkpoints = tmp_path / "checkpoints"
+    env = os.environ | {
+        "SALES_TOPIC": topic,
+        "CHECKPOINT_DIR": str(checkpoints),
+        "MAX_OFFSETS_PER_TRIGGER": "100",  # about 30 micro-batches
+    }
+    log = services.data_root / "logs" / "sales.log"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["./submit_jobs.sh", *args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    def stored() -> int:
+        return int(
+            store.scalar(
+                "SELECT count() FROM sales_events WHERE store_id = {s:String}", {"s": shop}
+            )
+        )
+
+    assert run("sales").returncode == 0
+    try:
+        deadline = time.monotonic() + 300
+        while stored() < 300:  # a few micro-batches in
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        stopped = run("stop")
+    assert stopped.returncode == 0 and "sales stopped" in stopped.stdout, stopped.stderr
+
+    query = checkpoints / "sales-stream" / "sales-stream-events"
+    last = max(int(p.name) for p in (query / "commits").glob("[0-9]*"))
+    ends = json.loads((query / "offsets" / str(last)).read_text().splitlines()[2])[topic]
+    assert stored() < events, "the job drained the backlog before the stop"
+    assert stored() == sum(ends.values()), "what is stored is not what was committed"
+    assert "job sales-stream stopped" in log.read_text()
+
+    restarted = run("--foreground", "stream", "sales", "--available-now")
+    assert restarted.returncode == 0, restarted.stderr[-4000:]
+    counts = store.query_df(
+        "SELECT count() AS rows, uniqExact(event_id) AS ids FROM sales_events "
+        "WHERE store_id = {s:String}",
+        {"s": shop},
+    )
+    assert (int(counts.rows[0]), int(counts.ids[0])) == (events, events)
