@@ -40,6 +40,19 @@ def sale(index: int, shop: str) -> dict:
     }
 
 
+def submit_jobs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``./submit_jobs.sh <args>`` with ``env``, its output captured."""
+    return subprocess.run(
+        ["./submit_jobs.sh", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
 def test_the_sales_job_runs_through_spark_submit(
     services: Settings, store: Store, tmp_path: Path
 ) -> None:
@@ -61,15 +74,7 @@ def test_the_sales_job_runs_through_spark_submit(
     producer.close()
 
     env = os.environ | {"SALES_TOPIC": topic, "CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
-    completed = subprocess.run(
-        ["./submit_jobs.sh", "--foreground", "stream", "sales", "--available-now"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    completed = submit_jobs(env, "--foreground", "stream", "sales", "--available-now")
 
     assert completed.returncode == 0, completed.stderr[-4000:]
     stored = store.query_df(
@@ -111,17 +116,6 @@ def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
     }
     log = services.data_root / "logs" / "sales.log"
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["./submit_jobs.sh", *args],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-
     def stored() -> int:
         return int(
             store.scalar(
@@ -129,14 +123,14 @@ def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
             )
         )
 
-    assert run("sales").returncode == 0
+    assert submit_jobs(env, "sales").returncode == 0
     try:
         deadline = time.monotonic() + 300
         while stored() < 300:  # a few micro-batches in
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
     finally:
-        stopped = run("stop")
+        stopped = submit_jobs(env, "stop")
     assert stopped.returncode == 0 and "sales stopped" in stopped.stdout, stopped.stderr
 
     query = checkpoints / "sales-stream" / "sales-stream-events"
@@ -146,7 +140,7 @@ def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
     assert stored() == sum(ends.values()), "what is stored is not what was committed"
     assert "job sales-stream stopped" in log.read_text()
 
-    restarted = run("--foreground", "stream", "sales", "--available-now")
+    restarted = submit_jobs(env, "--foreground", "stream", "sales", "--available-now")
     assert restarted.returncode == 0, restarted.stderr[-4000:]
     counts = store.query_df(
         "SELECT count() AS rows, uniqExact(event_id) AS ids FROM sales_events "
