@@ -497,6 +497,7 @@ def start_query(
 ) -> StreamingQuery:
     """Start ``frame`` as a named query into ``sink`` (a foreachBatch function or ``"console"``)."""
     writer = frame.writeStream.queryName(query_name).outputMode(output_mode)
+    gate = None
     if sink == CONSOLE:
         location = checkpoint_location(settings, job, f"{query_name}.console")
         writer = writer.format("console").option("truncate", "false").option("numRows", 50)
@@ -511,7 +512,7 @@ def start_query(
         writer = writer.trigger(processingTime=trigger_interval)
     query = writer.start()
     _RESTARTS[str(query.id)] = writer.start
-    if sink != CONSOLE:
+    if gate is not None:
         _GATES[str(query.id)] = gate
     log.info("started query %s of job %s (checkpoint %s)", query_name, job, location)
     return query

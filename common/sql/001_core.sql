@@ -43,16 +43,11 @@ CREATE TABLE IF NOT EXISTS inventory_events (
     lead_time_days Float64,
     unit_cost Float64,
     source LowCardinality(String) DEFAULT 'stream',
-    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3),
-    ingest_token LowCardinality(String) DEFAULT ''
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (toDate(event_time), store_id, product_id, event_id)
 SETTINGS non_replicated_deduplication_window = 10000;
-
--- ingest_token (the streaming batch that stored the event: its replays are not repeats) came after
--- the first release.
-ALTER TABLE sales_events ADD COLUMN IF NOT EXISTS ingest_token LowCardinality(String) DEFAULT '';
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     topic LowCardinality(String),
