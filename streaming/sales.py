@@ -635,8 +635,9 @@ SELECT 'ALL' AS store_id, forecast_date, sum(units) AS expected_units_day,
 FROM latest GROUP BY forecast_date
 """
 
-HORIZON_SQL = (
-    "SELECT max(judged_until) FROM sales_anomaly_horizon FINAL WHERE query_name = {query:String}"
+HORIZON_SQL = (  # NULL for a new query (plain max() of no rows is 1970-01-01 in ClickHouse)
+    "SELECT maxOrNull(judged_until) FROM sales_anomaly_horizon FINAL "
+    "WHERE query_name = {query:String}"
 )
 
 

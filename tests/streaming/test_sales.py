@@ -651,6 +651,42 @@ def test_poison_records_go_to_dead_letters_and_the_query_goes_on(
     )
 
 
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
+    spark, settings, kafka, store, sales_job
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    shop = f"S-{tag}"
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    surge = now - dt.timedelta(minutes=40)
+    steady = [  # a sale of 10.00 every minute for 2 hours 15 minutes
+        sale(f"m{m}-{tag}", now - dt.timedelta(minutes=m), f"t{m}", shop, "c1", 1, 10.0)
+        for m in range(150, 14, -1)
+    ]
+    rush = [sale(f"r{i}-{tag}", surge, f"r{i}", shop, f"c{i}", 1, 10.0) for i in range(10)]
+    topic = f"sales-surge-{tag}"
+    create_topic(settings, topic)
+    queries = sales_job(topic, anomaly_interval_s=0.0)
+    produce(kafka, topic, [*steady, *rush])
+    drain(queries)
+
+    flagged = store.query_df(
+        "SELECT window_start, metric, direction, severity, observed, expected "
+        "FROM sales_anomalies FINAL WHERE store_id = {s:String} ORDER BY metric, window_start",
+        {"s": shop},
+    )
+    surge_windows = [
+        (surge - dt.timedelta(minutes=k)).replace(tzinfo=None) for k in range(4, -1, -1)
+    ]
+    for metric, observed, usual in (("revenue", 150.0, 50.0), ("units", 15.0, 5.0)):
+        rows = flagged[flagged["metric"] == metric]
+        starts = [pd.Timestamp(t).tz_localize(None).to_pydatetime() for t in rows["window_start"]]
+        assert starts == surge_windows, metric
+        assert set(rows["direction"]) == {"above"} and set(rows["severity"]) == {"critical"}
+        assert set(rows["observed"]) == {observed} and set(rows["expected"]) == {usual}
+
+
 def many_events(day: dt.date, tag: str, count: int) -> list[dict]:
     """``count`` line items over 20 minutes of ``day`` in 4 stores (2-3 items per basket)."""
     events = []
