@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     serving_refresh_after_s: float = Field(
         120.0, ge=0, description="serving: first wait this long for `retail promote` to write them"
     )
+    event_max_lead_minutes: int = Field(
+        1440,
+        ge=1,
+        description="events: how far an event time may run ahead of its Kafka timestamp (a producer "
+        "clock ahead); further is an impossible value, a dead letter",
+    )
     sales_watermark_minutes: int = Field(
         10,
         ge=1,

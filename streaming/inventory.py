@@ -315,9 +315,14 @@ def inventory_checks() -> tuple[Check, ...]:
     )
 
 
-def parse_inventory(raw: DataFrame, job: str = JOB) -> tuple[DataFrame, DataFrame]:
-    """Raw Kafka records -> (valid inventory events, dead letters)."""
-    return parse_events(raw, INVENTORY_EVENT_SCHEMA, inventory_checks(), job=job)
+def parse_inventory(
+    raw: DataFrame, job: str = JOB, max_lead_minutes: int | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """Raw Kafka records -> (valid inventory events, dead letters) (``max_lead_minutes``: see
+    ``classify_events``)."""
+    return parse_events(
+        raw, INVENTORY_EVENT_SCHEMA, inventory_checks(), job=job, max_lead_minutes=max_lead_minutes
+    )
 
 
 # ---------------------------------------------------------------- thresholds from the store
@@ -1454,7 +1459,7 @@ def build_queries(
     """Start the inventory job's queries: the stateful changes into the store, dead letters."""
     changes_query, dead_query = query_names
     raw = read_topic(spark, settings, settings.inventory_topic, JOB)
-    valid, dead = parse_inventory(raw)
+    valid, dead = parse_inventory(raw, max_lead_minutes=settings.event_max_lead_minutes)
     events = deduplicate_events(valid, f"{rules.late_minutes} minutes")
     common = {"job": JOB, "settings": settings, "available_now": available_now}
     if console:

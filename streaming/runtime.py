@@ -18,11 +18,14 @@ Reading and parsing
     ``error`` column (null when the record is good), for a job that writes both from one query.
     A record is dead when it is empty, not UTF-8 (the payload is then kept as base64), not a JSON
     object, has a value of the wrong type, misses a required field, has an unreadable timestamp or
-    fails one of the job's ``Check`` rules (``Check("quantity must be > 0", col("quantity") > 0)``).
-    Bad records never raise: the query keeps running.
+    fails one of the job's ``Check`` rules (``Check("quantity must be > 0", col("quantity") > 0)``),
+    or (with ``max_lead_minutes``) has a time more than that far ahead of its Kafka timestamp: a
+    producer whose clock runs ahead. Bad records never raise: the query keeps running.
 
-    ``deduplicate_events(valid, delay)`` -> the events with a watermark on ``event_time`` and every
-    ``event_id`` kept once while it is within the watermark (``dropDuplicatesWithinWatermark``).
+    ``deduplicate_events(valid, delay)`` -> the events with a watermark and every ``event_id`` kept
+    once while it is within the watermark (``dropDuplicatesWithinWatermark``). Watermarks follow
+    ``event_time`` but never run ahead of the records' Kafka timestamps (``WATERMARK_TIME``), so an
+    event stamped in the future cannot make the events after it late.
     ``watermark_classified(classified, delay)`` watermarks a ``classify_events`` frame and drops
     nothing, so that one query writes both good and bad records (``valid_events`` and
     ``dead_letters`` split a batch again); the job then keeps each event once itself.
@@ -83,6 +86,7 @@ FETCH_BYTES_PER_PARTITION = 8 << 20
 MAX_POLL_RECORDS = 20_000  # Kafka's default of 500 costs a poll per 500 records of a backlog
 _CORRUPT = "_corrupt_record"
 _KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
+WATERMARK_TIME = "watermark_time"  # the event time, no later than the record's Kafka timestamp
 DEAD_LETTER_COLUMNS = [
     "topic",
     "kafka_partition",
@@ -156,13 +160,19 @@ def classify_events(
     *,
     job: str,
     time_fields: Sequence[str] = ("event_time",),
+    max_lead_minutes: int | None = None,
 ) -> DataFrame:
     """Parse every raw record against ``schema``; ``error`` says why a record is bad, else null.
+
+    With ``max_lead_minutes``, a time field later than the record's Kafka timestamp plus that many
+    minutes is an impossible value too (records with no Kafka timestamp are not judged).
 
     Output: the schema's fields (``time_fields`` as timestamps), the Kafka coordinates, the raw
     payload (text, or base64 when not UTF-8) with its encoding, ``error``, ``job`` and
     ``received_at``.
     """
+    if max_lead_minutes is not None:
+        checks = [*checks, *[_not_ahead(name, max_lead_minutes) for name in time_fields]]
     text = sf.col("value").cast("string")
     typed_schema = StructType([*schema.fields, StructField(_CORRUPT, StringType(), True)])
     as_text_schema = StructType([StructField(f.name, StringType(), True) for f in schema.fields])
@@ -263,6 +273,20 @@ def classify_events(
     )
 
 
+def _kafka_time_known() -> Column:
+    """A record's Kafka timestamp is set (a producer that sends none leaves -1 ms)."""
+    return sf.col("kafka_timestamp") > sf.lit(0).cast("timestamp")
+
+
+def _not_ahead(time_field: str, max_lead_minutes: int) -> Check:
+    """``time_field`` no later than the record's Kafka timestamp plus ``max_lead_minutes``."""
+    latest = sf.col("kafka_timestamp") + sf.expr(f"INTERVAL {max_lead_minutes} MINUTES")
+    return Check(
+        f"{time_field} is more than {max_lead_minutes} minutes ahead of its Kafka timestamp",
+        ~_kafka_time_known() | (sf.col(time_field) <= latest),
+    )
+
+
 def _all(conditions: Sequence[Column]) -> Column:
     """The conjunction of ``conditions`` (evaluated left to right, stopping at the first false)."""
     return functools.reduce(operator.and_, conditions)
@@ -290,9 +314,12 @@ def parse_events(
     *,
     job: str,
     time_fields: Sequence[str] = ("event_time",),
+    max_lead_minutes: int | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """Split raw Kafka records into ``(valid, dead)`` frames; see ``classify_events``."""
-    classified = classify_events(raw, schema, checks, job=job, time_fields=time_fields)
+    classified = classify_events(
+        raw, schema, checks, job=job, time_fields=time_fields, max_lead_minutes=max_lead_minutes
+    )
     return valid_events(classified, schema), dead_letters(classified)
 
 
@@ -302,30 +329,42 @@ def deduplicate_events(
     key: str = "event_id",
     time_column: str = "event_time",
 ) -> DataFrame:
-    """Watermark ``time_column`` by ``delay`` and keep each ``key`` once within the watermark.
+    """Watermark the events by ``delay`` and keep each ``key`` once within the watermark.
 
     Events older than the watermark are dropped by Spark (they are late beyond the allowed delay).
+    The watermark follows ``time_column`` bounded by the Kafka timestamps (``WATERMARK_TIME``, an
+    extra column of the output), so no windowed aggregation can follow (Spark allows one
+    watermark per query).
     """
-    return events.withWatermark(time_column, delay).dropDuplicatesWithinWatermark([key])
+    bounded = _with_watermark_time(events, time_column)
+    return bounded.withWatermark(WATERMARK_TIME, delay).dropDuplicatesWithinWatermark([key])
+
+
+def _with_watermark_time(frame: DataFrame, time_column: str) -> DataFrame:
+    """``frame`` with ``WATERMARK_TIME``: ``time_column``, or the record's Kafka timestamp when the
+    event claims a later time. A producer whose clock runs ahead then cannot move the watermark
+    past the time the broker took its records, which would make every event after it late."""
+    event_time, kafka_time = sf.col(time_column), sf.col("kafka_timestamp")
+    ahead = _kafka_time_known() & (event_time > kafka_time)
+    return frame.withColumn(WATERMARK_TIME, sf.when(ahead, kafka_time).otherwise(event_time))
 
 
 def watermark_classified(
     classified: DataFrame, delay: str = "10 minutes", time_column: str = "event_time"
 ) -> DataFrame:
-    """Watermark a ``classify_events`` frame on ``time_column`` by ``delay``, dropping nothing, so
-    that one query (one Kafka read) carries good and bad records. Bad records get a null
-    ``time_column`` (they never move the watermark) and only they keep ``raw_payload`` (what
-    ``dead_letters`` stores). With no stateful operator after it, the watermark (the newest event
-    time minus ``delay``) is reported in the progress and nothing is late: a job that keeps each
+    """Watermark a ``classify_events`` frame by ``delay`` (on ``WATERMARK_TIME``, see
+    ``deduplicate_events``), dropping nothing, so that one query (one Kafka read) carries good and
+    bad records. Bad records get a null ``time_column`` (they never move the watermark) and only
+    they keep ``raw_payload`` (what ``dead_letters`` stores). With no stateful operator after it,
+    the watermark (the newest bounded event time minus ``delay``) is reported in the progress and nothing is late: a job that keeps each
     event once by itself (the sales job, against its store) counts late events too. Split the
     batch with ``error``.
     """
     good = sf.col("error").isNull()
-    return (
-        classified.withColumn(time_column, sf.when(good, sf.col(time_column)))
-        .withColumn("raw_payload", sf.when(~good, sf.col("raw_payload")))
-        .withWatermark(time_column, delay)
+    kept = classified.withColumn(time_column, sf.when(good, sf.col(time_column))).withColumn(
+        "raw_payload", sf.when(~good, sf.col("raw_payload"))
     )
+    return _with_watermark_time(kept, time_column).withWatermark(WATERMARK_TIME, delay)
 
 
 class StepTimer:

@@ -52,7 +52,6 @@ from streaming.runtime import (
     check_source,
     checkpoint_location,
     classify_events,
-    deduplicate_events,
     parse_events,
     read_topic,
     run_queries,
@@ -101,14 +100,23 @@ def sales_checks() -> tuple[Check, ...]:
     )
 
 
-def parse_sales(raw: DataFrame, job: str = JOB) -> tuple[DataFrame, DataFrame]:
+def parse_sales(
+    raw: DataFrame, job: str = JOB, max_lead_minutes: int | None = None
+) -> tuple[DataFrame, DataFrame]:
     """Raw Kafka records -> (valid sales events, dead letters)."""
-    return parse_events(raw, SALES_EVENT_SCHEMA, sales_checks(), job=job)
+    return parse_events(
+        raw, SALES_EVENT_SCHEMA, sales_checks(), job=job, max_lead_minutes=max_lead_minutes
+    )
 
 
-def classify_sales(raw: DataFrame, job: str = JOB) -> DataFrame:
-    """Raw Kafka records -> every record parsed, with ``error`` null for a valid sales event."""
-    return classify_events(raw, SALES_EVENT_SCHEMA, sales_checks(), job=job)
+def classify_sales(
+    raw: DataFrame, job: str = JOB, max_lead_minutes: int | None = None
+) -> DataFrame:
+    """Raw Kafka records -> every record parsed, with ``error`` null for a valid sales event
+    (``max_lead_minutes``: see ``classify_events``)."""
+    return classify_events(
+        raw, SALES_EVENT_SCHEMA, sales_checks(), job=job, max_lead_minutes=max_lead_minutes
+    )
 
 
 RAW_SALES_COLUMNS = SALES_EVENT_SCHEMA.fieldNames()  # sales_events.source defaults to 'stream'
@@ -844,7 +852,9 @@ class SalesBatchWriter:
             value = self.store.scalar(HORIZON_SQL, {"query": self.query_name})
             self._judged_until = None if pd.isna(value) or value is None else _naive_utc(value)
             self._horizon_loaded = True
-        closed = _minute_floor(max_event_time - self.watermark_delay)
+        # A window has not closed before its end has passed, whatever a clock ahead stamped.
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        closed = _minute_floor(min(_naive_utc(max_event_time), now) - self.watermark_delay)
         baseline_span = dt.timedelta(minutes=self.rules.baseline_minutes + WINDOW_MINUTES)
         # A new job judges from one baseline span back; a long backlog is judged in steps.
         judge_after = self._judged_until or closed - baseline_span
@@ -953,8 +963,12 @@ def build_queries(
     delay = f"{settings.sales_watermark_minutes} minutes"
     common = {"job": job, "settings": settings, "available_now": available_now}
     if console:
-        valid, dead = parse_sales(raw, job)
-        events = deduplicate_events(valid, delay)
+        valid, dead = parse_sales(raw, job, settings.event_max_lead_minutes)
+        # Spark's window aggregation needs its watermark on event_time itself (it allows one
+        # watermark per query), so this view does not bound it by the Kafka timestamps.
+        events = valid.withWatermark("event_time", delay).dropDuplicatesWithinWatermark(
+            ["event_id"]
+        )
         return [
             start_query(
                 sliding_window_metrics(events),
@@ -974,7 +988,9 @@ def build_queries(
         rules=rules or AnomalyRules.from_settings(settings),
         anomaly_interval_s=anomaly_interval_s,
     )
-    classified = watermark_classified(classify_sales(raw, job), delay)
+    classified = watermark_classified(
+        classify_sales(raw, job, settings.event_max_lead_minutes), delay
+    )
     return [start_query(classified, query_name=names["events"], sink=writer, **common)]
 
 

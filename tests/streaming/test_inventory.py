@@ -480,6 +480,11 @@ def poison_records(store: str) -> list[tuple[bytes | None, bytes, str]]:
         (None, b'{"event_id": "\xff\xfe"}', "not valid UTF-8"),
         (None, json.dumps({**good, "stock_level": -3}).encode(), "stock_level must be >= 0"),
         (None, json.dumps({**good, "quantity_change": 5}).encode(), "quantity_change must be"),
+        (
+            None,
+            json.dumps({**good, "event_time": "2099-01-01T10:00:00Z"}).encode(),
+            "minutes ahead",
+        ),
     ]
 
 

@@ -124,6 +124,34 @@ def test_every_kind_of_bad_record_is_named_and_kept(spark: SparkSession) -> None
 
 
 @pytest.mark.spark
+def test_an_event_time_far_ahead_of_its_kafka_timestamp_is_a_dead_letter(
+    spark: SparkSession,
+) -> None:
+    ahead = {  # the Kafka timestamp of raw_frame's records is 10:00:01
+        "close": "2026-04-01T11:00:00Z",
+        "too far": "2026-04-01T11:01:02Z",
+        "years": "2099-04-01T10:00:00Z",
+    }
+    payloads = [encoded({**GOOD, "event_id": name, "event_time": t}) for name, t in ahead.items()]
+    unstamped = spark.createDataFrame(  # a producer that sends no timestamp leaves -1 ms
+        [("t", 1, 0, payloads[-1], dt.datetime(1969, 12, 31, 23, 59, 59, 999000))], RAW_COLUMNS
+    )
+    raw = raw_frame(spark, payloads).unionByName(unstamped)
+
+    classified = classify_events(raw, INVENTORY_EVENT_SCHEMA, job="test-lead", max_lead_minutes=60)
+    errors = {(r.kafka_partition, r.event_id): r.error for r in classified.collect()}
+    late = "event_time is more than 60 minutes ahead of its Kafka timestamp"
+    assert errors == {
+        (0, "close"): None,
+        (0, "too far"): late,
+        (0, "years"): late,
+        (1, "years"): None,  # not judged
+    }
+    unlimited = classify_events(raw, INVENTORY_EVENT_SCHEMA, job="test-lead")
+    assert unlimited.where("error IS NOT NULL").count() == 0
+
+
+@pytest.mark.spark
 def test_store_sink_writes_a_replayed_batch_once(spark: SparkSession, settings, store) -> None:
     query = f"test-sink-{uuid.uuid4().hex[:8]}"
     _, dead = parse_events(
@@ -371,6 +399,43 @@ def test_events_beyond_the_watermark_are_dropped_and_counted(
         query.stop()
     assert sorted(kept) == ["on-time", "within"]
     assert dropped() == 1
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_an_event_stamped_ahead_of_the_broker_does_not_make_later_events_late(
+    spark: SparkSession, settings, kafka
+) -> None:
+    from common import stack
+
+    tag = uuid.uuid4().hex[:8]
+    topic, job = f"runtime-ahead-{tag}", f"runtime-ahead-{tag}"
+    stack.ensure_topics(settings.model_copy(update={"inventory_topic": topic}), 1)
+    kept: list[str] = []
+
+    def keep(batch: DataFrame, batch_id: int) -> None:
+        kept.extend(row.event_id for row in batch.select("event_id").collect())
+
+    def stamped(event_id: str, minutes_from_now: float) -> bytes:
+        moment = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes_from_now)
+        return encoded({**GOOD, "event_id": event_id, "event_time": moment.isoformat()})
+
+    valid, _ = parse_events(
+        read_topic(spark, settings, topic, job), INVENTORY_EVENT_SCHEMA, job=job
+    )
+    events = deduplicate_events(valid, "10 minutes")
+    query = start_query(events, job=job, query_name=f"{job}-q", settings=settings, sink=keep)
+    try:
+        produce(kafka, topic, [stamped("clock-ahead", 50)])  # a till whose clock runs ahead
+        query.processAllAvailable()
+        produce(kafka, topic, [stamped("now", -1), stamped("a-bit-late", -5)])
+        query.processAllAvailable()
+        watermark = query.lastProgress["eventTime"]["watermark"]
+    finally:
+        query.stop()
+    assert sorted(kept) == ["a-bit-late", "clock-ahead", "now"]
+    reported = dt.datetime.fromisoformat(watermark.replace("Z", "+00:00"))
+    assert reported <= dt.datetime.now(dt.UTC) - dt.timedelta(minutes=9)
 
 
 @pytest.mark.services

@@ -653,6 +653,53 @@ def test_poison_records_go_to_dead_letters_and_the_query_goes_on(
 
 @pytest.mark.services
 @pytest.mark.spark
+def test_a_till_clock_ahead_neither_lands_years_ahead_nor_closes_windows_early(
+    spark, settings, kafka, store, sales_job
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    shop = f"S-{tag}"
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def line(name: str, minutes_from_now: int) -> dict:
+        moment = now + dt.timedelta(minutes=minutes_from_now)
+        return sale(f"{name}-{tag}", moment, f"t-{name}", shop, "c1", 1, 2.0)
+
+    on_time = [line(f"m{m}", -m) for m in range(30, 0, -3)]
+    topic = f"sales-ahead-{tag}"
+    create_topic(settings, topic)
+    queries = sales_job(topic, anomaly_interval_s=0.0)
+    records = [*on_time, line("ahead", 50), line("years", 3 * 365 * 24 * 60)]
+    coordinates = produce(kafka, topic, records)
+    drain(queries)
+
+    dead = store.query_df(
+        "SELECT kafka_partition, kafka_offset, error FROM dead_letters WHERE topic = {t:String}",
+        {"t": topic},
+    )
+    assert list(zip(dead["kafka_partition"], dead["kafka_offset"], strict=True)) == [
+        coordinates[-1]
+    ]
+    lead = settings.event_max_lead_minutes
+    assert (
+        dead["error"][0] == f"event_time is more than {lead} minutes ahead of its Kafka timestamp"
+    )
+    ids = store.query_df(
+        "SELECT event_id FROM sales_events WHERE store_id = {s:String}", {"s": shop}
+    )["event_id"]
+    assert sorted(ids) == sorted(r["event_id"] for r in records[:-1])
+    judged = store.scalar(
+        "SELECT max(judged_until) FROM sales_anomaly_horizon FINAL WHERE query_name = {q:String}",
+        {"q": queries[0].name},
+    )
+    delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
+    closed_by = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0, tzinfo=None) - delay
+    # Judged up to the windows the wall clock closed, not 40 minutes ahead of it.
+    assert now.replace(second=0, tzinfo=None) - delay <= pd.Timestamp(judged).tz_localize(None)
+    assert pd.Timestamp(judged).tz_localize(None) <= closed_by
+
+
+@pytest.mark.services
+@pytest.mark.spark
 def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
     spark, settings, kafka, store, sales_job
 ) -> None:
