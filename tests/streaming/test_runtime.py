@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
+from pyspark.sql.streaming import StreamingQuery
 
 from common.schemas import INVENTORY_EVENT_SCHEMA, SALES_EVENT_SCHEMA
 from common.settings import SettingsError
@@ -363,15 +364,15 @@ def test_a_stop_under_steady_input_lands_between_batches_and_loses_nothing(
     assert sorted(every) == sorted(f"e{i}" for i in range(300))  # each event once
 
 
-@pytest.mark.services
-@pytest.mark.spark
-def test_events_beyond_the_watermark_are_dropped_and_counted(
-    spark: SparkSession, settings, kafka
-) -> None:
+def deduplicating_query(
+    spark: SparkSession, settings, kind: str
+) -> tuple[str, StreamingQuery, list[str]]:
+    """A fresh one-partition topic and a running query that deduplicates its inventory events
+    within a 10-minute watermark; ``kept`` collects the ids the query let through."""
     from common import stack
 
     tag = uuid.uuid4().hex[:8]
-    topic, job = f"runtime-late-{tag}", f"runtime-late-{tag}"
+    topic = job = f"runtime-{kind}-{tag}"
     stack.ensure_topics(settings.model_copy(update={"inventory_topic": topic}), 1)
     kept: list[str] = []
 
@@ -383,6 +384,15 @@ def test_events_beyond_the_watermark_are_dropped_and_counted(
     )
     events = deduplicate_events(valid, "10 minutes")
     query = start_query(events, job=job, query_name=f"{job}-q", settings=settings, sink=keep)
+    return topic, query, kept
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_events_beyond_the_watermark_are_dropped_and_counted(
+    spark: SparkSession, settings, kafka
+) -> None:
+    topic, query, kept = deduplicating_query(spark, settings, "late")
     try:
         produce(kafka, topic, [encoded({**GOOD, "event_id": "on-time"})])  # 10:00
         query.processAllAvailable()
@@ -406,25 +416,11 @@ def test_events_beyond_the_watermark_are_dropped_and_counted(
 def test_an_event_stamped_ahead_of_the_broker_does_not_make_later_events_late(
     spark: SparkSession, settings, kafka
 ) -> None:
-    from common import stack
-
-    tag = uuid.uuid4().hex[:8]
-    topic, job = f"runtime-ahead-{tag}", f"runtime-ahead-{tag}"
-    stack.ensure_topics(settings.model_copy(update={"inventory_topic": topic}), 1)
-    kept: list[str] = []
-
-    def keep(batch: DataFrame, batch_id: int) -> None:
-        kept.extend(row.event_id for row in batch.select("event_id").collect())
-
     def stamped(event_id: str, minutes_from_now: float) -> bytes:
         moment = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes_from_now)
         return encoded({**GOOD, "event_id": event_id, "event_time": moment.isoformat()})
 
-    valid, _ = parse_events(
-        read_topic(spark, settings, topic, job), INVENTORY_EVENT_SCHEMA, job=job
-    )
-    events = deduplicate_events(valid, "10 minutes")
-    query = start_query(events, job=job, query_name=f"{job}-q", settings=settings, sink=keep)
+    topic, query, kept = deduplicating_query(spark, settings, "ahead")
     try:
         produce(kafka, topic, [stamped("clock-ahead", 50)])  # a till whose clock runs ahead
         query.processAllAvailable()
