@@ -79,6 +79,7 @@ from streaming.alerts import (
 )
 from streaming.runtime import (
     CONSOLE,
+    ByDay,
     Check,
     StepTimer,
     check_source,
@@ -103,6 +104,7 @@ DEAD_LETTERS_QUERY = "inventory_dead_letters"
 DEAD_LETTERS_TRIGGER = "10 seconds"
 STOCK_MODEL = "stock_optimizer"
 DEMAND_MODEL = "demand_forecaster"
+PREDICTED_DAYS_KEPT = 2  # days whose model predictions per key a job remembers
 ALL_PRODUCTS = "ALL"
 MINUTES_PER_DAY = 24 * 60
 MS_PER_MINUTE = 60_000
@@ -1289,7 +1291,8 @@ class InventoryBatchWriter:
         self.stock_champion = stock_champion
         self.demand_champion = demand_champion
         self.feature_builder = feature_builder
-        self._predictions: dict[tuple[str, str, dt.date, str, str], tuple[float, float]] = {}
+        # (store, product, stock version, demand version) -> (lead-time demand, daily demand)
+        self._predictions: ByDay[tuple[str, str, str, str], tuple[float, float]] = ByDay()
         self._safety_factors: dict[str, float] = {}
         self._scoring_note = ""
 
@@ -1367,13 +1370,17 @@ class InventoryBatchWriter:
         keys = list(
             zip(frame["store_id"], frame["product_id"], frame["forecast_date"], strict=True)
         )
-        todo = sorted({k for k in keys if (*k, *versions) not in self._predictions})
+        todo = sorted(
+            {k for k in keys if self._predictions.get(k[2], (k[0], k[1], *versions)) is None}
+        )
         for day in sorted({k[2] for k in todo}):
             pairs = [(k[0], k[1]) for k in todo if k[2] == day]
             self._predict_day(pairs, day, stock, demand, versions)
         if stock.version not in self._safety_factors:
             self._safety_factors[stock.version] = safety_factor(stock, self.policy.service_level)
-        values = [self._predictions[(*k, *versions)] for k in keys]
+        values = [self._predictions.get(k[2], (k[0], k[1], *versions)) for k in keys]
+        # A late event of an older day is predicted again.
+        self._predictions.keep_newest(PREDICTED_DAYS_KEPT)
         return frame.assign(
             lead_time_demand=[v[0] for v in values],
             daily_demand=[v[1] for v in values],
@@ -1405,14 +1412,14 @@ class InventoryBatchWriter:
                 daily_of[(row.store_id, row.product_id)] = float(row.daily_demand)
         for row in lead.itertuples(index=False):
             value = daily_of.get((row.store_id, row.product_id), math.nan)
-            self._predictions[(row.store_id, row.product_id, day, *versions)] = (
-                float(row.lead_time_demand),
-                float(value),
+            self._predictions.put(
+                day,
+                (row.store_id, row.product_id, *versions),
+                (float(row.lead_time_demand), float(value)),
             )
         for store_id, product_id in pairs:  # keys the features could not cover: no advice
-            self._predictions.setdefault(
-                (store_id, product_id, day, *versions), (math.nan, math.nan)
-            )
+            if self._predictions.get(day, (store_id, product_id, *versions)) is None:
+                self._predictions.put(day, (store_id, product_id, *versions), (math.nan, math.nan))
 
     def _note(self, message: str) -> None:
         if message != self._scoring_note:

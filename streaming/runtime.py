@@ -60,9 +60,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -365,6 +365,34 @@ def watermark_classified(
         "raw_payload", sf.when(~good, sf.col("raw_payload"))
     )
     return _with_watermark_time(kept, time_column).withWatermark(WATERMARK_TIME, delay)
+
+
+Key = TypeVar("Key")
+Value = TypeVar("Value")
+
+
+class ByDay(Generic[Key, Value]):
+    """A job's cache of values by day and key that forgets whole days (``keep_newest``): a job
+    that runs for months would otherwise hold every key it ever saw."""
+
+    def __init__(self) -> None:
+        self._days: dict[date, dict[Key, Value]] = {}
+
+    def get(self, day: date, key: Key) -> Value | None:
+        return self._days.get(day, {}).get(key)
+
+    def put(self, day: date, key: Key, value: Value) -> None:
+        self._days.setdefault(day, {})[key] = value
+
+    def keep_newest(self, days: int) -> None:
+        """Forget every day before the newest ``days`` days (counted from the newest day held)."""
+        if self._days:
+            first_kept = max(self._days) - timedelta(days=days - 1)
+            for day in [d for d in self._days if d < first_kept]:
+                del self._days[day]
+
+    def __len__(self) -> int:
+        return sum(len(values) for values in self._days.values())
 
 
 class StepTimer:

@@ -47,6 +47,7 @@ from common.store import Store, open_store
 from streaming.runtime import (
     CONSOLE,
     DEAD_LETTER_COLUMNS,
+    ByDay,
     Check,
     StepTimer,
     check_source,
@@ -71,6 +72,7 @@ PANE_MINUTES = 1
 WINDOW_MINUTES = 5
 MINUTES_PER_DAY = 24 * 60
 ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
+SCORED_DAYS_KEPT = 2  # days whose scored (store, product) pairs a job remembers
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
 
 FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
@@ -735,7 +737,7 @@ class SalesBatchWriter:
         self.feature_builder = feature_builder
         self.rules = rules
         self.watermark_delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
-        self._scored: set[tuple[str, str, dt.date, str]] = set()
+        self._scored: ByDay[tuple[str, str, str], bool] = ByDay()  # (store, product, version)
         self._judged_until: dt.datetime | None = None
         self._horizon_loaded = False
         self._scoring_error = ""
@@ -814,9 +816,11 @@ class SalesBatchWriter:
             return
         keys = scoring_keys(raw)
         todo = [
-            key
-            for key in zip(*(keys[c].to_pylist() for c in keys.column_names), strict=True)
-            if (*key, loaded.version) not in self._scored
+            (store_id, product_id, day)
+            for store_id, product_id, day in zip(
+                *(keys[c].to_pylist() for c in keys.column_names), strict=True
+            )
+            if not self._scored.get(day, (store_id, product_id, loaded.version))
         ]
         if not todo:
             return
@@ -831,7 +835,10 @@ class SalesBatchWriter:
         self._scoring_error = ""
         scores = scores.assign(query_name=self.query_name, batch_id=batch_id)
         self.store.insert_df("demand_scores", scores, dedup_token=token)
-        self._scored.update((*key, loaded.version) for key in todo)
+        for store_id, product_id, day in todo:
+            self._scored.put(day, (store_id, product_id, loaded.version), True)
+        # A late sale of an older day is scored again: demand_scores replaces its row.
+        self._scored.keep_newest(SCORED_DAYS_KEPT)
 
     def _scores_for(
         self, todo: list[tuple[str, str, dt.date]], loaded: LoadedModel

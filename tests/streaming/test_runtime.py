@@ -23,6 +23,7 @@ from pyspark.sql.streaming import StreamingQuery
 from common.schemas import INVENTORY_EVENT_SCHEMA, SALES_EVENT_SCHEMA
 from common.settings import SettingsError
 from streaming.runtime import (
+    ByDay,
     Check,
     check_source,
     checkpoint_location,
@@ -216,6 +217,25 @@ def test_a_missing_topic_or_broker_fails_before_spark_starts(settings, kafka) ->
     assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1: no Kafka broker answered" in job.stderr
     assert "Traceback" not in job.stderr
     assert time.monotonic() - started < 60
+
+
+def test_a_by_day_cache_forgets_whole_days_beyond_the_newest() -> None:
+    first, second, third = (dt.date(2026, 3, d) for d in (3, 4, 5))
+    cache: ByDay[tuple[str, str], float] = ByDay()
+    cache.put(first, ("S1", "P1"), 1.0)
+    cache.put(first, ("S2", "P1"), 2.0)
+    cache.put(second, ("S1", "P1"), 3.0)
+    cache.keep_newest(2)
+    assert cache.get(first, ("S2", "P1")) == 2.0 and cache.get(second, ("S1", "P1")) == 3.0
+    assert len(cache) == 3
+    assert cache.get(second, ("S2", "P1")) is None
+
+    cache.put(third, ("S1", "P1"), 4.0)
+    cache.keep_newest(2)
+    assert cache.get(first, ("S1", "P1")) is None and len(cache) == 2
+    cache.put(first, ("S1", "P1"), 5.0)  # a late key of a forgotten day
+    cache.keep_newest(2)
+    assert cache.get(first, ("S1", "P1")) is None and len(cache) == 2
 
 
 def test_lag_is_summed_over_partitions() -> None:
