@@ -356,9 +356,9 @@ def watermark_classified(
     ``deduplicate_events``), dropping nothing, so that one query (one Kafka read) carries good and
     bad records. Bad records get a null ``time_column`` (they never move the watermark) and only
     they keep ``raw_payload`` (what ``dead_letters`` stores). With no stateful operator after it,
-    the watermark (the newest bounded event time minus ``delay``) is reported in the progress and nothing is late: a job that keeps each
-    event once by itself (the sales job, against its store) counts late events too. Split the
-    batch with ``error``.
+    the watermark (the newest bounded event time minus ``delay``) is reported in the progress and
+    nothing is late: a job that keeps each event once by itself (the sales job, against its store)
+    counts late events too. Split the batch with ``error``.
     """
     good = sf.col("error").isNull()
     kept = classified.withColumn(time_column, sf.when(good, sf.col(time_column))).withColumn(
