@@ -505,7 +505,10 @@ def detect_sales_anomalies(
             )
         ).alias("m"),
     ).select("*", "m.metric", "m.observed", "m.values")
-    with_median = long.withColumn("expected", _array_median(sf.col("values")))
+    # Materialized: the MAD's lambda refers to the median, and Spark would otherwise inline the
+    # median (a sort) into it for every element, and both into every use of the score (6,630
+    # windows: 70 s instead of 2 s).
+    with_median = long.withColumn("expected", _array_median(sf.col("values"))).localCheckpoint()
     mad = _array_median(sf.transform("values", lambda x: sf.abs(x - sf.col("expected"))))
     scale = sf.greatest(
         sf.col("baseline_mad") * 1.4826,
