@@ -40,6 +40,24 @@ def sale(index: int, shop: str) -> dict:
     }
 
 
+def fill_topic(services: Settings, topic: str, records: list[dict | bytes]) -> None:
+    """Create ``topic`` and send ``records``: events keyed by store|product, bytes as poison."""
+    from kafka import KafkaProducer
+
+    from common import stack
+
+    stack.ensure_topics(services.model_copy(update={"sales_topic": topic}))
+    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap_servers, acks="all")
+    for record in records:
+        if isinstance(record, bytes):
+            producer.send(topic, key=b"poison", value=record)
+        else:
+            key = event_key(record["store_id"], record["product_id"])
+            producer.send(topic, key=key, value=json.dumps(record).encode())
+    producer.flush()
+    producer.close()
+
+
 def submit_jobs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """``./submit_jobs.sh <args>`` with ``env``, its output captured."""
     return subprocess.run(
@@ -56,22 +74,11 @@ def submit_jobs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def test_the_sales_job_runs_through_spark_submit(
     services: Settings, store: Store, tmp_path: Path
 ) -> None:
-    from kafka import KafkaProducer
-
-    from common import stack
-
     shop = f"submit-{uuid.uuid4().hex[:6]}"
     topic = f"sales-{shop}"
-    stack.ensure_topics(services.model_copy(update={"sales_topic": topic}))
-    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap_servers, acks="all")
-    for index in range(12):
-        event = sale(index, shop)
-        producer.send(
-            topic, key=event_key(shop, event["product_id"]), value=json.dumps(event).encode()
-        )
-    producer.send(topic, key=b"poison", value=b'{"event_id": "broken')
-    producer.flush()
-    producer.close()
+    fill_topic(
+        services, topic, [*(sale(index, shop) for index in range(12)), b'{"event_id": "broken']
+    )
 
     env = os.environ | {"SALES_TOPIC": topic, "CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
     completed = submit_jobs(env, "--foreground", "stream", "sales", "--available-now")
@@ -92,22 +99,14 @@ def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
 ) -> None:
     """`./submit_jobs.sh stop` in the middle of a backlog: every committed micro-batch is stored
     whole and no other one partly; the next start stores every event once."""
-    from kafka import KafkaProducer
-
-    from common import stack
-
     shop = f"stop-{uuid.uuid4().hex[:6]}"
     topic = f"sales-{shop}"
-    stack.ensure_topics(services.model_copy(update={"sales_topic": topic}))
-    producer = KafkaProducer(bootstrap_servers=services.kafka_bootstrap_servers, acks="all")
     events = 3000
-    for index in range(events):
-        event = sale(index % 60, shop) | {"event_id": f"{shop}-{index}"}
-        producer.send(
-            topic, key=event_key(shop, event["product_id"]), value=json.dumps(event).encode()
-        )
-    producer.flush()
-    producer.close()
+    fill_topic(
+        services,
+        topic,
+        [sale(index % 60, shop) | {"event_id": f"{shop}-{index}"} for index in range(events)],
+    )
     checkpoints = tmp_path / "checkpoints"
     env = os.environ | {
         "SALES_TOPIC": topic,
