@@ -395,8 +395,9 @@ def _with_baselines(
     metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime, baseline_minutes: int
 ) -> DataFrame:
     """The judged store windows (a store without a row in a judged minute sold nothing there), each
-    with the revenue and units of its baseline windows as arrays. Baseline windows missing since
-    the first window of ``metrics`` count as zero; before it, history is unknown."""
+    with the revenue and units of its baseline windows as arrays. A store's baseline windows
+    missing since its first window in ``metrics`` count as zero; before it, its history is unknown
+    (a store that opens, or sells for the first time, is not judged against zeros it never had)."""
     observed = metrics.select(
         "store_id",
         "window_start",
@@ -414,10 +415,10 @@ def _with_baselines(
             )
         ).alias("window_start")
     )
+    first_seen = observed.groupBy("store_id").agg(sf.min("window_start").alias("first_window"))
     silent = (
-        observed.select("store_id")
-        .distinct()
-        .crossJoin(judged_starts)
+        first_seen.crossJoin(judged_starts)
+        .where(sf.col("window_start") > sf.col("first_window"))
         .join(observed, ["store_id", "window_start"], "left_anti")
         .select(
             "store_id", "window_start", sf.lit(0.0).alias("revenue"), sf.lit(0.0).alias("units")
@@ -429,7 +430,6 @@ def _with_baselines(
         .orderBy(seconds)
         .rangeBetween(-baseline_minutes * 60, -WINDOW_MINUTES * 60)
     )
-    first_seen = observed.agg(sf.unix_timestamp(sf.min("window_start")).alias("first_seen"))
     window_end = sf.col("window_start") + sf.make_dt_interval(mins=sf.lit(WINDOW_MINUTES))
     rows = (
         observed.unionByName(silent)
@@ -443,9 +443,9 @@ def _with_baselines(
             (sf.col("window_end") > sf.lit(judge_after))
             & (sf.col("window_end") <= sf.lit(judge_until))
         )
-        .crossJoin(sf.broadcast(first_seen))
+        .join(sf.broadcast(first_seen), "store_id")
     )
-    earliest = sf.greatest(seconds - baseline_minutes * 60, sf.col("first_seen"))
+    earliest = sf.greatest(seconds - baseline_minutes * 60, sf.unix_timestamp("first_window"))
     latest = seconds - WINDOW_MINUTES * 60
     expected = sf.when(latest >= earliest, ((latest - earliest) / 60).cast("int") + 1).otherwise(0)
 

@@ -273,6 +273,33 @@ def test_a_quiet_window_and_a_store_going_silent_are_judged(spark: SparkSession)
     }
 
 
+@pytest.mark.spark
+def test_a_store_that_opens_is_judged_on_its_own_windows_not_on_zeros_before(
+    spark: SparkSession,
+) -> None:
+    day = dt.date(2026, 3, 5)
+    judged_end = at(day, "10:05:00").replace(tzinfo=None)
+    after = judged_end - dt.timedelta(minutes=1)
+    open_all_hour = baseline_metrics(spark, day, "S1", last_revenue=101.0, last_units=10.0)
+    # S3 opens at 09:45 and sells like S1: its 11 windows before the judged one are its baseline.
+    opens_later = baseline_metrics(spark, day, "S3", 101.0, 10.0).where(
+        sf.col("window_start") >= at(day, "09:45:00").replace(tzinfo=None)
+    )
+    metrics = open_all_hour.unionByName(opens_later)
+    assert detect_sales_anomalies(metrics, after, judged_end).count() == 0
+
+    surge = opens_later.withColumn(
+        "revenue",
+        sf.when(
+            sf.col("window_start") == at(day, "10:00:00").replace(tzinfo=None), 400.0
+        ).otherwise(sf.col("revenue")),
+    )
+    flagged = detect_sales_anomalies(open_all_hour.unionByName(surge), after, judged_end)
+    assert [(r.store_id, r.metric, r.expected) for r in flagged.collect()] == [
+        ("S3", "revenue", 100.0)
+    ]
+
+
 # --- On the real broker ----------------------------------------------------------------------
 
 
