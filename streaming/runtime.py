@@ -46,7 +46,8 @@ Running
     for them, records progress (input and processed rate, batch duration, Kafka lag, watermark) to
     the log and the ``stream_progress`` table, stops them gracefully on SIGTERM/SIGINT (the running
     batch finishes first; the next one is parked before it reads anything, see ``BatchGate``) and
-    stops them all when one fails.
+    stops them all when one fails. A ``foreachBatch`` function with a ``finish()`` method has it
+    called once its query has ended without failing.
 """
 
 from __future__ import annotations
@@ -790,6 +791,21 @@ def _wait_for_end_or_stop(
         time.sleep(poll_interval_s)
 
 
+def _finish_sinks(queries: Sequence[StreamingQuery], stopping: bool) -> None:
+    """Call ``finish()`` on each ended query's ``foreachBatch`` function that has one."""
+    for query in queries:
+        gate = _GATES.get(str(query.id))
+        finish = getattr(gate.sink, "finish", None) if gate else None
+        if finish is None:
+            continue
+        try:
+            finish()
+        except Exception as exc:  # a stop by signal may have reached the JVM too
+            if not stopping:
+                raise
+            log.warning("query %s did not finish cleanly: %s", query.name, str(exc)[:300])
+
+
 def _await_termination_events(
     recorder: ProgressRecorder, queries: Sequence[StreamingQuery], timeout_s: float = 10.0
 ) -> None:
@@ -814,7 +830,9 @@ def run_queries(
 
     Progress of every batch goes to the log and ``stream_progress``. On a stop request each query
     finishes its running batch and stops; the checkpoint then resumes from the next one. If one
-    query fails the others are stopped and the failure is raised. Returns the queries as they ended
+    query fails the others are stopped and the failure is raised. Once the queries ended without
+    failing, each ``foreachBatch`` function with a ``finish()`` method has it called (work a job
+    throttles while batches run, such as the sales job's anomaly judging). Returns the queries as they ended
     (a query restarted after SPARK-55271 is a new ``StreamingQuery`` object).
     """
     queries = list(queries)
@@ -842,6 +860,7 @@ def run_queries(
                 error = query.exception()
                 if error is not None:
                     raise RuntimeError(f"query {query.name} of job {job} failed: {error}") from None
+        _finish_sinks(queries, stopping)
         _await_termination_events(recorder, queries)
         log.info("job %s stopped; it resumes from its checkpoints", job)
         return queries

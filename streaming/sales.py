@@ -743,6 +743,7 @@ class SalesBatchWriter:
         self._scored: ByDay[tuple[str, str, str], bool] = ByDay()  # (store, product, version)
         self._judged_until: dt.datetime | None = None
         self._horizon_loaded = False
+        self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
         self._scoring_error = ""
         self.anomaly_interval_s = anomaly_interval_s
         self._last_judged_at = -float("inf")
@@ -781,8 +782,10 @@ class SalesBatchWriter:
             steps.lap("windows")
         self._score_demand(raw, batch_id, token)
         steps.lap("scoring")
+        latest = _naive_utc(span["max"].as_py())
+        self._latest_event_time = max(latest, self._latest_event_time or latest)
         if time.monotonic() - self._last_judged_at >= self.anomaly_interval_s:
-            self._judge_windows(span["max"].as_py(), token)
+            self._judge_windows()
             self._last_judged_at = time.monotonic()
             steps.lap("anomalies")
         log.info(
@@ -857,20 +860,32 @@ class SalesBatchWriter:
             frames.append(to_pandas(score_demand(features, loaded)))
         return pd.concat(frames, ignore_index=True)
 
-    def _judge_windows(self, max_event_time: dt.datetime, token: str) -> None:
+    def finish(self) -> None:
+        """Judge every window the stored events have closed (their query has ended: a drain that
+        finished, or a stop), however few batches were judged while they ran."""
+        while self._judge_windows():
+            pass
+
+    def _judge_windows(self) -> bool:
+        """Judge the windows closed since the last judgement (at most ``MAX_JUDGED_SPAN`` of event
+        time); False when none had closed."""
+        if self._latest_event_time is None:
+            return False
         if not self._horizon_loaded:
             value = self.store.scalar(HORIZON_SQL, {"query": self.query_name})
             self._judged_until = None if pd.isna(value) or value is None else _naive_utc(value)
             self._horizon_loaded = True
         # A window has not closed before its end has passed, whatever a clock ahead stamped.
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        closed = _minute_floor(min(_naive_utc(max_event_time), now) - self.watermark_delay)
+        closed = _minute_floor(min(self._latest_event_time, now) - self.watermark_delay)
         baseline_span = dt.timedelta(minutes=self.rules.baseline_minutes + WINDOW_MINUTES)
         # A new job judges from one baseline span back; a long backlog is judged in steps.
         judge_after = self._judged_until or closed - baseline_span
         horizon = min(closed, judge_after + MAX_JUDGED_SPAN)
         if horizon <= judge_after:
-            return
+            return False
+        # The range names the inserts: judging it again (a replayed batch) writes nothing twice.
+        token = f"{self.query_name}.judged-{judge_after:%Y%m%dT%H%M}-{horizon:%Y%m%dT%H%M}"
         first_start = judge_after - baseline_span
         metrics = self.store.query_df(
             WINDOWS_FOR_JUDGING_SQL, {"first_start": first_start, "judge_until": horizon}
@@ -881,6 +896,7 @@ class SalesBatchWriter:
         row = pd.DataFrame([{"query_name": self.query_name, "judged_until": horizon}])
         self.store.insert_df("sales_anomaly_horizon", row, dedup_token=token)
         self._judged_until = horizon
+        return True
 
     def _detect(
         self, metrics: pd.DataFrame, judge_after: dt.datetime, horizon: dt.datetime

@@ -725,26 +725,22 @@ def test_a_till_clock_ahead_neither_lands_years_ahead_nor_closes_windows_early(
     assert pd.Timestamp(judged).tz_localize(None) <= closed_by
 
 
-@pytest.mark.services
-@pytest.mark.spark
-def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
-    spark, settings, kafka, store, sales_job
-) -> None:
-    tag = uuid.uuid4().hex[:6]
-    shop = f"S-{tag}"
+def surge_sales(tag: str, shop: str) -> tuple[list[dict], dt.datetime]:
+    """A sale of 10.00 every minute from 150 to 15 minutes ago, then 10 more sales in the minute
+    40 minutes ago (produced last): the sales and the surge minute."""
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
     surge = now - dt.timedelta(minutes=40)
-    steady = [  # a sale of 10.00 every minute for 2 hours 15 minutes
+    steady = [
         sale(f"m{m}-{tag}", now - dt.timedelta(minutes=m), f"t{m}", shop, "c1", 1, 10.0)
         for m in range(150, 14, -1)
     ]
     rush = [sale(f"r{i}-{tag}", surge, f"r{i}", shop, f"c{i}", 1, 10.0) for i in range(10)]
-    topic = f"sales-surge-{tag}"
-    create_topic(settings, topic)
-    queries = sales_job(topic, anomaly_interval_s=0.0)
-    produce(kafka, topic, [*steady, *rush])
-    drain(queries)
+    return [*steady, *rush], surge
 
+
+def assert_surge_flagged(store, shop: str, surge: dt.datetime) -> None:
+    """The five windows holding the surge minute, and only they, are critical anomalies above the
+    baseline, for revenue (150 against 50) and for units (15 against 5)."""
     flagged = store.query_df(
         "SELECT window_start, metric, direction, severity, observed, expected "
         "FROM sales_anomalies FINAL WHERE store_id = {s:String} ORDER BY metric, window_start",
@@ -759,6 +755,47 @@ def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
         assert starts == surge_windows, metric
         assert set(rows["direction"]) == {"above"} and set(rows["severity"]) == {"critical"}
         assert set(rows["observed"]) == {observed} and set(rows["expected"]) == {usual}
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
+    spark, settings, kafka, store, sales_job
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    shop, topic = f"S-{tag}", f"sales-surge-{tag}"
+    events, surge = surge_sales(tag, shop)
+    create_topic(settings, topic)
+    queries = sales_job(topic, anomaly_interval_s=0.0)
+    produce(kafka, topic, events)
+    drain(queries)
+
+    assert_surge_flagged(store, shop, surge)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kafka, store) -> None:
+    """Judging is throttled while events flow (here to once an hour, so only the first batch is
+    judged); the windows the later batches closed are judged when the run ends."""
+    from streaming.runtime import run_queries
+    from streaming.sales import build_queries
+
+    tag = uuid.uuid4().hex[:6]
+    shop, topic, job = f"S-{tag}", f"sales-drain-{tag}", f"sales-drain-{tag}"
+    events, surge = surge_sales(tag, shop)
+    create_topic(settings, topic)
+    produce(kafka, topic, events)
+    job_settings = settings.model_copy(
+        update={"sales_topic": topic, "starting_offsets": "earliest", "max_offsets_per_trigger": 30}
+    )
+    queries = build_queries(
+        spark, job_settings, job=job, available_now=True, anomaly_interval_s=3600.0
+    )
+    ended = run_queries(spark, queries, job=job, settings=job_settings)
+
+    assert len([p for p in ended[0].recentProgress if p["numInputRows"]]) >= 5
+    assert_surge_flagged(store, shop, surge)
 
 
 def many_events(day: dt.date, tag: str, count: int) -> list[dict]:
