@@ -74,6 +74,8 @@ MINUTES_PER_DAY = 24 * 60
 ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
 SCORED_DAYS_KEPT = 2  # days whose scored (store, product) pairs a job remembers
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
+PROFILE_DAYS = 28  # days of sales before the judged one that give a store's hourly profile
+PROFILE_MIN_DAYS = 3  # a store with sales on fewer of them has no profile
 
 FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
 
@@ -464,12 +466,82 @@ def _with_baselines(
     )
 
 
+def hourly_profile(units: pd.DataFrame, min_days: int = PROFILE_MIN_DAYS) -> pd.DataFrame:
+    """Each store's share of a day's units sold in each hour of the day (UTC), and ``ALL``'s.
+
+    ``units``: store_id, day, hour, units (a store's sales per day and hour). Output: store_id,
+    hour, share, for the stores with sales on at least ``min_days`` days; an hour in which a store
+    never sold has no row (share 0). A store's shares sum to 1.
+    """
+    columns = ["store_id", "hour", "share"]
+    overall = units.assign(store_id=OVERALL)
+    both = pd.concat([units[units["store_id"] != OVERALL], overall], ignore_index=True)
+    days = both.groupby("store_id")["day"].nunique()
+    kept = both[both["store_id"].isin(days[days >= min_days].index)]
+    if kept.empty:
+        return pd.DataFrame(columns=columns)
+    per_hour = kept.groupby(["store_id", "hour"], as_index=False)["units"].sum()
+    per_hour = per_hour[per_hour["units"] > 0]
+    totals = per_hour.groupby("store_id")["units"].transform("sum")
+    shares = per_hour.assign(
+        hour=per_hour["hour"].astype("int32"), share=per_hour["units"] / totals
+    )
+    return shares[columns].reset_index(drop=True)
+
+
+def _with_store_hours(frame: DataFrame, profile: DataFrame | None) -> DataFrame:
+    """``frame`` with two columns from the store's hourly ``profile`` (store_id, hour, share) for
+    its window's 5 minutes: ``day_share``, the share of the store's day they hold (5/1440 for a
+    store without a profile), and ``open_share``, the share of them in hours the store sells in
+    (1 without a profile)."""
+    if profile is None:
+        return frame.select(
+            "*",
+            sf.lit(WINDOW_MINUTES / MINUTES_PER_DAY).alias("day_share"),
+            sf.lit(1.0).alias("open_share"),
+        )
+    shares = profile.groupBy("store_id").agg(
+        sf.map_from_entries(
+            sf.collect_list(sf.struct(sf.col("hour").cast("int"), sf.col("share").cast("double")))
+        ).alias("hourly_share")
+    )
+    first_hour = sf.hour("window_start")
+    minutes = (  # (minutes of the window, hour of the day they are in)
+        (sf.least(sf.lit(WINDOW_MINUTES), 60 - sf.minute("window_start")), first_hour),
+        (
+            sf.greatest(sf.minute("window_start") - (60 - WINDOW_MINUTES), sf.lit(0)),
+            (first_hour + 1) % 24,
+        ),
+    )
+
+    def share(hour: Column) -> Column:
+        return sf.coalesce(sf.try_element_at("hourly_share", hour), sf.lit(0.0))
+
+    day_share = sum(count * share(hour) for count, hour in minutes) / 60
+    open_share = (
+        sum(count * (share(hour) > 0).cast("int") for count, hour in minutes) / WINDOW_MINUTES
+    )
+    known = sf.col("hourly_share").isNotNull()
+    return (
+        frame.join(sf.broadcast(shares), "store_id", "left")
+        .select(
+            "*",
+            sf.when(known, day_share)
+            .otherwise(WINDOW_MINUTES / MINUTES_PER_DAY)
+            .alias("day_share"),
+            sf.when(known, open_share).otherwise(1.0).alias("open_share"),
+        )
+        .drop("hourly_share")
+    )
+
+
 def detect_sales_anomalies(
     metrics: DataFrame,
     judge_after: dt.datetime,
     judge_until: dt.datetime,
     expectations: DataFrame | None = None,
     rules: AnomalyRules = AnomalyRules(),
+    profile: DataFrame | None = None,
 ) -> DataFrame:
     """Judge the windows with ``judge_after < window_end <= judge_until`` against their baseline.
 
@@ -480,15 +552,22 @@ def detect_sales_anomalies(
     None. A window is an anomaly when its robust z-score ``(observed - median) / (1.4826 MAD)``
     reaches ``threshold`` and, when the model has an expectation for it, it also strays from that
     expectation by ``model_tolerance`` in the same direction. The model's daily units are spread
-    evenly over the day; its revenue expectation uses the baseline's revenue per unit.
+    over the day by the store's hourly ``profile`` (store_id, hour, share: ``hourly_profile``), or
+    evenly for a store without one; its revenue expectation uses the baseline's revenue per unit.
+    The baseline's median and MAD are scaled by the share of the window's minutes in hours the
+    store sells in, so a store that closes is not below its baseline.
     """
-    judged = _with_baselines(metrics, judge_after, judge_until, rules.baseline_minutes)
+    judged = _with_store_hours(
+        _with_baselines(metrics, judge_after, judge_until, rules.baseline_minutes), profile
+    )
     total_units = sf.aggregate("baseline_units", sf.lit(0.0), lambda acc, x: acc + x)
     total_revenue = sf.aggregate("baseline_revenue", sf.lit(0.0), lambda acc, x: acc + x)
     long = judged.select(
         "store_id",
         "window_start",
         "window_end",
+        "day_share",
+        "open_share",
         sf.when(total_units > 0, total_revenue / total_units).alias("revenue_per_unit"),
         sf.explode(
             sf.array(
@@ -508,15 +587,17 @@ def detect_sales_anomalies(
     # Materialized: the MAD's lambda refers to the median, and Spark would otherwise inline the
     # median (a sort) into it for every element, and both into every use of the score (6,630
     # windows: 70 s instead of 2 s).
-    with_median = long.withColumn("expected", _array_median(sf.col("values"))).localCheckpoint()
-    mad = _array_median(sf.transform("values", lambda x: sf.abs(x - sf.col("expected"))))
+    with_median = long.withColumn("median", _array_median(sf.col("values"))).localCheckpoint()
+    mad = _array_median(sf.transform("values", lambda x: sf.abs(x - sf.col("median"))))
     scale = sf.greatest(
         sf.col("baseline_mad") * 1.4826,
         sf.abs(sf.col("expected")) * rules.min_scale_fraction,
         sf.lit(rules.min_scale),
     )
     baseline = (
-        with_median.withColumn("baseline_mad", mad)
+        # A window partly in hours the store is closed is expected to hold that much less.
+        with_median.withColumn("expected", sf.col("median") * sf.col("open_share"))
+        .withColumn("baseline_mad", mad * sf.col("open_share"))
         .withColumn("history_windows", sf.size("values"))
         .where(sf.col("history_windows") >= rules.min_history)
         .withColumn("score", (sf.col("observed") - sf.col("expected")) / scale)
@@ -539,7 +620,7 @@ def detect_sales_anomalies(
             ["store_id", "forecast_date"],
             "left",
         )
-    units_expected = sf.col("expected_units_day") * (WINDOW_MINUTES / MINUTES_PER_DAY)
+    units_expected = sf.col("expected_units_day") * sf.col("day_share")
     model_expected = sf.when(sf.col("metric") == "units", units_expected).otherwise(
         units_expected * sf.col("revenue_per_unit")
     )
@@ -648,6 +729,13 @@ SELECT 'ALL' AS store_id, forecast_date, sum(units) AS expected_units_day,
 FROM latest GROUP BY forecast_date
 """
 
+HOURLY_UNITS_SQL = """
+SELECT store_id, toDate(event_time) AS day, toHour(event_time) AS hour, sum(quantity) AS units
+FROM sales_events
+WHERE event_time >= {since:DateTime('UTC')} AND event_time < {until:DateTime('UTC')}
+GROUP BY store_id, day, hour
+"""
+
 HORIZON_SQL = (  # NULL for a new query (plain max() of no rows is 1970-01-01 in ClickHouse)
     "SELECT maxOrNull(judged_until) FROM sales_anomaly_horizon FINAL "
     "WHERE query_name = {query:String}"
@@ -744,6 +832,7 @@ class SalesBatchWriter:
         self._judged_until: dt.datetime | None = None
         self._horizon_loaded = False
         self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
+        self._profiles: dict[dt.date, pd.DataFrame] = {}  # hourly profile before each judged day
         self._scoring_error = ""
         self.anomaly_interval_s = anomaly_interval_s
         self._last_judged_at = -float("inf")
@@ -924,7 +1013,27 @@ class SalesBatchWriter:
                 "store_id string, forecast_date date, expected_units_day double, "
                 "model_name string, model_version string",
             )
-        return to_pandas(detect_sales_anomalies(frame, judge_after, horizon, expected, self.rules))
+        profile = self._hourly_profile(judge_after.date())
+        profile_frame = None
+        if not profile.empty:
+            profile_frame = self.spark.createDataFrame(
+                profile, "store_id string, hour int, share double"
+            )
+        return to_pandas(
+            detect_sales_anomalies(
+                frame, judge_after, horizon, expected, self.rules, profile=profile_frame
+            )
+        )
+
+    def _hourly_profile(self, day: dt.date) -> pd.DataFrame:
+        """``hourly_profile`` of the ``PROFILE_DAYS`` before ``day`` (kept for the newest day)."""
+        if day not in self._profiles:
+            since = dt.datetime.combine(day - dt.timedelta(days=PROFILE_DAYS), dt.time())
+            units = self.store.query_df(
+                HOURLY_UNITS_SQL, {"since": since, "until": dt.datetime.combine(day, dt.time())}
+            )
+            self._profiles = {day: hourly_profile(units)}
+        return self._profiles[day]
 
 
 def _naive_utc(value: Any) -> dt.datetime:

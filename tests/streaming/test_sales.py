@@ -24,6 +24,7 @@ from pyspark.testing import assertDataFrameEqual
 from streaming.sales import (
     AnomalyRules,
     detect_sales_anomalies,
+    hourly_profile,
     panes_of_rows,
     sales_panes,
     scoring_keys,
@@ -298,6 +299,65 @@ def test_a_store_that_opens_is_judged_on_its_own_windows_not_on_zeros_before(
     assert [(r.store_id, r.metric, r.expected) for r in flagged.collect()] == [
         ("S3", "revenue", 100.0)
     ]
+
+
+def test_an_hourly_profile_is_each_stores_share_of_its_day_by_hour() -> None:
+    rows = [
+        (store, dt.date(2026, 3, d), h, u)
+        for d in (1, 2, 3)
+        for store, h, u in (("S1", 8, 10), ("S1", 9, 30), ("S2", 9, 20))
+    ]
+    rows.append(("S3", dt.date(2026, 3, 1), 9, 5))  # sold on 1 day only: no profile
+    rows.append(("S3", dt.date(2026, 3, 2), 10, 5))
+    profile = hourly_profile(pd.DataFrame(rows, columns=["store_id", "day", "hour", "units"]))
+    shares = {(r.store_id, r.hour): r.share for r in profile.itertuples()}
+    assert shares == pytest.approx(
+        {
+            ("S1", 8): 0.25,
+            ("S1", 9): 0.75,
+            ("S2", 9): 1.0,
+            ("ALL", 8): 30 / 190,
+            ("ALL", 9): 155 / 190,
+            ("ALL", 10): 5 / 190,
+        }
+    )
+
+
+@pytest.mark.spark
+def test_the_model_expectation_follows_the_stores_hours_and_a_closed_store_is_not_below(
+    spark: SparkSession,
+) -> None:
+    day = dt.date(2026, 3, 6)
+    judged_end = at(day, "10:05:00").replace(tzinfo=None)
+    after = judged_end - dt.timedelta(minutes=1)
+    # 40 units in 5 minutes: 4 times the baseline.
+    surge = baseline_metrics(spark, day, "S1", last_revenue=400.0, last_units=40.0)
+    model = spark.createDataFrame(
+        [
+            ("S1", day, 960.0, "demand_forecaster", "3"),
+            ("S2", day, 960.0, "demand_forecaster", "3"),
+        ],
+        "store_id string, forecast_date date, expected_units_day double, model_name string, "
+        "model_version string",
+    )
+    # S1 sells half its day between 10:00 and 11:00, S2 only before 10:00.
+    profile = spark.createDataFrame(
+        [("S1", 9, 0.5), ("S1", 10, 0.5), ("S2", 9, 1.0)], "store_id string, hour int, share double"
+    )
+    # Spread evenly, the model expects 3.33 units in the window: the surge strays from it.
+    evenly = detect_sales_anomalies(surge, after, judged_end, model)
+    assert {r.metric for r in evenly.collect()} == {"revenue", "units"}
+    # By S1's hours it expects 960 x 0.5 x 5/60 = 40 units: just what was sold.
+    assert detect_sales_anomalies(surge, after, judged_end, model, profile=profile).count() == 0
+
+    # S2 goes silent at 10:00, when it closes: not an anomaly, with the model or without.
+    closes = baseline_metrics(spark, day, "S2", 0.0, 0.0).where(
+        sf.col("window_start") < at(day, "10:00:00").replace(tzinfo=None)
+    )
+    assert detect_sales_anomalies(closes, after, judged_end).count() == 2  # no profile: below
+    for expectations in (None, model):
+        judged = detect_sales_anomalies(closes, after, judged_end, expectations, profile=profile)
+        assert judged.count() == 0
 
 
 # --- On the real broker ----------------------------------------------------------------------
@@ -796,6 +856,61 @@ def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kaf
 
     assert len([p for p in ended[0].recentProgress if p["numInputRows"]]) >= 5
     assert_surge_flagged(store, shop, surge)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_store_closing_at_its_usual_hour_is_not_flagged_by_the_job(
+    spark, settings, kafka, store
+) -> None:
+    """Three days of history (a sale a minute, 08:00-10:00) give the shop's hours; on the fourth
+    it closes at 10:00 as usual while another store sells on: none of its windows is flagged."""
+    from streaming.runtime import run_queries
+    from streaming.sales import build_queries
+
+    tag = uuid.uuid4().hex[:6]
+    shop, other, topic = f"S-{tag}", f"O-{tag}", f"sales-hours-{tag}"
+    day = dt.date(2026, 3, 9)
+    events = [
+        sale(f"{d}-{m}-{tag}", moment, f"t{d}-{m}", shop, "c1", 1, 10.0)
+        for d in range(3, -1, -1)
+        for m in range(120)
+        for moment in [at(day - dt.timedelta(days=d), "08:00:00") + dt.timedelta(minutes=m)]
+    ]
+    events += [  # the other store sells until 10:40, so windows until 10:30 close
+        sale(
+            f"o{m}-{tag}",
+            at(day, "08:00:00") + dt.timedelta(minutes=m),
+            f"o{m}",
+            other,
+            None,
+            1,
+            10.0,
+        )
+        for m in range(161)
+    ]
+    create_topic(settings, topic)
+    produce(kafka, topic, events)
+    job = f"sales-hours-{tag}"
+    job_settings = settings.model_copy(
+        update={"sales_topic": topic, "starting_offsets": "earliest"}
+    )
+    queries = build_queries(spark, job_settings, job=job, available_now=True)
+    run_queries(spark, queries, job=job, settings=job_settings)
+
+    flagged = store.query_df(
+        "SELECT window_start, metric, observed, expected FROM sales_anomalies FINAL "
+        "WHERE store_id = {s:String}",
+        {"s": shop},
+    )
+    assert flagged.empty, flagged.to_string()
+    horizon = store.scalar(
+        "SELECT max(judged_until) FROM sales_anomaly_horizon FINAL WHERE query_name = {q:String}",
+        {"q": f"{job}-events"},
+    )
+    assert pd.Timestamp(horizon).tz_localize(None) == pd.Timestamp(at(day, "10:30:00")).tz_localize(
+        None
+    )
 
 
 def many_events(day: dt.date, tag: str, count: int) -> list[dict]:
