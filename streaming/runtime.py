@@ -219,7 +219,7 @@ def classify_events(
         *[
             sf.when(
                 sf.col(f"_event.{name}").isNotNull()
-                & sf.try_to_timestamp(sf.col(f"_event.{name}")).isNull(),
+                & iso_timestamp(sf.col(f"_event.{name}")).isNull(),
                 sf.lit(name),
             )
             for name in time_fields
@@ -235,7 +235,7 @@ def classify_events(
             *[sf.col(f"_event.{name}").isNotNull() for name in required_fields(schema)],
             *[
                 sf.col(f"_event.{name}").isNull()
-                | sf.try_to_timestamp(sf.col(f"_event.{name}")).isNotNull()
+                | iso_timestamp(sf.col(f"_event.{name}")).isNotNull()
                 for name in time_fields
             ],
             *[sf.coalesce(c.condition, sf.lit(True)) for c in checks],
@@ -253,7 +253,7 @@ def classify_events(
     )
     fields = [
         (
-            sf.try_to_timestamp(sf.col(f"_event.{f.name}"))
+            iso_timestamp(sf.col(f"_event.{f.name}"))
             if f.name in time_fields
             else sf.col(f"_event.{f.name}")
         ).alias(f.name)
@@ -271,6 +271,18 @@ def classify_events(
         error.alias("error"),
         sf.lit(job).alias("job"),
         sf.current_timestamp().alias("received_at"),
+    )
+
+
+# ISO-8601 times Spark's cast does not read: no seconds, or a lowercase 't' or 'z'.
+_MINUTES_ONLY = r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})(Z|[+-]\d{2}(:?\d{2})?)?$"
+
+
+def iso_timestamp(text: Column) -> Column:
+    """An ISO-8601 time (UTC unless it names an offset) as a timestamp; null when unreadable."""
+    return sf.coalesce(
+        sf.try_to_timestamp(text),
+        sf.try_to_timestamp(sf.regexp_replace(sf.upper(text), _MINUTES_ONLY, "$1:00$2")),
     )
 
 

@@ -952,8 +952,16 @@ class SalesBatchWriter:
     def finish(self) -> None:
         """Judge every window the stored events have closed (their query has ended: a drain that
         finished, or a stop), however few batches were judged while they ran."""
+        started, steps = time.monotonic(), 0
         while self._judge_windows():
-            pass
+            steps += 1
+        if steps:
+            log.info(
+                "%s: judged the windows closed until %s as the query ended (%.2f s)",
+                self.query_name,
+                self._judged_until,
+                time.monotonic() - started,
+            )
 
     def _judge_windows(self) -> bool:
         """Judge the windows closed since the last judgement (at most ``MAX_JUDGED_SPAN`` of event

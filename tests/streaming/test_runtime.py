@@ -30,6 +30,7 @@ from streaming.runtime import (
     classify_events,
     deduplicate_events,
     hit_kafka_metrics_bug,
+    iso_timestamp,
     kafka_lag,
     kafka_source_options,
     late_rows,
@@ -123,6 +124,27 @@ def test_every_kind_of_bad_record_is_named_and_kept(spark: SparkSession) -> None
     text = dead.where("kafka_offset = 3").first()
     assert (text.payload_encoding, text.raw_payload) == ("utf-8", payloads[3].decode())
     assert valid.count() + dead.count() == len(payloads)
+
+
+@pytest.mark.spark
+def test_iso_8601_times_are_read_in_their_usual_forms(spark: SparkSession) -> None:
+    noon = dt.datetime(2026, 12, 5, 12, 0)
+    forms = {
+        "2026-12-05T12:00:00Z": noon,
+        "2026-12-05T12:00:00.250Z": noon.replace(microsecond=250000),
+        "2026-12-05T13:00:00+01:00": noon,
+        "2026-12-05 12:00:00": noon,
+        "2026-12-05T12:00Z": noon,
+        "2026-12-05T13:30+01:30": noon,
+        "2026-12-05T12:00": noon,
+        "2026-12-05t12:00:00z": noon,
+        "2026-12-05T12Z": None,
+        "1733400000": None,
+        "last tuesday": None,
+    }
+    texts = spark.createDataFrame([(text,) for text in forms], "text string")
+    read = texts.select("text", iso_timestamp(sf.col("text")).alias("moment")).collect()
+    assert {r.text: r.moment for r in read} == forms
 
 
 @pytest.mark.spark
