@@ -844,8 +844,8 @@ def run_queries(
     finishes its running batch and stops; the checkpoint then resumes from the next one. If one
     query fails the others are stopped and the failure is raised. Once the queries ended without
     failing, each ``foreachBatch`` function with a ``finish()`` method has it called (work a job
-    throttles while batches run, such as the sales job's anomaly judging). Returns the queries as they ended
-    (a query restarted after SPARK-55271 is a new ``StreamingQuery`` object).
+    throttles while batches run, such as the sales job's anomaly judging). Returns the queries as
+    they ended (a query restarted after SPARK-55271 is a new ``StreamingQuery`` object).
     """
     queries = list(queries)
     recorder = ProgressRecorder(job, settings, [q.name for q in queries])
