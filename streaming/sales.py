@@ -554,8 +554,9 @@ def detect_sales_anomalies(
     expectation by ``model_tolerance`` in the same direction. The model's daily units are spread
     over the day by the store's hourly ``profile`` (store_id, hour, share: ``hourly_profile``), or
     evenly for a store without one; its revenue expectation uses the baseline's revenue per unit.
-    The baseline's median and MAD are scaled by the share of the window's minutes in hours the
-    store sells in, so a store that closes is not below its baseline.
+    A window partly in hours the profile says the store is closed is also scored against its
+    baseline scaled down to its open minutes, and the smaller score is kept: a store that closes
+    at its usual hour is not below its baseline.
     """
     judged = _with_store_hours(
         _with_baselines(metrics, judge_after, judge_until, rules.baseline_minutes), profile
@@ -589,19 +590,39 @@ def detect_sales_anomalies(
     # windows: 70 s instead of 2 s).
     with_median = long.withColumn("median", _array_median(sf.col("values"))).localCheckpoint()
     mad = _array_median(sf.transform("values", lambda x: sf.abs(x - sf.col("median"))))
-    scale = sf.greatest(
-        sf.col("baseline_mad") * 1.4826,
-        sf.abs(sf.col("expected")) * rules.min_scale_fraction,
-        sf.lit(rules.min_scale),
+
+    def robust_score(expected: Column, spread: Column) -> Column:
+        scale = sf.greatest(
+            spread * 1.4826,
+            sf.abs(expected) * rules.min_scale_fraction,
+            sf.lit(rules.min_scale),
+        )
+        return (sf.col("observed") - expected) / scale
+
+    # A window partly in hours the store's profile says it is closed has two readings: open, as
+    # its baseline says, or closed for that share of its minutes (median and MAD scaled down). The
+    # one that explains the window better (the smaller |score|) is kept: neither a usual closing
+    # nor sales in hours the store used to be closed (its baseline shows it open) is an anomaly.
+    open_share = sf.col("open_share")
+    readings = with_median.withColumn("baseline_mad", mad).select(
+        "*",
+        sf.size("values").alias("history_windows"),
+        robust_score(sf.col("median"), sf.col("baseline_mad")).alias("open_score"),
+        robust_score(sf.col("median") * open_share, sf.col("baseline_mad") * open_share).alias(
+            "closed_score"
+        ),
     )
-    baseline = (
-        # A window partly in hours the store is closed is expected to hold that much less.
-        with_median.withColumn("expected", sf.col("median") * sf.col("open_share"))
-        .withColumn("baseline_mad", mad * sf.col("open_share"))
-        .withColumn("history_windows", sf.size("values"))
-        .where(sf.col("history_windows") >= rules.min_history)
-        .withColumn("score", (sf.col("observed") - sf.col("expected")) / scale)
-        .withColumn("forecast_date", sf.to_date("window_start"))
+    closes = sf.abs(sf.col("closed_score")) < sf.abs(sf.col("open_score"))
+    baseline = readings.where(sf.col("history_windows") >= rules.min_history).select(
+        *[c for c in readings.columns if c not in ("baseline_mad", "open_score", "closed_score")],
+        sf.when(closes, sf.col("median") * open_share)
+        .otherwise(sf.col("median"))
+        .alias("expected"),
+        sf.when(closes, sf.col("baseline_mad") * open_share)
+        .otherwise(sf.col("baseline_mad"))
+        .alias("baseline_mad"),
+        sf.when(closes, sf.col("closed_score")).otherwise(sf.col("open_score")).alias("score"),
+        sf.to_date("window_start").alias("forecast_date"),
     )
     if expectations is None:
         with_model = baseline.select(

@@ -360,6 +360,28 @@ def test_the_model_expectation_follows_the_stores_hours_and_a_closed_store_is_no
         assert judged.count() == 0
 
 
+@pytest.mark.spark
+def test_a_store_selling_in_hours_it_used_to_be_closed_is_judged_on_its_baseline(
+    spark: SparkSession,
+) -> None:
+    day = dt.date(2026, 3, 7)
+    judged_end = at(day, "10:05:00").replace(tzinfo=None)
+    after = judged_end - dt.timedelta(minutes=1)
+    # S1's history sells only in the afternoon, but this morning it has sold for an hour.
+    afternoons = spark.createDataFrame(
+        [("S1", 14, 0.5), ("S1", 15, 0.5)], "store_id string, hour int, share double"
+    )
+    usual = baseline_metrics(spark, day, "S1", last_revenue=101.0, last_units=10.0)
+    assert detect_sales_anomalies(usual, after, judged_end, profile=afternoons).count() == 0
+
+    surge = baseline_metrics(spark, day, "S1", last_revenue=400.0, last_units=40.0)
+    flagged = detect_sales_anomalies(surge, after, judged_end, profile=afternoons).collect()
+    assert sorted((r.metric, r.direction, r.expected) for r in flagged) == [
+        ("revenue", "above", 100.0),
+        ("units", "above", 10.0),
+    ]
+
+
 # --- On the real broker ----------------------------------------------------------------------
 
 
