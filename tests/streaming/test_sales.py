@@ -220,11 +220,16 @@ def baseline_metrics(
     )
 
 
+def judging_the_window_at_ten(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """(judge_after, judge_until) that judge the window 10:00-10:05 of ``day`` alone."""
+    judged_end = at(day, "10:05:00").replace(tzinfo=None)
+    return judged_end - dt.timedelta(minutes=1), judged_end
+
+
 @pytest.mark.spark
 def test_anomaly_needs_baseline_and_model_to_agree(spark: SparkSession) -> None:
     day = dt.date(2026, 3, 3)
-    judged_end = at(day, "10:05:00").replace(tzinfo=None)
-    after = judged_end - dt.timedelta(minutes=1)
+    after, judged_end = judging_the_window_at_ten(day)
     metrics = baseline_metrics(spark, day, "S1", last_revenue=400.0, last_units=40.0)
     rules = AnomalyRules()
 
@@ -258,8 +263,7 @@ def test_anomaly_needs_baseline_and_model_to_agree(spark: SparkSession) -> None:
 @pytest.mark.spark
 def test_a_quiet_window_and_a_store_going_silent_are_judged(spark: SparkSession) -> None:
     day = dt.date(2026, 3, 4)
-    judged_end = at(day, "10:05:00").replace(tzinfo=None)
-    after = judged_end - dt.timedelta(minutes=1)
+    after, judged_end = judging_the_window_at_ten(day)
     normal = baseline_metrics(spark, day, "S1", last_revenue=101.0, last_units=10.0)
     assert detect_sales_anomalies(normal, after, judged_end).count() == 0
 
@@ -279,8 +283,7 @@ def test_a_store_that_opens_is_judged_on_its_own_windows_not_on_zeros_before(
     spark: SparkSession,
 ) -> None:
     day = dt.date(2026, 3, 5)
-    judged_end = at(day, "10:05:00").replace(tzinfo=None)
-    after = judged_end - dt.timedelta(minutes=1)
+    after, judged_end = judging_the_window_at_ten(day)
     open_all_hour = baseline_metrics(spark, day, "S1", last_revenue=101.0, last_units=10.0)
     # S3 opens at 09:45 and sells like S1: its 11 windows before the judged one are its baseline.
     opens_later = baseline_metrics(spark, day, "S3", 101.0, 10.0).where(
@@ -328,8 +331,7 @@ def test_the_model_expectation_follows_the_stores_hours_and_a_closed_store_is_no
     spark: SparkSession,
 ) -> None:
     day = dt.date(2026, 3, 6)
-    judged_end = at(day, "10:05:00").replace(tzinfo=None)
-    after = judged_end - dt.timedelta(minutes=1)
+    after, judged_end = judging_the_window_at_ten(day)
     # 40 units in 5 minutes: 4 times the baseline.
     surge = baseline_metrics(spark, day, "S1", last_revenue=400.0, last_units=40.0)
     model = spark.createDataFrame(
@@ -365,8 +367,7 @@ def test_a_store_selling_in_hours_it_used_to_be_closed_is_judged_on_its_baseline
     spark: SparkSession,
 ) -> None:
     day = dt.date(2026, 3, 7)
-    judged_end = at(day, "10:05:00").replace(tzinfo=None)
-    after = judged_end - dt.timedelta(minutes=1)
+    after, judged_end = judging_the_window_at_ten(day)
     # S1's history sells only in the afternoon, but this morning it has sold for an hour.
     afternoons = spark.createDataFrame(
         [("S1", 14, 0.5), ("S1", 15, 0.5)], "store_id string, hour int, share double"
