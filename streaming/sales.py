@@ -393,6 +393,12 @@ def _array_median(values: Column) -> Column:
     )
 
 
+def _array_quantile(values: Column, q: float) -> Column:
+    """The ``q`` quantile of an array of numbers, nearest rank (null when empty)."""
+    rank = sf.greatest(sf.ceil(sf.size(values) * q).cast("int"), sf.lit(1))
+    return sf.when(sf.size(values) > 0, sf.element_at(sf.array_sort(values), rank))
+
+
 def _with_baselines(
     metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime, baseline_minutes: int
 ) -> DataFrame:
@@ -549,8 +555,9 @@ def detect_sales_anomalies(
     ``baseline_minutes`` before them (a store's missing windows count as zero sales).
     ``expectations``: store_id, forecast_date, expected_units_day, model_name, model_version (the
     champion's daily forecast summed over the store's products; ``ALL`` for the overall row), or
-    None. A window is an anomaly when its robust z-score ``(observed - median) / (1.4826 MAD)``
-    reaches ``threshold`` and, when the model has an expectation for it, it also strays from that
+    None. A window is an anomaly when its robust z-score ``(observed - median) / scale`` reaches
+    ``threshold`` (``scale``: the largest of 1.4826 MAD, the deviations' 80th percentile / 1.2816,
+    5% of the median and 1) and, when the model has an expectation for it, it also strays from that
     expectation by ``model_tolerance`` in the same direction. The model's daily units are spread
     over the day by the store's hourly ``profile`` (store_id, hour, share: ``hourly_profile``), or
     evenly for a store without one; its revenue expectation uses the baseline's revenue per unit.
@@ -589,11 +596,18 @@ def detect_sales_anomalies(
     # median (a sort) into it for every element, and both into every use of the score (6,630
     # windows: 70 s instead of 2 s).
     with_median = long.withColumn("median", _array_median(sf.col("values"))).localCheckpoint()
-    mad = _array_median(sf.transform("values", lambda x: sf.abs(x - sf.col("median"))))
+    deviations = sf.transform("values", lambda x: sf.abs(x - sf.col("median")))
+    mad = _array_median(deviations)
+    # The MAD is 0 when most baseline windows are equal: a store that sells in fewer than half of
+    # them (median 0) would have every sale flagged. The 80th percentile of the deviations is the
+    # same spread for normal noise (/1.2816 against 1.4826 x MAD) and stays above 0 for a store
+    # that sells in a fifth of its windows, while a surge or two in the baseline cannot inflate it.
+    tail = _array_quantile(deviations, 0.8)
 
-    def robust_score(expected: Column, spread: Column) -> Column:
+    def robust_score(expected: Column, share: Column) -> Column:
         scale = sf.greatest(
-            spread * 1.4826,
+            sf.col("baseline_mad") * share * 1.4826,
+            sf.col("baseline_tail") * share / 1.2816,
             sf.abs(expected) * rules.min_scale_fraction,
             sf.lit(rules.min_scale),
         )
@@ -604,17 +618,23 @@ def detect_sales_anomalies(
     # one that explains the window better (the smaller |score|) is kept: neither a usual closing
     # nor sales in hours the store used to be closed (its baseline shows it open) is an anomaly.
     open_share = sf.col("open_share")
-    readings = with_median.withColumn("baseline_mad", mad).select(
-        "*",
-        sf.size("values").alias("history_windows"),
-        robust_score(sf.col("median"), sf.col("baseline_mad")).alias("open_score"),
-        robust_score(sf.col("median") * open_share, sf.col("baseline_mad") * open_share).alias(
-            "closed_score"
-        ),
+    readings = (
+        with_median.withColumn("baseline_mad", mad)
+        .withColumn("baseline_tail", tail)
+        .select(
+            "*",
+            sf.size("values").alias("history_windows"),
+            robust_score(sf.col("median"), sf.lit(1.0)).alias("open_score"),
+            robust_score(sf.col("median") * open_share, open_share).alias("closed_score"),
+        )
     )
     closes = sf.abs(sf.col("closed_score")) < sf.abs(sf.col("open_score"))
     baseline = readings.where(sf.col("history_windows") >= rules.min_history).select(
-        *[c for c in readings.columns if c not in ("baseline_mad", "open_score", "closed_score")],
+        *[
+            c
+            for c in readings.columns
+            if c not in ("baseline_mad", "baseline_tail", "open_score", "closed_score")
+        ],
         sf.when(closes, sf.col("median") * open_share)
         .otherwise(sf.col("median"))
         .alias("expected"),

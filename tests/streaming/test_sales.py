@@ -383,6 +383,34 @@ def test_a_store_selling_in_hours_it_used_to_be_closed_is_judged_on_its_baseline
     ]
 
 
+@pytest.mark.spark
+def test_a_store_that_sells_in_few_windows_is_not_flagged_for_one_basket(
+    spark: SparkSession,
+) -> None:
+    day = dt.date(2026, 3, 8)
+    after, judged_end = judging_the_window_at_ten(day)
+    start = at(day, "09:00:00").replace(tzinfo=None)
+    # A basket of 20.00 (2 units) in 2 windows of every 5: the median window is empty (MAD 0).
+    sparse = [
+        (
+            start + dt.timedelta(minutes=i),
+            "S1",
+            20.0 if i % 5 < 2 else 0.0,
+            2.0 if i % 5 < 2 else 0.0,
+        )
+        for i in range(60)
+    ]
+    schema = "window_start timestamp, store_id string, revenue double, units double"
+
+    def judged(revenue: float, units: float) -> set[tuple[str, str]]:
+        rows = [*sparse, (start + dt.timedelta(minutes=60), "S1", revenue, units)]
+        found = detect_sales_anomalies(spark.createDataFrame(rows, schema), after, judged_end)
+        return {(r.metric, r.direction) for r in found.collect()}
+
+    assert judged(20.0, 2.0) == set()  # one basket, as usual
+    assert judged(200.0, 20.0) == {("revenue", "above"), ("units", "above")}  # ten at once
+
+
 # --- On the real broker ----------------------------------------------------------------------
 
 
