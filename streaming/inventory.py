@@ -1418,8 +1418,9 @@ class InventoryBatchWriter:
                 (float(row.lead_time_demand), float(value)),
             )
         for store_id, product_id in pairs:  # keys the features could not cover: no advice
-            if self._predictions.get(day, (store_id, product_id, *versions)) is None:
-                self._predictions.put(day, (store_id, product_id, *versions), (math.nan, math.nan))
+            self._predictions.setdefault(
+                day, (store_id, product_id, *versions), (math.nan, math.nan)
+            )
 
     def _note(self, message: str) -> None:
         if message != self._scoring_note:

@@ -397,6 +397,10 @@ class ByDay(Generic[Key, Value]):
     def put(self, day: date, key: Key, value: Value) -> None:
         self._days.setdefault(day, {})[key] = value
 
+    def setdefault(self, day: date, key: Key, value: Value) -> Value:
+        """The value held for ``key`` on ``day``, after holding ``value`` when there was none."""
+        return self._days.setdefault(day, {}).setdefault(key, value)
+
     def keep_newest(self, days: int) -> None:
         """Forget every day before the newest ``days`` days (counted from the newest day held)."""
         if self._days:

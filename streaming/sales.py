@@ -873,7 +873,7 @@ class SalesBatchWriter:
         self._judged_until: dt.datetime | None = None
         self._horizon_loaded = False
         self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
-        self._profiles: dict[dt.date, pd.DataFrame] = {}  # hourly profile before each judged day
+        self._profile: tuple[dt.date, pd.DataFrame] | None = None  # of the newest judged day
         self._scoring_error = ""
         self.anomaly_interval_s = anomaly_interval_s
         self._last_judged_at = -float("inf")
@@ -1076,13 +1076,13 @@ class SalesBatchWriter:
 
     def _hourly_profile(self, day: dt.date) -> pd.DataFrame:
         """``hourly_profile`` of the ``PROFILE_DAYS`` before ``day`` (kept for the newest day)."""
-        if day not in self._profiles:
+        if self._profile is None or self._profile[0] != day:
             since = dt.datetime.combine(day - dt.timedelta(days=PROFILE_DAYS), dt.time())
             units = self.store.query_df(
                 HOURLY_UNITS_SQL, {"since": since, "until": dt.datetime.combine(day, dt.time())}
             )
-            self._profiles = {day: hourly_profile(units)}
-        return self._profiles[day]
+            self._profile = (day, hourly_profile(units))
+        return self._profile[1]
 
 
 def _naive_utc(value: Any) -> dt.datetime:

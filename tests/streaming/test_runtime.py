@@ -258,6 +258,8 @@ def test_a_by_day_cache_forgets_whole_days_beyond_the_newest() -> None:
     cache.put(first, ("S1", "P1"), 5.0)  # a late key of a forgotten day
     cache.keep_newest(2)
     assert cache.get(first, ("S1", "P1")) is None and len(cache) == 2
+    assert cache.setdefault(third, ("S1", "P1"), 9.0) == 4.0  # held: kept
+    assert cache.setdefault(third, ("S2", "P1"), 9.0) == 9.0 and len(cache) == 3
 
 
 def test_lag_is_summed_over_partitions() -> None:

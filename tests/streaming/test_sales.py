@@ -460,6 +460,16 @@ def drain(queries) -> None:
         query.processAllAvailable()
 
 
+def drain_job(spark, job_settings, job: str, **build_kwargs) -> list:
+    """Run the sales job in this process over what its topic holds (AvailableNow) until it ends;
+    the queries as they ended."""
+    from streaming.runtime import run_queries
+    from streaming.sales import build_queries
+
+    queries = build_queries(spark, job_settings, job=job, available_now=True, **build_kwargs)
+    return run_queries(spark, queries, job=job, settings=job_settings)
+
+
 def stop(queries) -> None:
     for query in queries:
         query.stop()
@@ -510,8 +520,6 @@ def sales_job(spark, settings, kafka, store) -> Iterator[Callable[..., list]]:
 def test_a_new_checkpoint_does_not_take_its_batches_for_replays(
     spark, settings, kafka, store, tmp_path
 ) -> None:
-    from streaming.runtime import run_queries
-    from streaming.sales import build_queries
 
     day, tag = dt.date(2026, 3, 11), uuid.uuid4().hex[:6]
     shop, topic, job = f"S-{tag}", f"sales-reset-{tag}", f"sales-reset-{tag}"
@@ -525,8 +533,7 @@ def test_a_new_checkpoint_does_not_take_its_batches_for_replays(
                 "starting_offsets": starting_offsets,
             }
         )
-        queries = build_queries(spark, job_settings, job=job, available_now=True)
-        run_queries(spark, queries, job=job, settings=job_settings)
+        drain_job(spark, job_settings, job)
 
     first = [
         sale(f"a{i}-{tag}", at(day, f"10:0{i}:00"), f"ta{i}", shop, "c", 1, 2.0) for i in range(3)
@@ -560,10 +567,9 @@ def test_a_checkpoint_of_the_stateful_query_is_retired_and_the_job_resumes_from_
         checkpoint_location,
         deduplicate_events,
         read_topic,
-        run_queries,
         start_query,
     )
-    from streaming.sales import build_queries, parse_sales, query_names
+    from streaming.sales import parse_sales, query_names
 
     day, tag = dt.date(2026, 3, 15), uuid.uuid4().hex[:6]
     shop, topic, job = f"S-{tag}", f"sales-upgrade-{tag}", f"sales-upgrade-{tag}"
@@ -590,8 +596,7 @@ def test_a_checkpoint_of_the_stateful_query_is_retired_and_the_job_resumes_from_
     ]
     produce(kafka, topic, after)
 
-    queries = build_queries(spark, job_settings, job=job, available_now=True)
-    run_queries(spark, queries, job=job, settings=job_settings)
+    drain_job(spark, job_settings, job)
 
     stored = store.query_df(
         "SELECT event_id FROM sales_events WHERE store_id = {s:String}", {"s": shop}
@@ -889,8 +894,6 @@ def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
 def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kafka, store) -> None:
     """Judging is throttled while events flow (here to once an hour, so only the first batch is
     judged); the windows the later batches closed are judged when the run ends."""
-    from streaming.runtime import run_queries
-    from streaming.sales import build_queries
 
     tag = uuid.uuid4().hex[:6]
     shop, topic, job = f"S-{tag}", f"sales-drain-{tag}", f"sales-drain-{tag}"
@@ -900,10 +903,7 @@ def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kaf
     job_settings = settings.model_copy(
         update={"sales_topic": topic, "starting_offsets": "earliest", "max_offsets_per_trigger": 30}
     )
-    queries = build_queries(
-        spark, job_settings, job=job, available_now=True, anomaly_interval_s=3600.0
-    )
-    ended = run_queries(spark, queries, job=job, settings=job_settings)
+    ended = drain_job(spark, job_settings, job, anomaly_interval_s=3600.0)
 
     assert len([p for p in ended[0].recentProgress if p["numInputRows"]]) >= 5
     assert_surge_flagged(store, shop, surge)
@@ -916,8 +916,6 @@ def test_a_store_closing_at_its_usual_hour_is_not_flagged_by_the_job(
 ) -> None:
     """Three days of history (a sale a minute, 08:00-10:00) give the shop's hours; on the fourth
     it closes at 10:00 as usual while another store sells on: none of its windows is flagged."""
-    from streaming.runtime import run_queries
-    from streaming.sales import build_queries
 
     tag = uuid.uuid4().hex[:6]
     shop, other, topic = f"S-{tag}", f"O-{tag}", f"sales-hours-{tag}"
@@ -946,8 +944,7 @@ def test_a_store_closing_at_its_usual_hour_is_not_flagged_by_the_job(
     job_settings = settings.model_copy(
         update={"sales_topic": topic, "starting_offsets": "earliest"}
     )
-    queries = build_queries(spark, job_settings, job=job, available_now=True)
-    run_queries(spark, queries, job=job, settings=job_settings)
+    drain_job(spark, job_settings, job)
 
     flagged = store.query_df(
         "SELECT window_start, metric, observed, expected FROM sales_anomalies FINAL "
