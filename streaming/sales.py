@@ -76,6 +76,7 @@ SCORED_DAYS_KEPT = 2  # days whose scored (store, product) pairs a job remembers
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
 PROFILE_DAYS = 28  # days of sales before the judged one that give a store's hourly profile
 PROFILE_MIN_DAYS = 3  # a store with sales on fewer of them has no profile
+BASKETS_MIN = 30  # a store with fewer baskets in those days has no typical basket from them
 
 FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
 
@@ -399,18 +400,22 @@ def _array_quantile(values: Column, q: float) -> Column:
     return sf.when(sf.size(values) > 0, sf.element_at(sf.array_sort(values), rank))
 
 
+_JUDGED_METRICS = ("revenue", "units")  # an anomaly is in one of these
+_JUDGED_QUANTITIES = (*_JUDGED_METRICS, "transactions")  # what the baselines hold
+
+
 def _with_baselines(
     metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime, baseline_minutes: int
 ) -> DataFrame:
     """The judged store windows (a store without a row in a judged minute sold nothing there), each
-    with the revenue and units of its baseline windows as arrays. A store's baseline windows
-    missing since its first window in ``metrics`` count as zero; before it, its history is unknown
-    (a store that opens, or sells for the first time, is not judged against zeros it never had)."""
+    with the revenue, units and transactions of its baseline windows as arrays. A store's baseline
+    windows missing since its first window in ``metrics`` count as zero; before it, its history is
+    unknown (a store that opens, or sells for the first time, is not judged against zeros it never
+    had)."""
     observed = metrics.select(
         "store_id",
         "window_start",
-        sf.col("revenue").cast("double").alias("revenue"),
-        sf.col("units").cast("double").alias("units"),
+        *[sf.col(c).cast("double").alias(c) for c in _JUDGED_QUANTITIES],
     )
     first_judged = judge_after - dt.timedelta(minutes=WINDOW_MINUTES - PANE_MINUTES)
     last_judged = max(judge_until - dt.timedelta(minutes=WINDOW_MINUTES), first_judged)
@@ -428,9 +433,7 @@ def _with_baselines(
         first_seen.crossJoin(judged_starts)
         .where(sf.col("window_start") > sf.col("first_window"))
         .join(observed, ["store_id", "window_start"], "left_anti")
-        .select(
-            "store_id", "window_start", sf.lit(0.0).alias("revenue"), sf.lit(0.0).alias("units")
-        )
+        .select("store_id", "window_start", *[sf.lit(0.0).alias(c) for c in _JUDGED_QUANTITIES])
     )
     seconds = sf.unix_timestamp("window_start")
     before = (
@@ -444,8 +447,7 @@ def _with_baselines(
         .select(
             "*",
             window_end.alias("window_end"),
-            sf.collect_list("revenue").over(before).alias("baseline_revenue"),
-            sf.collect_list("units").over(before).alias("baseline_units"),
+            *[sf.collect_list(c).over(before).alias(f"baseline_{c}") for c in _JUDGED_QUANTITIES],
         )
         .where(
             (sf.col("window_end") > sf.lit(judge_after))
@@ -465,11 +467,22 @@ def _with_baselines(
         "store_id",
         "window_start",
         "window_end",
-        "revenue",
-        "units",
-        padded("baseline_revenue").alias("baseline_revenue"),
-        padded("baseline_units").alias("baseline_units"),
+        *_JUDGED_QUANTITIES,
+        *[padded(f"baseline_{c}").alias(f"baseline_{c}") for c in _JUDGED_QUANTITIES],
     )
+
+
+PROFILE_SCHEMA = "store_id string, hour int, share double"
+BASKETS_SCHEMA = "store_id string, revenue double, units double"
+
+
+@dataclass(frozen=True)
+class StoreHistory:
+    """What the stores' past sales say about a judged day: hourly profiles (``hourly_profile``)
+    and typical baskets (store_id, revenue, units: root mean squares per transaction)."""
+
+    profile: pd.DataFrame
+    baskets: pd.DataFrame
 
 
 def hourly_profile(units: pd.DataFrame, min_days: int = PROFILE_MIN_DAYS) -> pd.DataFrame:
@@ -548,26 +561,40 @@ def detect_sales_anomalies(
     expectations: DataFrame | None = None,
     rules: AnomalyRules = AnomalyRules(),
     profile: DataFrame | None = None,
+    baskets: DataFrame | None = None,
 ) -> DataFrame:
     """Judge the windows with ``judge_after < window_end <= judge_until`` against their baseline.
 
-    ``metrics``: window_start, store_id, revenue, units for the judged windows and the
-    ``baseline_minutes`` before them (a store's missing windows count as zero sales).
+    ``metrics``: window_start, store_id, revenue, units, transactions for the judged windows and
+    the ``baseline_minutes`` before them (a store's missing windows count as zero sales).
     ``expectations``: store_id, forecast_date, expected_units_day, model_name, model_version (the
     champion's daily forecast summed over the store's products; ``ALL`` for the overall row), or
     None. A window is an anomaly when its robust z-score ``(observed - median) / scale`` reaches
     ``threshold`` (``scale``: the largest of 1.4826 MAD, the deviations' 80th percentile / 1.2816,
-    5% of the median and 1) and, when the model has an expectation for it, it also strays from that
-    expectation by ``model_tolerance`` in the same direction. The model's daily units are spread
-    over the day by the store's hourly ``profile`` (store_id, hour, share: ``hourly_profile``), or
-    evenly for a store without one; its revenue expectation uses the baseline's revenue per unit.
+    5% of the median and 1, and above the median the spread of baskets arriving at random: see
+    below) and, when the model has an expectation for it, it also strays from that expectation by
+    ``model_tolerance`` in the same direction. The model's daily units are spread over the day by
+    the store's hourly ``profile`` (store_id, hour, share: ``hourly_profile``), or evenly for a
+    store without one; its revenue expectation uses the baseline's revenue per unit.
     A window partly in hours the profile says the store is closed is also scored against its
     baseline scaled down to its open minutes, and the smaller score is kept: a store that closes
     at its usual hour is not below its baseline.
+
+    The baskets' spread is ``b x (sqrt(mean baskets per baseline window) + (z^2 - 1) / 6z)``, with
+    ``b`` the root mean square basket (revenue or units per transaction) of the store's
+    ``baskets`` (store_id, revenue, units: its history), else of its baseline, else the window's
+    own. So a basket or two in a store that sells a few an hour is not a surge, and a store's usual
+    big basket is not either.
     """
     judged = _with_store_hours(
         _with_baselines(metrics, judge_after, judge_until, rules.baseline_minutes), profile
     )
+    if baskets is None:
+        baskets = metrics.sparkSession.createDataFrame([], BASKETS_SCHEMA)
+    usual = baskets.select(
+        "store_id", *[sf.col(c).cast("double").alias(f"usual_{c}") for c in _JUDGED_METRICS]
+    )
+    judged = judged.join(sf.broadcast(usual), "store_id", "left")
     total_units = sf.aggregate("baseline_units", sf.lit(0.0), lambda acc, x: acc + x)
     total_revenue = sf.aggregate("baseline_revenue", sf.lit(0.0), lambda acc, x: acc + x)
     long = judged.select(
@@ -576,22 +603,23 @@ def detect_sales_anomalies(
         "window_end",
         "day_share",
         "open_share",
+        "transactions",
+        "baseline_transactions",
         sf.when(total_units > 0, total_revenue / total_units).alias("revenue_per_unit"),
         sf.explode(
             sf.array(
-                sf.struct(
-                    sf.lit("revenue").alias("metric"),
-                    sf.col("revenue").alias("observed"),
-                    sf.col("baseline_revenue").alias("values"),
-                ),
-                sf.struct(
-                    sf.lit("units").alias("metric"),
-                    sf.col("units").alias("observed"),
-                    sf.col("baseline_units").alias("values"),
-                ),
+                *[
+                    sf.struct(
+                        sf.lit(metric).alias("metric"),
+                        sf.col(metric).alias("observed"),
+                        sf.col(f"baseline_{metric}").alias("values"),
+                        sf.col(f"usual_{metric}").alias("usual_basket"),
+                    )
+                    for metric in _JUDGED_METRICS
+                ]
             )
         ).alias("m"),
-    ).select("*", "m.metric", "m.observed", "m.values")
+    ).select("*", "m.metric", "m.observed", "m.values", "m.usual_basket")
     # Materialized: the MAD's lambda refers to the median, and Spark would otherwise inline the
     # median (a sort) into it for every element, and both into every use of the score (6,630
     # windows: 70 s instead of 2 s).
@@ -603,13 +631,45 @@ def detect_sales_anomalies(
     # same spread for normal noise (/1.2816 against 1.4826 x MAD) and stays above 0 for a store
     # that sells in a fifth of its windows, while a surge or two in the baseline cannot inflate it.
     tail = _array_quantile(deviations, 0.8)
+    # Sales are counts of baskets: a store's windows vary at least as much as baskets arriving at
+    # random would make them (Poisson). With a few baskets per window a robust z-score is far too
+    # narrow (a basket after an empty half hour was a surge), so above its baseline a window's scale
+    # is at least that spread: sqrt(mean baskets per baseline window) plus the margin by which a
+    # Poisson tail at ``threshold`` lies beyond the normal one (Cornish-Fisher), in typical baskets
+    # (root mean square per transaction). Below, a store going silent, the robust spread decides.
+    transactions = sf.col("baseline_transactions")
+    mean_transactions = sf.try_divide(
+        sf.aggregate(transactions, sf.lit(0.0), lambda acc, n: acc + n), sf.size(transactions)
+    )
+    squared_per_basket = sf.filter(
+        sf.zip_with("values", transactions, lambda v, n: sf.when(n > 0, (v / n) * (v / n))),
+        lambda x: x.isNotNull(),
+    )
+    baseline_basket = sf.sqrt(
+        sf.try_divide(
+            sf.aggregate(squared_per_basket, sf.lit(0.0), lambda acc, x: acc + x),
+            sf.size(squared_per_basket),
+        )
+    )
+    # The store's usual basket (its history: many more baskets than a baseline hour holds), else
+    # its baseline's, else the window's own.
+    typical_basket = sf.coalesce(
+        sf.col("usual_basket"),
+        baseline_basket,
+        sf.try_divide(sf.col("observed"), sf.col("transactions")),
+    )
+    skew_margin = (rules.threshold**2 - 1) / (6 * rules.threshold)
 
     def robust_score(expected: Column, share: Column) -> Column:
-        scale = sf.greatest(
+        baskets_spread = sf.col("typical_basket") * (
+            sf.sqrt(sf.col("mean_transactions") * share) + skew_margin
+        )
+        scale = sf.greatest(  # skips nulls: the count floor applies above the baseline only
             sf.col("baseline_mad") * share * 1.4826,
             sf.col("baseline_tail") * share / 1.2816,
             sf.abs(expected) * rules.min_scale_fraction,
             sf.lit(rules.min_scale),
+            sf.when(sf.col("observed") > expected, baskets_spread),
         )
         return (sf.col("observed") - expected) / scale
 
@@ -618,9 +678,14 @@ def detect_sales_anomalies(
     # one that explains the window better (the smaller |score|) is kept: neither a usual closing
     # nor sales in hours the store used to be closed (its baseline shows it open) is an anomaly.
     open_share = sf.col("open_share")
+    scale_parts = {
+        "baseline_tail": tail,
+        "mean_transactions": mean_transactions,
+        "typical_basket": typical_basket,
+    }
     readings = (
         with_median.withColumn("baseline_mad", mad)
-        .withColumn("baseline_tail", tail)
+        .withColumns(scale_parts)
         .select(
             "*",
             sf.size("values").alias("history_windows"),
@@ -633,7 +698,7 @@ def detect_sales_anomalies(
         *[
             c
             for c in readings.columns
-            if c not in ("baseline_mad", "baseline_tail", "open_score", "closed_score")
+            if c not in (*scale_parts, "baseline_mad", "open_score", "closed_score")
         ],
         sf.when(closes, sf.col("median") * open_share)
         .otherwise(sf.col("median"))
@@ -746,7 +811,7 @@ GROUP BY window_start, store_id
 """
 
 WINDOWS_FOR_JUDGING_SQL = """
-SELECT window_start, store_id, revenue, units
+SELECT window_start, store_id, revenue, units, transactions
 FROM sales_metrics FINAL
 WHERE window_start >= {first_start:DateTime('UTC')} AND window_end <= {judge_until:DateTime('UTC')}
 """
@@ -775,6 +840,20 @@ SELECT store_id, toDate(event_time) AS day, toHour(event_time) AS hour, sum(quan
 FROM sales_events
 WHERE event_time >= {since:DateTime('UTC')} AND event_time < {until:DateTime('UTC')}
 GROUP BY store_id, day, hour
+"""
+
+TYPICAL_BASKETS_SQL = """
+WITH baskets AS (
+    SELECT store_id, transaction_id, sum(total_amount) AS revenue, sum(quantity) AS units
+    FROM sales_events
+    WHERE event_time >= {since:DateTime('UTC')} AND event_time < {until:DateTime('UTC')}
+    GROUP BY store_id, transaction_id
+)
+SELECT store_id, sqrt(avg(revenue * revenue)) AS revenue, sqrt(avg(units * units)) AS units
+FROM baskets GROUP BY store_id HAVING count() >= {min_baskets:UInt32}
+UNION ALL
+SELECT 'ALL' AS store_id, sqrt(avg(revenue * revenue)), sqrt(avg(units * units))
+FROM baskets HAVING count() >= {min_baskets:UInt32}
 """
 
 HORIZON_SQL = (  # NULL for a new query (plain max() of no rows is 1970-01-01 in ClickHouse)
@@ -873,7 +952,7 @@ class SalesBatchWriter:
         self._judged_until: dt.datetime | None = None
         self._horizon_loaded = False
         self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
-        self._profile: tuple[dt.date, pd.DataFrame] | None = None  # of the newest judged day
+        self._history: tuple[dt.date, StoreHistory] | None = None  # of the newest judged day
         self._scoring_error = ""
         self.anomaly_interval_s = anomaly_interval_s
         self._last_judged_at = -float("inf")
@@ -1043,9 +1122,12 @@ class SalesBatchWriter:
             window_start=pd.to_datetime(metrics["window_start"], utc=True).dt.tz_localize(None),
             revenue=metrics["revenue"].astype(float),
             units=metrics["units"].astype(float),
+            transactions=metrics["transactions"].astype(float),
         )
         frame = self.spark.createDataFrame(
-            metrics, "window_start timestamp, store_id string, revenue double, units double"
+            metrics,
+            "window_start timestamp, store_id string, revenue double, units double, "
+            "transactions double",
         )
         expectations = self.store.query_df(
             STORE_EXPECTATIONS_SQL,
@@ -1062,27 +1144,40 @@ class SalesBatchWriter:
                 "store_id string, forecast_date date, expected_units_day double, "
                 "model_name string, model_version string",
             )
-        profile = self._hourly_profile(judge_after.date())
-        profile_frame = None
-        if not profile.empty:
-            profile_frame = self.spark.createDataFrame(
-                profile, "store_id string, hour int, share double"
-            )
+        history = self._store_history(judge_after.date())
         return to_pandas(
             detect_sales_anomalies(
-                frame, judge_after, horizon, expected, self.rules, profile=profile_frame
+                frame,
+                judge_after,
+                horizon,
+                expected,
+                self.rules,
+                profile=self._frame_or_none(history.profile, PROFILE_SCHEMA),
+                baskets=self._frame_or_none(history.baskets, BASKETS_SCHEMA),
             )
         )
 
-    def _hourly_profile(self, day: dt.date) -> pd.DataFrame:
-        """``hourly_profile`` of the ``PROFILE_DAYS`` before ``day`` (kept for the newest day)."""
-        if self._profile is None or self._profile[0] != day:
-            since = dt.datetime.combine(day - dt.timedelta(days=PROFILE_DAYS), dt.time())
-            units = self.store.query_df(
-                HOURLY_UNITS_SQL, {"since": since, "until": dt.datetime.combine(day, dt.time())}
+    def _frame_or_none(self, rows: pd.DataFrame, schema: str) -> DataFrame | None:
+        return None if rows.empty else self.spark.createDataFrame(rows, schema)
+
+    def _store_history(self, day: dt.date) -> StoreHistory:
+        """The stores' hourly profiles and typical baskets over the ``PROFILE_DAYS`` before
+        ``day`` (kept for the newest day)."""
+        if self._history is None or self._history[0] != day:
+            span = {
+                "since": dt.datetime.combine(day - dt.timedelta(days=PROFILE_DAYS), dt.time()),
+                "until": dt.datetime.combine(day, dt.time()),
+            }
+            units = self.store.query_df(HOURLY_UNITS_SQL, span)
+            baskets = self.store.query_df(TYPICAL_BASKETS_SQL, {**span, "min_baskets": BASKETS_MIN})
+            self._history = (
+                day,
+                StoreHistory(
+                    hourly_profile(units),
+                    baskets.astype({"revenue": float, "units": float}),
+                ),
             )
-            self._profile = (day, hourly_profile(units))
-        return self._profile[1]
+        return self._history[1]
 
 
 def _naive_utc(value: Any) -> dt.datetime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,6 +23,9 @@ from pyspark.sql import functions as sf
 from pyspark.testing import assertDataFrameEqual
 
 from streaming.sales import (
+    BASKETS_MIN,
+    BASKETS_SCHEMA,
+    TYPICAL_BASKETS_SQL,
     AnomalyRules,
     detect_sales_anomalies,
     hourly_profile,
@@ -208,16 +212,26 @@ def test_scoring_keys_are_the_distinct_store_product_and_utc_day_of_a_batch() ->
 def baseline_metrics(
     spark: SparkSession, day: dt.date, store: str, last_revenue: float, last_units: float
 ) -> DataFrame:
-    """An hour of steady windows (revenue 100 +/- 4, units 10 +/- 1), then one judged window."""
+    """An hour of steady windows (revenue 100 +/- 4, units 10 +/- 1, one unit a basket), then one
+    judged window."""
     start = at(day, "09:00:00").replace(tzinfo=None)
-    rows = [
-        (start + dt.timedelta(minutes=i), store, 100.0 + (i % 5 - 2) * 2, 10.0 + (i % 3 - 1))
-        for i in range(60)
-    ]
-    rows.append((start + dt.timedelta(minutes=60), store, last_revenue, last_units))
+    rows = [(start + dt.timedelta(minutes=i), *steady_window(i)) for i in range(60)]
+    rows.append((start + dt.timedelta(minutes=60), last_revenue, last_units, last_units))
     return spark.createDataFrame(
-        rows, "window_start timestamp, store_id string, revenue double, units double"
+        [(start, store, revenue, units, baskets) for start, revenue, units, baskets in rows],
+        METRICS_SCHEMA,
     )
+
+
+METRICS_SCHEMA = (
+    "window_start timestamp, store_id string, revenue double, units double, transactions double"
+)
+
+
+def steady_window(i: int) -> tuple[float, float, float]:
+    """The revenue, units and transactions of ``baseline_metrics``'s window ``i``."""
+    units = 10.0 + (i % 3 - 1)
+    return 100.0 + (i % 5 - 2) * 2, units, units
 
 
 def judging_the_window_at_ten(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -241,7 +255,13 @@ def test_anomaly_needs_baseline_and_model_to_agree(spark: SparkSession) -> None:
     revenue = next(r for r in no_model if r.metric == "revenue")
     assert revenue.expected == 100.0  # the median of the 56 baseline windows
     assert revenue.baseline_mad == 2.0
-    assert revenue.score == pytest.approx((400.0 - 100.0) / max(2.0 * 1.4826, 5.0, 1.0))
+    # The scale is the spread of baskets arriving at random (the MAD's is 2.97): the root mean
+    # square basket times sqrt(mean baskets a window) plus the Poisson tail's margin at z = 3.5.
+    baseline = [steady_window(i) for i in range(56)]
+    basket = math.sqrt(sum((r / n) ** 2 for r, _, n in baseline) / len(baseline))
+    baskets = sum(n for _, _, n in baseline) / len(baseline)
+    scale = basket * (math.sqrt(baskets) + (3.5**2 - 1) / (6 * 3.5))
+    assert revenue.score == pytest.approx((400.0 - 100.0) / scale)
     assert revenue.model_expected is None and "rolling baseline only" in revenue.reason
 
     # The model expected this surge (40 units in 5 minutes = 11520 a day): not an anomaly.
@@ -392,23 +412,85 @@ def test_a_store_that_sells_in_few_windows_is_not_flagged_for_one_basket(
     start = at(day, "09:00:00").replace(tzinfo=None)
     # A basket of 20.00 (2 units) in 2 windows of every 5: the median window is empty (MAD 0).
     sparse = [
-        (
-            start + dt.timedelta(minutes=i),
-            "S1",
-            20.0 if i % 5 < 2 else 0.0,
-            2.0 if i % 5 < 2 else 0.0,
-        )
+        (start + dt.timedelta(minutes=i), "S1", *((20.0, 2.0, 1.0) if i % 5 < 2 else (0.0,) * 3))
         for i in range(60)
     ]
-    schema = "window_start timestamp, store_id string, revenue double, units double"
 
-    def judged(revenue: float, units: float) -> set[tuple[str, str]]:
-        rows = [*sparse, (start + dt.timedelta(minutes=60), "S1", revenue, units)]
-        found = detect_sales_anomalies(spark.createDataFrame(rows, schema), after, judged_end)
+    def judged(revenue: float, units: float, baskets: float) -> set[tuple[str, str]]:
+        rows = [*sparse, (start + dt.timedelta(minutes=60), "S1", revenue, units, baskets)]
+        found = detect_sales_anomalies(
+            spark.createDataFrame(rows, METRICS_SCHEMA), after, judged_end
+        )
         return {(r.metric, r.direction) for r in found.collect()}
 
-    assert judged(20.0, 2.0) == set()  # one basket, as usual
-    assert judged(200.0, 20.0) == {("revenue", "above"), ("units", "above")}  # ten at once
+    assert judged(20.0, 2.0, 1.0) == set()  # one basket, as usual
+    assert judged(200.0, 20.0, 10.0) == {("revenue", "above"), ("units", "above")}  # ten at once
+
+
+@pytest.mark.spark
+def test_a_basket_is_judged_against_the_stores_usual_baskets(spark: SparkSession) -> None:
+    day = dt.date(2026, 3, 10)
+    after, judged_end = judging_the_window_at_ten(day)
+    start = at(day, "09:00:00").replace(tzinfo=None)
+    # The hour before held two baskets of 2.00, each in 5 windows; the store's usual basket is 30.
+    cheap = [
+        (start + dt.timedelta(minutes=i), "S1", *((2.0, 1.0, 1.0) if i % 30 < 5 else (0.0,) * 3))
+        for i in range(60)
+    ]
+    usual = spark.createDataFrame([("S1", 30.0, 3.0)], BASKETS_SCHEMA)
+
+    def judged(revenue: float, units: float, baskets: float, history: DataFrame | None) -> set:
+        rows = [*cheap, (start + dt.timedelta(minutes=60), "S1", revenue, units, baskets)]
+        metrics = spark.createDataFrame(rows, METRICS_SCHEMA)
+        found = detect_sales_anomalies(metrics, after, judged_end, baskets=history)
+        return {(r.metric, r.direction) for r in found.collect()}
+
+    # One basket of 25.00 and 5 units: far beyond the baseline's, within the store's usual ones.
+    assert judged(25.0, 5.0, 1.0, None) == {("revenue", "above"), ("units", "above")}
+    assert judged(25.0, 5.0, 1.0, usual) == set()
+    assert judged(250.0, 50.0, 10.0, usual) == {("revenue", "above"), ("units", "above")}
+
+    # After an hour without a basket, a window is scored in its own baskets: one is no surge.
+    empty = [(when, store, 0.0, 0.0, 0.0) for when, store, *_ in cheap]
+    for revenue, units, baskets, flagged in ((40.0, 4.0, 1.0, False), (200.0, 20.0, 5.0, True)):
+        rows = [*empty, (start + dt.timedelta(minutes=60), "S1", revenue, units, baskets)]
+        found = detect_sales_anomalies(
+            spark.createDataFrame(rows, METRICS_SCHEMA), after, judged_end
+        )
+        assert (found.count() == 2) is flagged, baskets
+
+
+def test_typical_baskets_are_the_root_mean_square_of_each_stores_transactions(store) -> None:
+    tag = uuid.uuid4().hex[:6]
+    # A minute of 2018 of this test run's own: ALL sums every store's baskets in the span.
+    moment = dt.datetime(2018, 1, 1) + dt.timedelta(minutes=int(tag, 16) % 500_000)
+    # 20 baskets of one line (10.00, 1 unit) and 10 of two (20.00 and 2 units each) in one store,
+    # 29 baskets of 5.00 in another: too few for a typical basket of its own.
+    lines = [(f"a{t}", f"A-{tag}", 10.0, 1) for t in range(20)]
+    lines += [(f"b{t}", f"A-{tag}", 20.0, 2) for t in range(10) for _ in range(2)]
+    lines += [(f"c{t}", f"C-{tag}", 5.0, 1) for t in range(29)]
+    rows = pd.DataFrame(
+        [
+            sale(f"{tag}-{i}", moment, f"{tag}-{txn}", shop, None, units, amount)
+            for i, (txn, shop, amount, units) in enumerate(lines)
+        ]
+    ).assign(event_time=moment.replace(tzinfo=dt.UTC), on_promotion=0)
+    store.insert_df("sales_events", rows.astype({"quantity": "int32", "on_promotion": "uint8"}))
+
+    found = store.query_df(
+        TYPICAL_BASKETS_SQL,
+        {
+            "since": moment,
+            "until": moment + dt.timedelta(minutes=1),
+            "min_baskets": BASKETS_MIN,
+        },
+    ).set_index("store_id")
+    assert BASKETS_MIN == 30 and set(found.index) == {f"A-{tag}", "ALL"}
+    assert found.loc[f"A-{tag}", "revenue"] == pytest.approx(math.sqrt((20 * 100 + 10 * 1600) / 30))
+    assert found.loc[f"A-{tag}", "units"] == pytest.approx(math.sqrt((20 * 1 + 10 * 16) / 30))
+    assert found.loc["ALL", "revenue"] == pytest.approx(
+        math.sqrt((20 * 100 + 10 * 1600 + 29 * 25) / 59)
+    )
 
 
 # --- On the real broker ----------------------------------------------------------------------
@@ -842,21 +924,23 @@ def test_a_till_clock_ahead_neither_lands_years_ahead_nor_closes_windows_early(
 
 
 def surge_sales(tag: str, shop: str) -> tuple[list[dict], dt.datetime]:
-    """A sale of 10.00 every minute from 150 to 15 minutes ago, then 10 more sales in the minute
-    40 minutes ago (produced last): the sales and the surge minute."""
+    """A sale of 10.00 every minute from 150 to 15 minutes ago, then 25 more sales in the minute
+    40 minutes ago (produced last): the sales and the surge minute. A window holding it has 30
+    baskets against 5: critical (10 more, 15 against 5, are a warning: as many as a Poisson
+    stream of 5 a window reaches once in about 4,400 windows)."""
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
     surge = now - dt.timedelta(minutes=40)
     steady = [
         sale(f"m{m}-{tag}", now - dt.timedelta(minutes=m), f"t{m}", shop, "c1", 1, 10.0)
         for m in range(150, 14, -1)
     ]
-    rush = [sale(f"r{i}-{tag}", surge, f"r{i}", shop, f"c{i}", 1, 10.0) for i in range(10)]
+    rush = [sale(f"r{i}-{tag}", surge, f"r{i}", shop, f"c{i}", 1, 10.0) for i in range(25)]
     return [*steady, *rush], surge
 
 
 def assert_surge_flagged(store, shop: str, surge: dt.datetime) -> None:
     """The five windows holding the surge minute, and only they, are critical anomalies above the
-    baseline, for revenue (150 against 50) and for units (15 against 5)."""
+    baseline, for revenue (300 against 50) and for units (30 against 5)."""
     flagged = store.query_df(
         "SELECT window_start, metric, direction, severity, observed, expected "
         "FROM sales_anomalies FINAL WHERE store_id = {s:String} ORDER BY metric, window_start",
@@ -865,7 +949,7 @@ def assert_surge_flagged(store, shop: str, surge: dt.datetime) -> None:
     surge_windows = [
         (surge - dt.timedelta(minutes=k)).replace(tzinfo=None) for k in range(4, -1, -1)
     ]
-    for metric, observed, usual in (("revenue", 150.0, 50.0), ("units", 15.0, 5.0)):
+    for metric, observed, usual in (("revenue", 300.0, 50.0), ("units", 30.0, 5.0)):
         rows = flagged[flagged["metric"] == metric]
         starts = [pd.Timestamp(t).tz_localize(None).to_pydatetime() for t in rows["window_start"]]
         assert starts == surge_windows, metric
