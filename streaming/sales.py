@@ -678,14 +678,15 @@ def detect_sales_anomalies(
     # one that explains the window better (the smaller |score|) is kept: neither a usual closing
     # nor sales in hours the store used to be closed (its baseline shows it open) is an anomaly.
     open_share = sf.col("open_share")
-    scale_parts = {
-        "baseline_tail": tail,
-        "mean_transactions": mean_transactions,
-        "typical_basket": typical_basket,
-    }
     readings = (
         with_median.withColumn("baseline_mad", mad)
-        .withColumns(scale_parts)
+        .withColumns(
+            {
+                "baseline_tail": tail,
+                "mean_transactions": mean_transactions,
+                "typical_basket": typical_basket,
+            }
+        )
         .select(
             "*",
             sf.size("values").alias("history_windows"),
@@ -698,7 +699,7 @@ def detect_sales_anomalies(
         *[
             c
             for c in readings.columns
-            if c not in (*scale_parts, "baseline_mad", "open_score", "closed_score")
+            if c not in ("baseline_tail", "baseline_mad", "open_score", "closed_score")
         ],
         sf.when(closes, sf.col("median") * open_share)
         .otherwise(sf.col("median"))
@@ -755,7 +756,8 @@ def detect_sales_anomalies(
     )
     reason = sf.concat(
         sf.format_string(
-            "%s %.2f is %.1f robust SDs %s the rolling median %.2f (MAD %.2f over %d windows)",
+            "%s %.2f is %.1f robust SDs %s the rolling median %.2f (MAD %.2f over %d windows, "
+            "%.2f baskets a window, typically of %.2f)",
             sf.col("metric"),
             sf.col("observed"),
             sf.abs(sf.col("score")),
@@ -763,6 +765,8 @@ def detect_sales_anomalies(
             sf.col("expected"),
             sf.col("baseline_mad"),
             sf.col("history_windows"),
+            sf.col("mean_transactions"),
+            sf.coalesce(sf.col("typical_basket"), sf.lit(0.0)),
         ),
         model_part,
     )

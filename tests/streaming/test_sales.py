@@ -262,6 +262,7 @@ def test_anomaly_needs_baseline_and_model_to_agree(spark: SparkSession) -> None:
     baskets = sum(n for _, _, n in baseline) / len(baseline)
     scale = basket * (math.sqrt(baskets) + (3.5**2 - 1) / (6 * 3.5))
     assert revenue.score == pytest.approx((400.0 - 100.0) / scale)
+    assert f"{baskets:.2f} baskets a window, typically of {basket:.2f}" in revenue.reason
     assert revenue.model_expected is None and "rolling baseline only" in revenue.reason
 
     # The model expected this surge (40 units in 5 minutes = 11520 a day): not an anomaly.
