@@ -218,7 +218,7 @@ def baseline_metrics(
     rows = [(start + dt.timedelta(minutes=i), *steady_window(i)) for i in range(60)]
     rows.append((start + dt.timedelta(minutes=60), last_revenue, last_units, last_units))
     return spark.createDataFrame(
-        [(start, store, revenue, units, baskets) for start, revenue, units, baskets in rows],
+        [(when, store, revenue, units, baskets) for when, revenue, units, baskets in rows],
         METRICS_SCHEMA,
     )
 
