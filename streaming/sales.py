@@ -472,6 +472,9 @@ def _with_baselines(
     )
 
 
+JUDGED_WINDOWS_SCHEMA = (  # what ``detect_sales_anomalies`` reads of each window
+    "window_start timestamp, store_id string, revenue double, units double, transactions double"
+)
 PROFILE_SCHEMA = "store_id string, hour int, share double"
 BASKETS_SCHEMA = "store_id string, revenue double, units double"
 
@@ -1124,15 +1127,9 @@ class SalesBatchWriter:
     ) -> pd.DataFrame:
         metrics = metrics.assign(
             window_start=pd.to_datetime(metrics["window_start"], utc=True).dt.tz_localize(None),
-            revenue=metrics["revenue"].astype(float),
-            units=metrics["units"].astype(float),
-            transactions=metrics["transactions"].astype(float),
+            **{c: metrics[c].astype(float) for c in _JUDGED_QUANTITIES},
         )
-        frame = self.spark.createDataFrame(
-            metrics,
-            "window_start timestamp, store_id string, revenue double, units double, "
-            "transactions double",
-        )
+        frame = self.spark.createDataFrame(metrics, JUDGED_WINDOWS_SCHEMA)
         expectations = self.store.query_df(
             STORE_EXPECTATIONS_SQL,
             {"first_date": judge_after.date(), "last_date": horizon.date()},

@@ -25,6 +25,8 @@ from pyspark.testing import assertDataFrameEqual
 from streaming.sales import (
     BASKETS_MIN,
     BASKETS_SCHEMA,
+    JUDGED_WINDOWS_SCHEMA,
+    PROFILE_SCHEMA,
     TYPICAL_BASKETS_SQL,
     AnomalyRules,
     detect_sales_anomalies,
@@ -219,13 +221,8 @@ def baseline_metrics(
     rows.append((start + dt.timedelta(minutes=60), last_revenue, last_units, last_units))
     return spark.createDataFrame(
         [(when, store, revenue, units, baskets) for when, revenue, units, baskets in rows],
-        METRICS_SCHEMA,
+        JUDGED_WINDOWS_SCHEMA,
     )
-
-
-METRICS_SCHEMA = (
-    "window_start timestamp, store_id string, revenue double, units double, transactions double"
-)
 
 
 def steady_window(i: int) -> tuple[float, float, float]:
@@ -365,7 +362,7 @@ def test_the_model_expectation_follows_the_stores_hours_and_a_closed_store_is_no
     )
     # S1 sells half its day between 10:00 and 11:00, S2 only before 10:00.
     profile = spark.createDataFrame(
-        [("S1", 9, 0.5), ("S1", 10, 0.5), ("S2", 9, 1.0)], "store_id string, hour int, share double"
+        [("S1", 9, 0.5), ("S1", 10, 0.5), ("S2", 9, 1.0)], PROFILE_SCHEMA
     )
     # Spread evenly, the model expects 3.33 units in the window: the surge strays from it.
     evenly = detect_sales_anomalies(surge, after, judged_end, model)
@@ -390,9 +387,7 @@ def test_a_store_selling_in_hours_it_used_to_be_closed_is_judged_on_its_baseline
     day = dt.date(2026, 3, 7)
     after, judged_end = judging_the_window_at_ten(day)
     # S1's history sells only in the afternoon, but this morning it has sold for an hour.
-    afternoons = spark.createDataFrame(
-        [("S1", 14, 0.5), ("S1", 15, 0.5)], "store_id string, hour int, share double"
-    )
+    afternoons = spark.createDataFrame([("S1", 14, 0.5), ("S1", 15, 0.5)], PROFILE_SCHEMA)
     usual = baseline_metrics(spark, day, "S1", last_revenue=101.0, last_units=10.0)
     assert detect_sales_anomalies(usual, after, judged_end, profile=afternoons).count() == 0
 
@@ -420,7 +415,7 @@ def test_a_store_that_sells_in_few_windows_is_not_flagged_for_one_basket(
     def judged(revenue: float, units: float, baskets: float) -> set[tuple[str, str]]:
         rows = [*sparse, (start + dt.timedelta(minutes=60), "S1", revenue, units, baskets)]
         found = detect_sales_anomalies(
-            spark.createDataFrame(rows, METRICS_SCHEMA), after, judged_end
+            spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA), after, judged_end
         )
         return {(r.metric, r.direction) for r in found.collect()}
 
@@ -442,7 +437,7 @@ def test_a_basket_is_judged_against_the_stores_usual_baskets(spark: SparkSession
 
     def judged(revenue: float, units: float, baskets: float, history: DataFrame | None) -> set:
         rows = [*cheap, (start + dt.timedelta(minutes=60), "S1", revenue, units, baskets)]
-        metrics = spark.createDataFrame(rows, METRICS_SCHEMA)
+        metrics = spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA)
         found = detect_sales_anomalies(metrics, after, judged_end, baskets=history)
         return {(r.metric, r.direction) for r in found.collect()}
 
@@ -456,7 +451,7 @@ def test_a_basket_is_judged_against_the_stores_usual_baskets(spark: SparkSession
     for revenue, units, baskets, flagged in ((40.0, 4.0, 1.0, False), (200.0, 20.0, 5.0, True)):
         rows = [*empty, (start + dt.timedelta(minutes=60), "S1", revenue, units, baskets)]
         found = detect_sales_anomalies(
-            spark.createDataFrame(rows, METRICS_SCHEMA), after, judged_end
+            spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA), after, judged_end
         )
         assert (found.count() == 2) is flagged, baskets
 
