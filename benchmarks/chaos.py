@@ -985,6 +985,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import tempfile
 
+    from benchmarks.harness import remove_run_folder
     from common import stack as services
     from common.logs import configure_logging
     from common.spark import build_spark_session
@@ -1009,7 +1010,11 @@ def main(argv: list[str] | None = None) -> int:
         spark.stop()
         services.down(settings)
     print(render_table(results))  # noqa: T201 - the command's output
-    return 0 if all(r.lost == 0 and r.duplicated == 0 for r in results) else 1
+    if all(r.lost == 0 and r.duplicated == 0 for r in results):
+        remove_run_folder(root)
+        return 0
+    log.warning("the scenarios' data and job logs are kept in %s", root)
+    return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ def register(app: typer.Typer) -> None:
         only: list[str] = typer.Option(
             None, help="areas to run, e.g. --only generator --only batch"
         ),
+        keep_data: bool = typer.Option(
+            False,
+            "--keep-data",
+            help="keep the run's folder (store, broker and job logs, checkpoints) afterwards",
+        ),
     ) -> None:
         """Measure the platform beside its peers; write benchmarks/results/<date>.md and .json."""
         from rich.console import Console
@@ -26,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
         from benchmarks.harness import render_markdown, run_benchmarks, write_results
 
-        result = run_benchmarks(quick=not full, repeats=repeats, only=only)
+        result = run_benchmarks(quick=not full, repeats=repeats, only=only, keep_data=keep_data)
         path = write_results(result)
         Console().print(Markdown(render_markdown(result)))
         typer.echo(f"results written to {path} and {path.with_suffix('.json')}")

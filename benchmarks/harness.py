@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import statistics
 import tempfile
@@ -143,8 +144,21 @@ def machine_header(quick: bool, repeats: int) -> dict[str, Any]:
     }
 
 
-def run_benchmarks(quick: bool, repeats: int, only: list[str] | None = None) -> dict[str, Any]:
-    """Run the modules ``repeats`` times on one local stack; return header and figures."""
+def remove_run_folder(root: Path) -> None:
+    """Delete a finished run's folder (its store, broker log and checkpoints: gigabytes), after
+    closing this process's embedded store on it."""
+    from common.store.embedded import close_engine
+
+    close_engine()
+    shutil.rmtree(root)
+    log.info("removed the run's folder %s", root)
+
+
+def run_benchmarks(
+    quick: bool, repeats: int, only: list[str] | None = None, keep_data: bool = False
+) -> dict[str, Any]:
+    """Run the modules ``repeats`` times on one local stack; return header and figures. The run's
+    folder is removed afterwards, unless ``keep_data`` or a benchmark failed (its logs are there)."""
     from common import stack
     from common.settings import get_settings
 
@@ -187,6 +201,10 @@ def run_benchmarks(quick: bool, repeats: int, only: list[str] | None = None) -> 
             log.info("benchmark %s took %.0f s", area, area_seconds[area])
     finally:
         stack.down(settings)
+    if keep_data or any(figure.name == "error" for figure in figures.values()):
+        log.warning("the run's data, logs and checkpoints are kept in %s", root)
+    else:
+        remove_run_folder(root)
     return {
         "header": machine_header(quick, repeats)
         | {

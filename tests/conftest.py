@@ -6,6 +6,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -134,6 +135,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         yield
     finally:
         timer.cancel()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the session's folder (store, broker and MLflow data, checkpoints) after a green run;
+    keep it, and say where, after a red one."""
+    if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        print(f"\nthe test session's data and logs are kept in {_SESSION_DIR}", file=sys.__stderr__)
+        return
+    embedded = sys.modules.get("common.store.embedded")
+    if embedded is not None:
+        embedded.close_engine()
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+    if _SESSION_DIR.exists():
+        print(f"\ncould not remove all of {_SESSION_DIR}", file=sys.__stderr__)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
