@@ -582,10 +582,14 @@ def store_outage(stack: Stack, sizes: Sizes, seed: int = 31) -> ChaosResult:
 
 def poison(stack: Stack, sizes: Sizes, seed: int = 41, rate_per_kind: float = 0.01) -> ChaosResult:
     """5 % poison (1 % of each payload fault) for a sustained run: every poison record is a dead
-    letter at its manifest position, every clean one is stored once; throughput against clean."""
+    letter at its manifest position, every clean one is stored once; throughput against clean,
+    both measured after a warm-up drain (a process's first drain also pays the JVM's warm-up)."""
     from common.store import open_store
     from generator.faults import FaultRates, read_manifest
 
+    warm_up = scenario_settings(stack, "warm-up")
+    produce_world(warm_up, seed, sizes.rate, 1.0)
+    drain_in_process(stack, warm_up)
     clean = scenario_settings(stack, "clean")
     produce_world(clean, seed, sizes.rate, sizes.poison_seconds)
     clean_records = len(topic_records(clean, clean.sales_topic))
