@@ -47,7 +47,8 @@ Running
     the log and the ``stream_progress`` table, stops them gracefully on SIGTERM/SIGINT (the running
     batch finishes first; the next one is parked before it reads anything, see ``BatchGate``) and
     stops them all when one fails. A ``foreachBatch`` function with a ``finish()`` method has it
-    called once its query has ended without failing.
+    called once its query has ended without failing, and one with an ``idle()`` method has it
+    called while its running query waits for data (from the thread that runs the queries).
 """
 
 from __future__ import annotations
@@ -804,7 +805,26 @@ def _wait_for_end_or_stop(
                 ", ".join(q.name for q in queries),
             )
             return True
+        _tend_idle_sinks(queries)
         time.sleep(poll_interval_s)
+
+
+def _tend_idle_sinks(queries: Sequence[StreamingQuery]) -> None:
+    """Call ``idle()`` on each running query's ``foreachBatch`` function that has one while the
+    query waits for data (no trigger running, the last one found nothing). A failure is logged:
+    the query goes on, and its next batch or ``finish()`` does the work again."""
+    for query in queries:
+        gate = _GATES.get(str(query.id))
+        idle = getattr(gate.sink, "idle", None) if gate else None
+        if idle is None or not query.isActive:
+            continue
+        status = query.status
+        if status.get("isTriggerActive") or status.get("isDataAvailable"):
+            continue
+        try:
+            idle()
+        except Exception:
+            log.exception("query %s: the work it does while idle failed", query.name)
 
 
 def _finish_sinks(queries: Sequence[StreamingQuery], stopping: bool) -> None:
@@ -848,7 +868,8 @@ def run_queries(
     finishes its running batch and stops; the checkpoint then resumes from the next one. If one
     query fails the others are stopped and the failure is raised. Once the queries ended without
     failing, each ``foreachBatch`` function with a ``finish()`` method has it called (work a job
-    throttles while batches run, such as the sales job's anomaly judging). Returns the queries as
+    throttles while batches run, such as the sales job's anomaly judging); while a query waits for
+    data, its function's ``idle()``, if it has one, is called at each poll. Returns the queries as
     they ended (a query restarted after SPARK-55271 is a new ``StreamingQuery`` object).
     """
     queries = list(queries)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -963,6 +964,7 @@ class SalesBatchWriter:
         self._scoring_error = ""
         self.anomaly_interval_s = anomaly_interval_s
         self._last_judged_at = -float("inf")
+        self._judging = threading.Lock()  # batches judge on the query's thread, idle() on another
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
@@ -1000,9 +1002,7 @@ class SalesBatchWriter:
         steps.lap("scoring")
         latest = _naive_utc(span["max"].as_py())
         self._latest_event_time = max(latest, self._latest_event_time or latest)
-        if time.monotonic() - self._last_judged_at >= self.anomaly_interval_s:
-            self._judge_windows()
-            self._last_judged_at = time.monotonic()
+        if self._judge_when_due():
             steps.lap("anomalies")
         log.info(
             "%s batch %d: %d events (%d repeats dropped); %s",
@@ -1080,8 +1080,9 @@ class SalesBatchWriter:
         """Judge every window the stored events have closed (their query has ended: a drain that
         finished, or a stop), however few batches were judged while they ran."""
         started, steps = time.monotonic(), 0
-        while self._judge_windows():
-            steps += 1
+        with self._judging:
+            while self._judge_windows():
+                steps += 1
         if steps:
             log.info(
                 "%s: judged the windows closed until %s as the query ended (%.2f s)",
@@ -1089,6 +1090,31 @@ class SalesBatchWriter:
                 self._judged_until,
                 time.monotonic() - started,
             )
+
+    def idle(self) -> None:
+        """While the query waits for new events, judge the windows its stored events have closed
+        (those its last batches closed would otherwise wait for the next batch or the stop), one
+        ``MAX_JUDGED_SPAN`` per call, so that a batch that starts meanwhile waits for one step at
+        most. Cheap when nothing new has closed."""
+        with self._judging:
+            started = time.monotonic()
+            if self._judge_windows():
+                self._last_judged_at = time.monotonic()
+                log.info(
+                    "%s: judged the windows closed until %s while the query waits (%.2f s)",
+                    self.query_name,
+                    self._judged_until,
+                    self._last_judged_at - started,
+                )
+
+    def _judge_when_due(self) -> bool:
+        """Judge the newly closed windows if the last judgement is ``anomaly_interval_s`` old."""
+        with self._judging:
+            if time.monotonic() - self._last_judged_at < self.anomaly_interval_s:
+                return False
+            self._judge_windows()
+            self._last_judged_at = time.monotonic()
+            return True
 
     def _judge_windows(self) -> bool:
         """Judge the windows closed since the last judgement (at most ``MAX_JUDGED_SPAN`` of event

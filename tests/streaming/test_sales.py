@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -986,6 +987,53 @@ def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kaf
     ended = drain_job(spark, job_settings, job, anomaly_interval_s=3600.0)
 
     assert len([p for p in ended[0].recentProgress if p["numInputRows"]]) >= 5
+    assert_surge_flagged(store, shop, surge)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_job_waiting_for_events_judges_the_windows_its_last_batches_closed(
+    spark, settings, kafka, store
+) -> None:
+    """The same throttled judging on a job that keeps running: once it has read the topic and
+    waits, it judges the windows its later batches closed, with no new batch and no stop."""
+    from streaming.runtime import run_queries
+    from streaming.sales import build_queries
+
+    tag = uuid.uuid4().hex[:6]
+    shop, topic, job = f"S-{tag}", f"sales-waiting-{tag}", f"sales-waiting-{tag}"
+    events, surge = surge_sales(tag, shop)
+    create_topic(settings, topic)
+    produce(kafka, topic, events)
+    job_settings = settings.model_copy(
+        update={"sales_topic": topic, "starting_offsets": "earliest", "max_offsets_per_trigger": 30}
+    )
+    queries = build_queries(spark, job_settings, job=job, anomaly_interval_s=3600.0)
+    stop_request = threading.Event()
+    runner = threading.Thread(
+        target=run_queries,
+        args=(spark, queries),
+        kwargs={"job": job, "settings": job_settings, "stop": stop_request},
+    )
+    runner.start()
+    try:
+        wait_for(
+            lambda: (
+                store.scalar(
+                    "SELECT count() FROM sales_anomalies FINAL WHERE store_id = {s:String}",
+                    {"s": shop},
+                )
+                > 0
+            ),
+            180,
+            "the surge judged while the job waits",
+        )
+        assert queries[0].isActive
+        batches = [p for p in queries[0].recentProgress if p["numInputRows"]]
+        assert sum(p["numInputRows"] for p in batches) == len(events) and len(batches) >= 5
+    finally:
+        stop_request.set()
+        runner.join(timeout=120)
     assert_surge_flagged(store, shop, surge)
 
 
