@@ -1010,16 +1010,21 @@ def test_a_job_waiting_for_events_judges_the_windows_its_last_batches_closed(
     )
     queries = build_queries(spark, job_settings, job=job, anomaly_interval_s=3600.0)
     stop_request = threading.Event()
-    runner = threading.Thread(
-        target=run_queries,
-        args=(spark, queries),
-        kwargs={"job": job, "settings": job_settings, "stop": stop_request},
-    )
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_queries(spark, queries, job=job, settings=job_settings, stop=stop_request)
+        except BaseException as exc:  # seen by the test's thread below
+            failures.append(exc)
+
+    runner = threading.Thread(target=run)
     runner.start()
     try:
         wait_for(
             lambda: (
-                store.scalar(
+                bool(failures)
+                or store.scalar(
                     "SELECT count() FROM sales_anomalies FINAL WHERE store_id = {s:String}",
                     {"s": shop},
                 )
@@ -1028,12 +1033,14 @@ def test_a_job_waiting_for_events_judges_the_windows_its_last_batches_closed(
             180,
             "the surge judged while the job waits",
         )
+        assert not failures, failures
         assert queries[0].isActive
         batches = [p for p in queries[0].recentProgress if p["numInputRows"]]
         assert sum(p["numInputRows"] for p in batches) == len(events) and len(batches) >= 5
     finally:
         stop_request.set()
         runner.join(timeout=120)
+    assert not runner.is_alive() and not failures, failures
     assert_surge_flagged(store, shop, surge)
 
 
