@@ -970,20 +970,27 @@ def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
     assert_surge_flagged(store, shop, surge)
 
 
-@pytest.mark.services
-@pytest.mark.spark
-def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kafka, store) -> None:
-    """Judging is throttled while events flow (here to once an hour, so only the first batch is
-    judged); the windows the later batches closed are judged when the run ends."""
-
+def surge_in_small_batches(settings, kafka: str, kind: str) -> tuple:
+    """``surge_sales`` on a topic of its own, and settings for a job of its own that reads it
+    from the start in micro-batches of 30 events: (shop, job, job settings, events, surge)."""
     tag = uuid.uuid4().hex[:6]
-    shop, topic, job = f"S-{tag}", f"sales-drain-{tag}", f"sales-drain-{tag}"
+    shop, topic, job = f"S-{tag}", f"sales-{kind}-{tag}", f"sales-{kind}-{tag}"
     events, surge = surge_sales(tag, shop)
     create_topic(settings, topic)
     produce(kafka, topic, events)
     job_settings = settings.model_copy(
         update={"sales_topic": topic, "starting_offsets": "earliest", "max_offsets_per_trigger": 30}
     )
+    return shop, job, job_settings, events, surge
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kafka, store) -> None:
+    """Judging is throttled while events flow (here to once an hour, so only the first batch is
+    judged); the windows the later batches closed are judged when the run ends."""
+
+    shop, job, job_settings, _events, surge = surge_in_small_batches(settings, kafka, "drain")
     ended = drain_job(spark, job_settings, job, anomaly_interval_s=3600.0)
 
     assert len([p for p in ended[0].recentProgress if p["numInputRows"]]) >= 5
@@ -1000,14 +1007,7 @@ def test_a_job_waiting_for_events_judges_the_windows_its_last_batches_closed(
     from streaming.runtime import run_queries
     from streaming.sales import build_queries
 
-    tag = uuid.uuid4().hex[:6]
-    shop, topic, job = f"S-{tag}", f"sales-waiting-{tag}", f"sales-waiting-{tag}"
-    events, surge = surge_sales(tag, shop)
-    create_topic(settings, topic)
-    produce(kafka, topic, events)
-    job_settings = settings.model_copy(
-        update={"sales_topic": topic, "starting_offsets": "earliest", "max_offsets_per_trigger": 30}
-    )
+    shop, job, job_settings, events, surge = surge_in_small_batches(settings, kafka, "waiting")
     queries = build_queries(spark, job_settings, job=job, anomaly_interval_s=3600.0)
     stop_request = threading.Event()
     failures: list[BaseException] = []
