@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import socket
 import statistics
 import tempfile
@@ -148,14 +147,12 @@ def remove_run_folder(root: Path) -> None:
     """Delete a finished run's folder (its store, broker log and checkpoints: gigabytes), after
     closing this process's embedded store on it. A file that cannot go is reported, not raised:
     the run's results matter more than its leftovers."""
-    from common.store.embedded import close_engine
+    from common.store.embedded import remove_data_folder
 
-    close_engine()
-    shutil.rmtree(root, ignore_errors=True)
-    if root.exists():
-        log.warning("could not remove all of the run's folder %s", root)
-    else:
+    if remove_data_folder(root):
         log.info("removed the run's folder %s", root)
+    else:
+        log.warning("could not remove all of the run's folder %s", root)
 
 
 def run_benchmarks(

@@ -809,13 +809,18 @@ def _wait_for_end_or_stop(
         time.sleep(poll_interval_s)
 
 
+def _sink_hook(query: StreamingQuery, name: str) -> Callable[[], None] | None:
+    """The ``foreachBatch`` function's method ``name`` (``idle``, ``finish``) of ``query``, if any."""
+    gate = _GATES.get(str(query.id))
+    return getattr(gate.sink, name, None) if gate else None
+
+
 def _tend_idle_sinks(queries: Sequence[StreamingQuery]) -> None:
     """Call ``idle()`` on each running query's ``foreachBatch`` function that has one while the
     query waits for data (no trigger running, the last one found nothing). A failure is logged:
     the query goes on, and its next batch or ``finish()`` does the work again."""
     for query in queries:
-        gate = _GATES.get(str(query.id))
-        idle = getattr(gate.sink, "idle", None) if gate else None
+        idle = _sink_hook(query, "idle")
         if idle is None or not query.isActive:
             continue
         status = query.status
@@ -830,8 +835,7 @@ def _tend_idle_sinks(queries: Sequence[StreamingQuery]) -> None:
 def _finish_sinks(queries: Sequence[StreamingQuery], stopping: bool) -> None:
     """Call ``finish()`` on each ended query's ``foreachBatch`` function that has one."""
     for query in queries:
-        gate = _GATES.get(str(query.id))
-        finish = getattr(gate.sink, "finish", None) if gate else None
+        finish = _sink_hook(query, "finish")
         if finish is None:
             continue
         try:

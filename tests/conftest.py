@@ -6,7 +6,6 @@ from __future__ import annotations
 import faulthandler
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -143,11 +142,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         print(f"\nthe test session's data and logs are kept in {_SESSION_DIR}", file=sys.__stderr__)
         return
-    embedded = sys.modules.get("common.store.embedded")
-    if embedded is not None:
-        embedded.close_engine()
-    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
-    if _SESSION_DIR.exists():
+    from common.store.embedded import remove_data_folder
+
+    if not remove_data_folder(_SESSION_DIR):
         print(f"\ncould not remove all of {_SESSION_DIR}", file=sys.__stderr__)
 
 

@@ -14,6 +14,7 @@ import atexit
 import logging
 import os
 import resource
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -174,6 +175,15 @@ def close_engine() -> None:
         if _engine is not None:
             _engine.close()
             _engine = None
+
+
+def remove_data_folder(folder: Path) -> bool:
+    """Delete ``folder`` (a run's data: stores, logs, checkpoints) after closing this process's
+    engine, which may be open on a store inside it; whether it is gone (a file another process
+    still holds may stay)."""
+    close_engine()
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def _forget_engine_in_child() -> None:
