@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import uuid
 
+import pandas as pd
 import pytest
 from pyspark.ml import Pipeline
 from pyspark.ml.feature import VectorAssembler
@@ -48,7 +49,7 @@ def register_python_model(name: str) -> str:
     import mlflow.pyfunc
 
     class Constant(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input):
+        def predict(self, context, model_input: pd.DataFrame) -> list[float]:
             return [0.0] * len(model_input)
 
     with mlflow.start_run():

@@ -14,7 +14,7 @@ import uuid
 from functools import partial
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from benchmarks import chaos
@@ -184,8 +184,8 @@ def api(chaos_stack, known_secrets, tmp_path_factory):
         if server.poll() is not None:
             raise RuntimeError(log_file.read_text())
         try:
-            return httpx.get(f"{base}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
+            return httpx2.get(f"{base}/health", timeout=2).status_code == 200
+        except httpx2.HTTPError:
             return False
 
     chaos.wait_for(healthy, 120, "retail serve to answer")
@@ -199,12 +199,12 @@ def test_api_refuses_a_missing_or_wrong_token_and_survives_hostile_params(
 ) -> None:
     base, settings = api
     token = known_secrets["API_TOKEN"]
-    assert httpx.get(f"{base}/models").status_code == 401
+    assert httpx2.get(f"{base}/models").status_code == 401
     wrong = {"Authorization": f"Bearer {token}x"}
-    assert httpx.get(f"{base}/models", headers=wrong).status_code == 401
-    assert httpx.get(f"{base}/models", headers={"Authorization": token}).status_code == 401
+    assert httpx2.get(f"{base}/models", headers=wrong).status_code == 401
+    assert httpx2.get(f"{base}/models", headers={"Authorization": token}).status_code == 401
     right = {"Authorization": f"Bearer {token}"}
-    assert httpx.get(f"{base}/models", headers=right, timeout=30).status_code == 200
+    assert httpx2.get(f"{base}/models", headers=right, timeout=30).status_code == 200
     store = open_store(settings)
     before = table_counts(store)
     for text in INJECTIONS:
@@ -213,7 +213,7 @@ def test_api_refuses_a_missing_or_wrong_token_and_survives_hostile_params(
             ("/reorder-advice", {"store_id": text, "product_id": text}),
             ("/alerts", {"store_id": text}),
         ):
-            answer = httpx.get(f"{base}{path}", params=params, headers=right, timeout=30)
+            answer = httpx2.get(f"{base}{path}", params=params, headers=right, timeout=30)
             assert answer.status_code in (400, 404, 422, 503), (path, text, answer.text)
     assert table_counts(store) == before
     details = store.query_df("SELECT detail FROM model_events")["detail"].tolist()
@@ -303,7 +303,7 @@ def test_the_mlflow_client_works_against_a_server_with_basic_auth(settings, tmp_
             partial(_serving, server, f"{uri}/health", log_file), 180, "the basic-auth server"
         )
         assert (
-            httpx.get(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+            httpx2.get(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
         )
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
@@ -338,6 +338,6 @@ def _serving(server: subprocess.Popen, url: str, log_file: Path) -> bool:
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
+        return httpx2.get(url, timeout=2).status_code == 200
+    except httpx2.HTTPError:
         return False
