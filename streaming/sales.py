@@ -575,8 +575,7 @@ def detect_sales_anomalies(
     champion's daily forecast summed over the store's products; ``ALL`` for the overall row), or
     None. A window is an anomaly when its robust z-score ``(observed - median) / scale`` reaches
     ``threshold`` (``scale``: the largest of 1.4826 MAD, the deviations' 80th percentile / 1.2816,
-    5% of the median and 1, and above the median the spread of baskets arriving at random: see
-    below) and, when the model has an expectation for it, it also strays from that expectation by
+    5% of the median, 1, and the spread of baskets arriving at random: see below) and, when the model has an expectation for it, it also strays from that expectation by
     ``model_tolerance`` in the same direction. The model's daily units are spread over the day by
     the store's hourly ``profile`` (store_id, hour, share: ``hourly_profile``), or evenly for a
     store without one; its revenue expectation uses the baseline's revenue per unit.
@@ -584,11 +583,12 @@ def detect_sales_anomalies(
     baseline scaled down to its open minutes, and the smaller score is kept: a store that closes
     at its usual hour is not below its baseline.
 
-    The baskets' spread is ``b x (sqrt(mean baskets per baseline window) + (z^2 - 1) / 6z)``, with
-    ``b`` the root mean square basket (revenue or units per transaction) of the store's
-    ``baskets`` (store_id, revenue, units: its history), else of its baseline, else the window's
-    own. So a basket or two in a store that sells a few an hour is not a surge, and a store's usual
-    big basket is not either.
+    The baskets' spread is ``b x (sqrt(mean baskets per baseline window) +- (z^2 - 1) / 6z)`` (+
+    above the median, - below), with ``b`` the root mean square basket (revenue or units per
+    transaction) of the store's ``baskets`` (store_id, revenue, units: its history), else of its
+    baseline, else the window's own. So a basket or two in a store that sells a few an hour is not
+    a surge, a store's usual big basket is not either, and an empty window of a store that sells a
+    basket a window is not a drop.
     """
     judged = _with_store_hours(
         _with_baselines(metrics, judge_after, judge_until, rules.baseline_minutes), profile
@@ -637,10 +637,13 @@ def detect_sales_anomalies(
     tail = _array_quantile(deviations, 0.8)
     # Sales are counts of baskets: a store's windows vary at least as much as baskets arriving at
     # random would make them (Poisson). With a few baskets per window a robust z-score is far too
-    # narrow (a basket after an empty half hour was a surge), so above its baseline a window's scale
-    # is at least that spread: sqrt(mean baskets per baseline window) plus the margin by which a
-    # Poisson tail at ``threshold`` lies beyond the normal one (Cornish-Fisher), in typical baskets
-    # (root mean square per transaction). Below, a store going silent, the robust spread decides.
+    # narrow (a basket after an empty half hour was a surge; sliding windows that share the same
+    # few baskets look steady, and the next empty one was below them), so a window's scale is at
+    # least that spread: sqrt(mean baskets per baseline window), plus above (minus below) the
+    # margin by which a Poisson tail at ``threshold`` lies beyond the normal one (Cornish-Fisher),
+    # in typical baskets (root mean square per transaction). Below, the floor vanishes for a store
+    # selling a basket or two a window, whose empty window is no news, and is a small share of
+    # the median of a dense store, whose silence is still caught.
     transactions = sf.col("baseline_transactions")
     mean_transactions = sf.try_divide(
         sf.aggregate(transactions, sf.lit(0.0), lambda acc, n: acc + n), sf.size(transactions)
@@ -665,15 +668,18 @@ def detect_sales_anomalies(
     skew_margin = (rules.threshold**2 - 1) / (6 * rules.threshold)
 
     def robust_score(expected: Column, share: Column) -> Column:
+        poisson_spread = sf.sqrt(sf.col("mean_transactions") * share)
         baskets_spread = sf.col("typical_basket") * (
-            sf.sqrt(sf.col("mean_transactions") * share) + skew_margin
+            sf.when(sf.col("observed") > expected, poisson_spread + skew_margin).otherwise(
+                poisson_spread - skew_margin
+            )
         )
-        scale = sf.greatest(  # skips nulls: the count floor applies above the baseline only
+        scale = sf.greatest(  # skips nulls
             sf.col("baseline_mad") * share * 1.4826,
             sf.col("baseline_tail") * share / 1.2816,
             sf.abs(expected) * rules.min_scale_fraction,
             sf.lit(rules.min_scale),
-            sf.when(sf.col("observed") > expected, baskets_spread),
+            baskets_spread,
         )
         return (sf.col("observed") - expected) / scale
 

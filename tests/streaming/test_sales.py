@@ -425,6 +425,32 @@ def test_a_store_that_sells_in_few_windows_is_not_flagged_for_one_basket(
 
 
 @pytest.mark.spark
+def test_an_empty_window_is_a_drop_only_for_a_store_that_sells_many_baskets_a_window(
+    spark: SparkSession,
+) -> None:
+    day = dt.date(2026, 3, 9)
+    after, judged_end = judging_the_window_at_ten(day)
+    start = at(day, "09:00:00").replace(tzinfo=None)
+
+    def judged(baskets_a_window: float) -> set[tuple[str, str]]:
+        # A basket of 20.00 (2 units) every 5/n minutes: each baseline window holds exactly n, so
+        # the baseline is flat (MAD 0); the window judged at 10:00 holds none.
+        n = baskets_a_window
+        rows = [(start + dt.timedelta(minutes=i), "S1", 20.0 * n, 2.0 * n, n) for i in range(60)]
+        rows.append((start + dt.timedelta(minutes=60), "S1", 0.0, 0.0, 0.0))
+        found = detect_sales_anomalies(
+            spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA), after, judged_end
+        )
+        return {(r.metric, r.direction) for r in found.collect()}
+
+    # One basket a window: an empty one is a basket a minute late, which baskets arriving at
+    # random do a third of the time (Poisson), not a drop.
+    assert judged(1.0) == set()
+    # Twenty a window going to none happens at random about once in 500 million windows.
+    assert judged(20.0) == {("revenue", "below"), ("units", "below")}
+
+
+@pytest.mark.spark
 def test_a_basket_is_judged_against_the_stores_usual_baskets(spark: SparkSession) -> None:
     day = dt.date(2026, 3, 10)
     after, judged_end = judging_the_window_at_ten(day)
