@@ -5,8 +5,8 @@ Pure transforms (static or streaming frames): ``parse_sales``/``classify_sales``
 ``sales_panes`` (and ``panes_of_rows``, the same on a collected batch in pandas),
 ``windows_from_panes``, ``windowed_sales_metrics`` (panes, the job's way),
 ``sliding_window_metrics`` (Spark's sliding ``window()``, the slow way, used for the console sink),
-``score_demand`` and ``detect_sales_anomalies``. ``SalesBatchWriter`` is the ``foreachBatch``
-wiring and ``main()`` starts the query.
+``score_demand``, ``detect_sales_anomalies`` and ``detect_store_silences``. ``SalesBatchWriter``
+is the ``foreachBatch`` wiring and ``main()`` starts the query.
 
 How a micro-batch becomes store rows (results do not depend on how events fall into batches):
 each batch keeps the first of each ``event_id`` that ``sales_events`` does not hold yet (late or
@@ -405,14 +405,13 @@ _JUDGED_METRICS = ("revenue", "units")  # an anomaly is in one of these
 _JUDGED_QUANTITIES = (*_JUDGED_METRICS, "transactions")  # what the baselines hold
 
 
-def _with_baselines(
-    metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime, baseline_minutes: int
-) -> DataFrame:
-    """The judged store windows (a store without a row in a judged minute sold nothing there), each
-    with the revenue, units and transactions of its baseline windows as arrays. A store's baseline
-    windows missing since its first window in ``metrics`` count as zero; before it, its history is
-    unknown (a store that opens, or sells for the first time, is not judged against zeros it never
-    had)."""
+def _store_windows(
+    metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime
+) -> tuple[DataFrame, DataFrame]:
+    """(windows, first_seen): the store windows of ``metrics`` plus a zero row for each judged
+    minute without one since the store's first window there (before it, its history is unknown:
+    a store that opens, or sells for the first time, is not judged against zeros it never had),
+    and each store's ``first_window``."""
     observed = metrics.select(
         "store_id",
         "window_start",
@@ -436,6 +435,16 @@ def _with_baselines(
         .join(observed, ["store_id", "window_start"], "left_anti")
         .select("store_id", "window_start", *[sf.lit(0.0).alias(c) for c in _JUDGED_QUANTITIES])
     )
+    return observed.unionByName(silent), first_seen
+
+
+def _with_baselines(
+    metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime, baseline_minutes: int
+) -> DataFrame:
+    """The judged store windows (``_store_windows``), each with the revenue, units and
+    transactions of its baseline windows as arrays (a store's missing windows since its first one
+    count as zero)."""
+    windows, first_seen = _store_windows(metrics, judge_after, judge_until)
     seconds = sf.unix_timestamp("window_start")
     before = (
         Window.partitionBy("store_id")
@@ -444,8 +453,7 @@ def _with_baselines(
     )
     window_end = sf.col("window_start") + sf.make_dt_interval(mins=sf.lit(WINDOW_MINUTES))
     rows = (
-        observed.unionByName(silent)
-        .select(
+        windows.select(
             "*",
             window_end.alias("window_end"),
             *[sf.collect_list(c).over(before).alias(f"baseline_{c}") for c in _JUDGED_QUANTITIES],
@@ -512,6 +520,15 @@ def hourly_profile(units: pd.DataFrame, min_days: int = PROFILE_MIN_DAYS) -> pd.
     return shares[columns].reset_index(drop=True)
 
 
+def _hourly_shares(profile: DataFrame) -> DataFrame:
+    """store_id, hourly_share: each store's ``profile`` as a map from the hour to its share."""
+    return profile.groupBy("store_id").agg(
+        sf.map_from_entries(
+            sf.collect_list(sf.struct(sf.col("hour").cast("int"), sf.col("share").cast("double")))
+        ).alias("hourly_share")
+    )
+
+
 def _with_store_hours(frame: DataFrame, profile: DataFrame | None) -> DataFrame:
     """``frame`` with two columns from the store's hourly ``profile`` (store_id, hour, share) for
     its window's 5 minutes: ``day_share``, the share of the store's day they hold (5/1440 for a
@@ -523,11 +540,7 @@ def _with_store_hours(frame: DataFrame, profile: DataFrame | None) -> DataFrame:
             sf.lit(WINDOW_MINUTES / MINUTES_PER_DAY).alias("day_share"),
             sf.lit(1.0).alias("open_share"),
         )
-    shares = profile.groupBy("store_id").agg(
-        sf.map_from_entries(
-            sf.collect_list(sf.struct(sf.col("hour").cast("int"), sf.col("share").cast("double")))
-        ).alias("hourly_share")
-    )
+    shares = _hourly_shares(profile)
     first_hour = sf.hour("window_start")
     minutes = (  # (minutes of the window, hour of the day they are in)
         (sf.least(sf.lit(WINDOW_MINUTES), 60 - sf.minute("window_start")), first_hour),
@@ -800,6 +813,202 @@ def detect_sales_anomalies(
     )
 
 
+SILENCE_METRIC = "transactions"  # a silence is judged in baskets
+
+
+def detect_store_silences(
+    metrics: DataFrame,
+    judge_after: dt.datetime,
+    judge_until: dt.datetime,
+    expectations: DataFrame | None = None,
+    rules: AnomalyRules = AnomalyRules(),
+    profile: DataFrame | None = None,
+) -> DataFrame:
+    """Stores that have sold nothing for longer than their rate before makes likely: a till or a
+    feed that stopped, which a store selling a few baskets a window never shows in one window.
+
+    Inputs as for ``detect_sales_anomalies``, with ``metrics`` from ``2 x baseline_minutes + 5``
+    minutes before ``judge_after``. For a judged window without a sale, the silence runs from the
+    end of the first minute of the store's last window with a sale within the
+    ``baseline_minutes`` before (none there: not judged; the next window is empty, so that minute
+    held the sale) to the judged window's end. It is compared with the hour before it: the ``k``
+    baskets of the ``baseline_minutes`` of windows up to that one (their transactions over 5,
+    missing windows count as zero; 59 minutes' worth), but the last one, which started the
+    silence. If the store's rate held, each basket of both spans falls in the silent one with
+    probability ``t_s / (t_b + t_s)``, with times counted by the store's hourly ``profile`` (its
+    hours and their shares; minutes alike without one, or when it says the store was closed
+    before), so all ``k`` fall before it with probability ``(t_b / (t_b + t_s))^k``. This
+    conditional test also weighs how few baskets the rate was measured on. The score is minus the
+    normal quantile of that tail: a silence is flagged from ``threshold``, about 13 baskets in the
+    hour before an hour-long silence. With a model expectation for the store's day, the model
+    must expect a sale in the silent minutes too.
+
+    One row per silence and judgement: ``window_start`` is its start, ``window_end`` the end of
+    its longest flagged window (a later judgement of the same silence replaces the row),
+    ``metric`` is ``transactions``, ``expected`` the baskets the silent minutes would hold at the
+    rate before (``k t_s / t_b``), ``baseline_mad`` its Poisson spread (its square root), and
+    ``model_expected`` the model's units in the silent minutes at the store's units per basket.
+    """
+    windows, _ = _store_windows(metrics, judge_after, judge_until)
+    seconds = sf.unix_timestamp("window_start")
+    up_to = Window.partitionBy("store_id").orderBy(seconds)
+    up_to = up_to.rangeBetween(-rules.baseline_minutes * 60, 0)
+    frame_windows = rules.baseline_minutes // PANE_MINUTES + 1
+    with_rates = windows.select(
+        "store_id",
+        "window_start",
+        "transactions",
+        sf.max(sf.when(sf.col("transactions") > 0, seconds)).over(up_to).alias("last_sale"),
+        (sf.sum("transactions").over(up_to) / frame_windows).alias("rate"),
+        (sf.sum("units").over(up_to) / frame_windows).alias("units_rate"),
+    )
+    # A store's rate is that of the baseline minutes up to its last window with a sale.
+    rates = with_rates.where(sf.col("transactions") > 0).select(
+        "store_id", sf.unix_timestamp("window_start").alias("last_sale"), "rate", "units_rate"
+    )
+    window_end = sf.col("window_start") + sf.make_dt_interval(mins=sf.lit(WINDOW_MINUTES))
+    judged = (
+        with_rates.where(
+            (window_end > sf.lit(judge_after))
+            & (window_end <= sf.lit(judge_until))
+            & (sf.col("transactions") == 0)
+            & sf.col("last_sale").isNotNull()
+        )
+        .select("store_id", "window_start", window_end.alias("window_end"), "last_sale")
+        .join(rates, ["store_id", "last_sale"])
+    )
+    if profile is None:
+        profile = metrics.sparkSession.createDataFrame([], PROFILE_SCHEMA)
+    judged = judged.join(sf.broadcast(_hourly_shares(profile)), "store_id", "left")
+    one_minute = sf.make_dt_interval(mins=sf.lit(PANE_MINUTES))
+    last_sale = sf.timestamp_seconds("last_sale")
+    # The last window with a sale is followed by an empty one: its sale was in its first minute.
+    silence_start = last_sale + one_minute
+    minutes = sf.sequence(silence_start, sf.col("window_end") - one_minute, one_minute)
+    # The windows' baskets are those of the minutes from 60 before that window to its first, the
+    # earliest four counted in part (a basket is in 5 windows): 59 minutes' worth, taken as the
+    # 59 minutes to the last sale.
+    rate_span = rules.baseline_minutes + 1 - (WINDOW_MINUTES - 1) // 2
+    rate_minutes = sf.sequence(
+        last_sale - sf.make_dt_interval(mins=sf.lit(rate_span - 1)), last_sale, one_minute
+    )
+
+    def share(minute: Column) -> Column:
+        return sf.coalesce(sf.try_element_at("hourly_share", sf.hour(minute)), sf.lit(0.0))
+
+    def day_share_of(span: Column) -> Column:
+        return sf.aggregate(span, sf.lit(0.0), lambda acc, m: acc + share(m) / 60)
+
+    # Time goes as the store's day goes (its hours and their shares) when its profile says it
+    # sold in the minutes before; else every minute counts the same.
+    by_profile = sf.col("hourly_share").isNotNull() & (day_share_of(rate_minutes) > 0)
+    time_before = sf.when(by_profile, day_share_of(rate_minutes)).otherwise(sf.size(rate_minutes))
+    time_silent = sf.when(by_profile, day_share_of(minutes)).otherwise(sf.size(minutes))
+    day_share = sf.when(sf.col("hourly_share").isNotNull(), day_share_of(minutes)).otherwise(
+        sf.size(minutes) / MINUTES_PER_DAY
+    )
+    # Baskets before the silence (each is in 5 windows), but the last one, which started it.
+    baskets = sf.greatest(sf.col("rate") * frame_windows / WINDOW_MINUTES - 1, sf.lit(0.0))
+    # Given the baskets of both spans, each falls in the silent one with probability
+    # time_silent / (time_before + time_silent) if the store's rate held: all of them fall
+    # before it with probability exp(-surprise).
+    surprise = sf.col("baskets") * sf.log1p(sf.col("time_silent") / sf.col("time_before"))
+    # The normal quantile of that tail: z^2 = 2 s - 2 ln(z sqrt(2 pi)) (the normal tail is
+    # phi(z) / z), one step from z = sqrt(2 s). Just short of the exact quantile: by 0.03 at
+    # s = 8 (z = 3.4), by less than 0.05 from 5 up (scipy, 2026-12-06); none below 1.
+    tail_z = sf.sqrt(2 * surprise - sf.log(4 * np.pi * surprise))
+    silences = judged.select(
+        "store_id",
+        "window_end",
+        "rate",
+        "units_rate",
+        silence_start.alias("window_start"),
+        sf.size(minutes).alias("silent_minutes"),
+        baskets.alias("baskets"),
+        time_before.alias("time_before"),
+        time_silent.alias("time_silent"),
+        day_share.alias("day_share"),
+        sf.to_date("window_start").alias("forecast_date"),
+    ).select(
+        "*",
+        (sf.col("baskets") * sf.col("time_silent") / sf.col("time_before")).alias("expected"),
+        sf.when(surprise > 1, -tail_z).alias("score"),
+    )
+    flagged = silences.where(sf.col("score") <= -rules.threshold)
+    if expectations is None:
+        with_model = flagged.select(
+            "*",
+            sf.lit(None).cast("double").alias("expected_units_day"),
+            sf.lit(None).cast("string").alias("model_name"),
+            sf.lit(None).cast("string").alias("model_version"),
+        )
+    else:
+        with_model = flagged.join(
+            sf.broadcast(
+                expectations.select(
+                    "store_id", "forecast_date", "expected_units_day", "model_name", "model_version"
+                )
+            ),
+            ["store_id", "forecast_date"],
+            "left",
+        )
+    # The model's baskets in the silent minutes: its units there at the store's units per basket.
+    model_expected = (
+        sf.col("expected_units_day")
+        * sf.col("day_share")
+        * sf.try_divide(sf.col("rate"), sf.col("units_rate"))
+    )
+    scored = with_model.withColumn("model_expected", model_expected)
+    # No sale strays from the model's expectation by all of it, in the same direction.
+    strays_from_model = (sf.col("model_expected") > 0) & (sf.lit(rules.model_tolerance) <= 1)
+    kept = scored.where(sf.col("model_expected").isNull() | strays_from_model)
+    longest = Window.partitionBy("store_id", "window_start").orderBy(sf.desc("window_end"))
+    reason = sf.concat(
+        sf.format_string(
+            "transactions 0 for %d minutes after %.1f in the %d minutes before: %.2f expected "
+            "at that rate (%.1f SDs below)",
+            sf.col("silent_minutes"),
+            sf.col("baskets"),
+            sf.lit(rate_span),
+            sf.col("expected"),
+            sf.abs(sf.col("score")),
+        ),
+        sf.when(
+            sf.col("model_expected").isNull(),
+            sf.lit("; no model expectation: rolling baseline only"),
+        ).otherwise(
+            sf.format_string(
+                "; %s v%s expected %.2f",
+                sf.col("model_name"),
+                sf.col("model_version"),
+                sf.col("model_expected"),
+            )
+        ),
+    )
+    return (
+        kept.withColumn("latest", sf.row_number().over(longest))
+        .where(sf.col("latest") == 1)
+        .select(
+            "window_start",
+            "window_end",
+            "store_id",
+            sf.lit(SILENCE_METRIC).alias("metric"),
+            sf.lit(0.0).alias("observed"),
+            sf.col("expected").cast("double").alias("expected"),
+            sf.sqrt(sf.col("expected")).cast("double").alias("baseline_mad"),
+            sf.col("score").cast("double").alias("score"),
+            "model_expected",
+            "model_name",
+            "model_version",
+            sf.lit("below").alias("direction"),
+            sf.when(sf.col("score") <= -rules.critical_threshold, sf.lit("critical"))
+            .otherwise(sf.lit("warning"))
+            .alias("severity"),
+            reason.alias("reason"),
+        )
+    )
+
+
 REFRESH_WINDOWS_SQL = """
 INSERT INTO sales_metrics (window_start, window_end, store_id, revenue, transactions, customers,
     units, line_items, avg_basket, units_per_transaction)
@@ -961,6 +1170,7 @@ class SalesBatchWriter:
         self.champion = champion
         self.feature_builder = feature_builder
         self.rules = rules
+        self._baseline_span = dt.timedelta(minutes=rules.baseline_minutes + WINDOW_MINUTES)
         self.watermark_delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
         self._scored: ByDay[tuple[str, str, str], bool] = ByDay()  # (store, product, version)
         self._judged_until: dt.datetime | None = None
@@ -1134,15 +1344,17 @@ class SalesBatchWriter:
         # A window has not closed before its end has passed, whatever a clock ahead stamped.
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         closed = _minute_floor(min(self._latest_event_time, now) - self.watermark_delay)
-        baseline_span = dt.timedelta(minutes=self.rules.baseline_minutes + WINDOW_MINUTES)
         # A new job judges from one baseline span back; a long backlog is judged in steps.
-        judge_after = self._judged_until or closed - baseline_span
+        judge_after = self._judged_until or closed - self._baseline_span
         horizon = min(closed, judge_after + MAX_JUDGED_SPAN)
         if horizon <= judge_after:
             return False
         # The range names the inserts: judging it again (a replayed batch) writes nothing twice.
         token = f"{self.query_name}.judged-{judge_after:%Y%m%dT%H%M}-{horizon:%Y%m%dT%H%M}"
-        first_start = judge_after - baseline_span
+        # Silences read the rate of the baseline minutes before a store's last sale too.
+        first_start = (
+            judge_after - self._baseline_span - dt.timedelta(minutes=self.rules.baseline_minutes)
+        )
         metrics = self.store.query_df(
             WINDOWS_FOR_JUDGING_SQL, {"first_start": first_start, "judge_until": horizon}
         )
@@ -1178,17 +1390,18 @@ class SalesBatchWriter:
                 "model_name string, model_version string",
             )
         history = self._store_history(judge_after.date())
-        return to_pandas(
-            detect_sales_anomalies(
-                frame,
-                judge_after,
-                horizon,
-                expected,
-                self.rules,
-                profile=self._frame_or_none(history.profile, PROFILE_SCHEMA),
-                baskets=self._frame_or_none(history.baskets, BASKETS_SCHEMA),
-            )
+        profile = self._frame_or_none(history.profile, PROFILE_SCHEMA)
+        windows = detect_sales_anomalies(
+            frame.where(sf.col("window_start") >= sf.lit(judge_after - self._baseline_span)),
+            judge_after,
+            horizon,
+            expected,
+            self.rules,
+            profile=profile,
+            baskets=self._frame_or_none(history.baskets, BASKETS_SCHEMA),
         )
+        silences = detect_store_silences(frame, judge_after, horizon, expected, self.rules, profile)
+        return to_pandas(windows.unionByName(silences))
 
     def _frame_or_none(self, rows: pd.DataFrame, schema: str) -> DataFrame | None:
         return None if rows.empty else self.spark.createDataFrame(rows, schema)

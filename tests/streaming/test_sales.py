@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from statistics import NormalDist
 
 import pandas as pd
 import pyarrow as pa
@@ -31,6 +32,7 @@ from streaming.sales import (
     TYPICAL_BASKETS_SQL,
     AnomalyRules,
     detect_sales_anomalies,
+    detect_store_silences,
     hourly_profile,
     panes_of_rows,
     sales_panes,
@@ -448,6 +450,70 @@ def test_an_empty_window_is_a_drop_only_for_a_store_that_sells_many_baskets_a_wi
     assert judged(1.0) == set()
     # Twenty a window going to none happens at random about once in 500 million windows.
     assert judged(20.0) == {("revenue", "below"), ("units", "below")}
+
+
+@pytest.mark.spark
+def test_a_store_silent_for_longer_than_its_rate_makes_likely_is_flagged_once(
+    spark: SparkSession,
+) -> None:
+    day = dt.date(2026, 3, 11)
+    start = at(day, "09:00:00").replace(tzinfo=None)
+    judge_after, judge_until = start + dt.timedelta(minutes=34), start + dt.timedelta(minutes=65)
+    model_columns = (
+        "store_id string, forecast_date date, expected_units_day double, model_name string, "
+        "model_version string"
+    )
+
+    def silences(
+        baskets_a_window: float,
+        profile: DataFrame | None = None,
+        model: DataFrame | None = None,
+    ) -> list:
+        # Windows 08:29-09:29 hold n baskets of 20.00 (2 units each); the store then sells nothing.
+        n = baskets_a_window
+        rows = [
+            (start + dt.timedelta(minutes=i), "S1", 20.0 * n, 2.0 * n, n) for i in range(-31, 30)
+        ]
+        metrics = spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA)
+        found = detect_store_silences(
+            metrics, judge_after, judge_until, model, AnomalyRules(), profile
+        )
+        return found.collect()
+
+    # Three baskets a window: 61 x 3 / 5 = 36.6 baskets in the 59 minutes' worth of windows to
+    # the last sale at 09:29, 35.6 but that one. If the rate held, all of them fall before the 35
+    # silent minutes from 09:30 to 10:05 with probability (59 / 94)^35.6 = exp(-16.58): once in 16
+    # million. One row, for the longest judged window.
+    [silence] = silences(3.0)
+    assert (silence.store_id, silence.window_start, silence.window_end) == (
+        "S1",
+        start + dt.timedelta(minutes=30),
+        judge_until,
+    )
+    assert (silence.metric, silence.observed, silence.direction) == ("transactions", 0.0, "below")
+    assert silence.expected == pytest.approx(35.6 * 35 / 59)
+    tail = math.exp(-35.6 * math.log(94 / 59))
+    assert silence.score == pytest.approx(NormalDist().inv_cdf(tail), abs=0.05)
+    assert silence.severity == "warning" and "for 35 minutes" in silence.reason
+
+    # One basket a window: (59 / 94)^11.2, once in 180 such spans: not flagged.
+    assert silences(1.0) == []
+    # Its hours say the store closes at 10:00: 30 of the silent minutes count.
+    closes_at_ten = spark.createDataFrame([("S1", 8, 0.5), ("S1", 9, 0.5)], PROFILE_SCHEMA)
+    [closing] = silences(3.0, closes_at_ten)
+    assert closing.expected == pytest.approx(35.6 * 30 / 59)
+    # Its hours say it closes at 09:00: the silence is its usual closing time.
+    assert silences(3.0, spark.createDataFrame([("S1", 8, 1.0)], PROFILE_SCHEMA)) == []
+
+    # The champion expects sales in those minutes: flagged with its expectation in baskets
+    # (its units in 35 minutes of an even day, 2 units a basket).
+    model = spark.createDataFrame([("S1", day, 1440.0, "demand_forecaster", "3")], model_columns)
+    [modelled] = silences(3.0, model=model)
+    assert modelled.model_expected == pytest.approx(1440.0 * 35 / 1440 / 2)
+    assert modelled.model_version == "3"
+    # The champion expects nothing that day: the silence is what the model foresaw.
+    nothing = model.withColumn("expected_units_day", sf.lit(0.0))
+    assert silences(3.0, model=nothing) == []
 
 
 @pytest.mark.spark
@@ -994,6 +1060,49 @@ def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
     drain(queries)
 
     assert_surge_flagged(store, shop, surge)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_store_that_stops_selling_is_flagged_once_by_the_job(
+    spark, settings, kafka, store, sales_job
+) -> None:
+    """A store selling 3 baskets a minute stops 60 minutes ago while another sells on until 15
+    minutes ago: the windows closed end 25 minutes ago, 34 silent minutes after its last sale."""
+    tag = uuid.uuid4().hex[:6]
+    quiet, busy, topic = f"Q-{tag}", f"B-{tag}", f"sales-silence-{tag}"
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    events = [
+        sale(f"q{m}-{i}-{tag}", now - dt.timedelta(minutes=m), f"q{m}-{i}", quiet, "c1", 1, 10.0)
+        for m in range(150, 59, -1)
+        for i in range(3)
+    ]
+    events += [
+        sale(f"b{m}-{tag}", now - dt.timedelta(minutes=m), f"b{m}", busy, "c2", 1, 10.0)
+        for m in range(150, 14, -1)
+    ]
+    create_topic(settings, topic)
+    queries = sales_job(topic, anomaly_interval_s=0.0)
+    produce(kafka, topic, events)
+    drain(queries)
+
+    silences = store.query_df(
+        "SELECT store_id, window_start, window_end, observed, direction, severity "
+        "FROM sales_anomalies FINAL WHERE metric = 'transactions' AND store_id IN "
+        "({q:String}, {b:String})",
+        {"q": quiet, "b": busy},
+    )
+    assert len(silences) == 1, silences
+    [row] = silences.itertuples()
+    assert row.store_id == quiet
+    assert pd.Timestamp(row.window_start).tz_localize(None) == (
+        now - dt.timedelta(minutes=59)
+    ).replace(tzinfo=None)
+    assert pd.Timestamp(row.window_end).tz_localize(None) == (
+        now - dt.timedelta(minutes=25)
+    ).replace(tzinfo=None)
+    # 182 baskets before, none in 34 minutes: about 12 SDs below.
+    assert (row.observed, row.direction, row.severity) == (0.0, "below", "critical")
 
 
 def surge_in_small_batches(settings, kafka: str, kind: str) -> tuple:
