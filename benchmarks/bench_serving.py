@@ -164,7 +164,7 @@ def start_api(env: dict[str, str], port: int, log_file: Path) -> subprocess.Pope
 
 def wait_ready(base_url: str, token: str, version: str, process: subprocess.Popen) -> None:
     """Until /ready answers 200 with the champion ``version`` loaded (at most 180 s)."""
-    import httpx
+    import httpx2
 
     deadline = time.monotonic() + 180
     headers = {"Authorization": f"Bearer {token}"}
@@ -172,10 +172,10 @@ def wait_ready(base_url: str, token: str, version: str, process: subprocess.Pope
         if process.poll() is not None:
             raise RuntimeError(f"retail serve exited with {process.returncode}")
         try:
-            body = httpx.get(f"{base_url}/ready", headers=headers, timeout=2).json()
+            body = httpx2.get(f"{base_url}/ready", headers=headers, timeout=2).json()
             if body.get("ready") and body["champions"][0]["version"] == version:
                 return
-        except (httpx.HTTPError, ValueError, KeyError):
+        except (httpx2.HTTPError, ValueError, KeyError):
             pass
         time.sleep(0.5)
     raise RuntimeError("the API did not become ready with the champion within 180 s")

@@ -86,7 +86,7 @@ def _stream_live_events(settings: Settings, timings: dict[str, float]) -> dict:
 
 def _start_api(settings: Settings, timings: dict[str, float]) -> None:
     """`retail serve` in the background (pid under DATA_DIR/run, stopped by `make down`)."""
-    import httpx
+    import httpx2
     from tenacity import retry, stop_after_delay, wait_fixed
 
     typer.secho(f"\n==> start the API: retail serve --port {settings.api_port}", bold=True)
@@ -108,7 +108,7 @@ def _start_api(settings: Settings, timings: dict[str, float]) -> None:
     def healthy() -> None:
         if process.poll() is not None:
             raise typer.Exit(1)
-        httpx.get(f"http://127.0.0.1:{settings.api_port}/health", timeout=2).raise_for_status()
+        httpx2.get(f"http://127.0.0.1:{settings.api_port}/health", timeout=2).raise_for_status()
 
     healthy()
     timings["start the API"] = time.monotonic() - started

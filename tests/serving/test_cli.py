@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from serving_world import ORIGIN, wait_until
 
@@ -44,8 +44,8 @@ def served(serving_settings, serving_store, tmp_path_factory):
     def healthy() -> bool:
         assert process.poll() is None, log.read_text()
         try:
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
+            return httpx2.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx2.TransportError:
             return False
 
     try:
@@ -61,18 +61,20 @@ def test_the_token_guards_every_endpoint_but_health(served, world):
     good = {"Authorization": f"Bearer {token}"}
     params = {"store_id": world.store_id, "product_id": world.product_id}
 
-    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    assert httpx2.get(f"{url}/health").json() == {"status": "ok"}
     for path in ("/ready", "/forecast", "/reorder-advice", "/alerts", "/models"):
-        missing = httpx.get(f"{url}{path}", params=params)
-        wrong = httpx.get(
+        missing = httpx2.get(f"{url}{path}", params=params)
+        wrong = httpx2.get(
             f"{url}{path}", params=params, headers={"Authorization": f"Bearer {token}x"}
         )
         assert (missing.status_code, wrong.status_code) == (401, 401), path
         assert missing.headers["www-authenticate"] == "Bearer"
-    assert httpx.get(f"{url}/forecast", params=params, auth=("user", token)).status_code == 401
+    assert httpx2.get(f"{url}/forecast", params=params, auth=("user", token)).status_code == 401
 
-    wait_until(lambda: httpx.get(f"{url}/ready", headers=good).status_code == 200, 120, "readiness")
-    answer = httpx.get(f"{url}/forecast", params={**params, "horizon": 2}, headers=good)
+    wait_until(
+        lambda: httpx2.get(f"{url}/ready", headers=good).status_code == 200, 120, "readiness"
+    )
+    answer = httpx2.get(f"{url}/forecast", params={**params, "horizon": 2}, headers=good)
     assert answer.status_code == 200, answer.text
     assert [p["date"] for p in answer.json()["forecasts"]][0] == ORIGIN.isoformat()
     assert token not in log.read_text()
@@ -81,7 +83,7 @@ def test_the_token_guards_every_endpoint_but_health(served, world):
 def test_the_openapi_description_lists_every_endpoint(served):
     url, _, _ = served
 
-    spec = httpx.get(f"{url}/openapi.json").json()
+    spec = httpx2.get(f"{url}/openapi.json").json()
 
     assert {
         "/health",
@@ -94,4 +96,4 @@ def test_the_openapi_description_lists_every_endpoint(served):
         "/models/{name}",
     } <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    assert httpx.get(f"{url}/docs").status_code == 200
+    assert httpx2.get(f"{url}/docs").status_code == 200
