@@ -27,6 +27,7 @@ from serving.registry import ChampionInfo
 from serving.schemas import (
     Alert,
     Alerts,
+    AnomalySeverity,
     ChampionStatus,
     ForecastAnswer,
     ForecastPoint,
@@ -35,6 +36,8 @@ from serving.schemas import (
     Problem,
     Readiness,
     ReorderAdvice,
+    SalesAnomalies,
+    SalesAnomaly,
     Severity,
     StoreStatus,
 )
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 
 MAX_DAYS_BACK = 366
 SEVERITY_RANK = {s.value: rank for rank, s in enumerate(Severity)}
+ANOMALY_SEVERITY_RANK = {s.value: rank for rank, s in enumerate(AnomalySeverity)}
+MAX_ANOMALY_HOURS = 168
 ERRORS = {404: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}}
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the server sets one")
 
@@ -423,6 +428,40 @@ async def alerts(
     )
     return Alerts(
         count=len(chosen), data_as_of=data.checked_at, alerts=[Alert(**a) for a in chosen]
+    )
+
+
+@protected.get("/sales-anomalies", response_model=SalesAnomalies, tags=["sales"], responses=ERRORS)
+async def sales_anomalies(
+    state: State,
+    store_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    severity: AnomalySeverity | None = None,
+    hours: Annotated[int, Query(ge=1, le=MAX_ANOMALY_HOURS)] = 24,
+) -> SalesAnomalies:
+    """The sales job's anomalies (windows and silences) that ended in the last ``hours``,
+    critical first, newest first within a severity, filtered by store (``ALL``: the overall
+    row) or severity."""
+    data = snapshot(state)
+    if store_id is not None and all(a["store_id"] != store_id for a in data.recent_anomalies):
+        check_ids(data, store_id, None)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    chosen = [
+        a
+        for a in data.recent_anomalies
+        if a["window_end"] >= since
+        and (store_id is None or a["store_id"] == store_id)
+        and (severity is None or a["severity"] == severity.value)
+    ]
+    chosen.sort(
+        key=lambda a: (
+            ANOMALY_SEVERITY_RANK.get(a["severity"], len(ANOMALY_SEVERITY_RANK)),
+            -a["window_end"].timestamp(),
+        )
+    )
+    return SalesAnomalies(
+        count=len(chosen),
+        data_as_of=data.checked_at,
+        anomalies=[SalesAnomaly(**a) for a in chosen],
     )
 
 

@@ -125,6 +125,32 @@ class Alerts(BaseModel):
     alerts: list[Alert]
 
 
+class AnomalySeverity(StrEnum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+
+
+class SalesAnomaly(BaseModel):
+    window_start: dt.datetime
+    window_end: dt.datetime
+    store_id: str = Field(description="a store, or ALL for the overall row")
+    metric: str = Field(description="revenue or units (a window), transactions (a silence)")
+    observed: float
+    expected: float
+    score: float
+    direction: str
+    severity: str
+    reason: str
+    model_name: str | None
+    model_version: str | None
+
+
+class SalesAnomalies(BaseModel):
+    count: int
+    data_as_of: dt.datetime | None
+    anomalies: list[SalesAnomaly]
+
+
 class ModelInfo(BaseModel):
     name: str
     alias: str

@@ -74,6 +74,15 @@ FROM stock_alerts FINAL
 WHERE status = 'open'
 ORDER BY updated_at DESC
 """
+RECENT_ANOMALIES_SQL = """
+SELECT toDateTime64(window_start, 0, 'UTC') AS window_start,
+       toDateTime64(window_end, 0, 'UTC') AS window_end,
+       store_id, metric, observed, expected, score, direction, severity, reason, model_name,
+       model_version
+FROM sales_anomalies FINAL
+WHERE window_end >= now() - INTERVAL 7 DAY
+ORDER BY window_end DESC
+"""  # the week /sales-anomalies can ask for (MAX_ANOMALY_HOURS); times as Arrow timestamps
 PROMOTIONS_SQL = """
 SELECT model_name, to_version, max(changed_at) AS promoted_at
 FROM model_promotions FINAL
@@ -122,6 +131,7 @@ class ServingData:
     stock_levels: Mapping[Key, StockLevel] = field(default_factory=dict)
     recommendations: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
     open_alerts: tuple[Mapping[str, Any], ...] = ()
+    recent_anomalies: tuple[Mapping[str, Any], ...] = ()
     promoted_at: Mapping[tuple[str, str], dt.datetime] = field(default_factory=dict)
     read_at: Mapping[str, dt.datetime] = field(default_factory=dict)
     fingerprints: Mapping[str, str] = field(default_factory=dict)
@@ -269,6 +279,9 @@ def table_readers() -> list[TableReader]:
             "stock_recommendations", RECOMMENDATIONS_SQL, "recommendations", recommendations_by_key
         ),
         TableReader("stock_alerts", OPEN_ALERTS_SQL, "open_alerts", lambda f: tuple(records(f))),
+        TableReader(
+            "sales_anomalies", RECENT_ANOMALIES_SQL, "recent_anomalies", lambda f: tuple(records(f))
+        ),
         TableReader("model_promotions", PROMOTIONS_SQL, "promoted_at", promotions_by_version),
     ]
 

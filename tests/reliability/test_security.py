@@ -212,6 +212,7 @@ def test_api_refuses_a_missing_or_wrong_token_and_survives_hostile_params(
             ("/forecast", {"store_id": text, "product_id": text}),
             ("/reorder-advice", {"store_id": text, "product_id": text}),
             ("/alerts", {"store_id": text}),
+            ("/sales-anomalies", {"store_id": text}),
         ):
             answer = httpx2.get(f"{base}{path}", params=params, headers=right, timeout=30)
             assert answer.status_code in (400, 404, 422, 503), (path, text, answer.text)

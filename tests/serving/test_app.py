@@ -279,6 +279,52 @@ def test_alerts_lists_the_open_alerts_most_severe_first(serving_client, serving_
     assert other["count"] == 0
 
 
+def test_sales_anomalies_lists_the_recent_windows_and_silences_most_severe_first(
+    serving_client, serving_store, world
+):
+    now = pd.Timestamp.now(tz="UTC").floor("min").tz_localize(None)
+
+    def anomaly(store, metric, severity, ended_ago, direction="above"):
+        end = now - pd.Timedelta(ended_ago)
+        return {
+            "window_start": end - pd.Timedelta("5min"), "window_end": end, "store_id": store,
+            "metric": metric, "observed": 300.0, "expected": 50.0, "baseline_mad": 2.0,
+            "score": 9.0, "model_expected": None, "model_name": None, "model_version": None,
+            "direction": direction, "severity": severity, "reason": f"{metric} {severity}",
+        }  # fmt: skip
+
+    rows = [
+        anomaly(world.store_id, "revenue", "warning", "1h"),
+        anomaly(world.store_id, "transactions", "critical", "2h", "below"),
+        anomaly(world.store_id, "units", "critical", "30h"),  # older than a day
+        anomaly("ALL", "units", "warning", "30min", "below"),
+    ]
+    serving_store.insert_df("sales_anomalies", pd.DataFrame(rows))
+
+    def listed(**params) -> dict:
+        answer = serving_client.get("/sales-anomalies", params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    day = wait_until(
+        lambda: (b := listed(store_id=world.store_id))["count"] == 2 and b, 30, "the anomalies"
+    )
+    assert [(a["metric"], a["severity"]) for a in day["anomalies"]] == [
+        ("transactions", "critical"),
+        ("revenue", "warning"),
+    ]
+    assert day["anomalies"][0]["direction"] == "below"
+    two_days = listed(store_id=world.store_id, hours=48)
+    assert [a["metric"] for a in two_days["anomalies"]] == ["transactions", "units", "revenue"]
+    critical = listed(store_id=world.store_id, severity="critical")
+    assert [a["metric"] for a in critical["anomalies"]] == ["transactions"]
+    overall = listed(store_id="ALL")
+    assert [(a["store_id"], a["metric"]) for a in overall["anomalies"]] == [("ALL", "units")]
+    assert listed(store_id=world.other_store_id)["count"] == 0
+    assert serving_client.get("/sales-anomalies", params={"hours": 0}).status_code == 422
+    assert serving_client.get("/sales-anomalies", params={"store_id": "nope"}).status_code == 404
+
+
 def test_after_the_alias_moves_the_answers_switch_to_the_new_version(
     serving_client, serving_store, registry, world, demand_versions
 ):

@@ -62,7 +62,14 @@ def test_the_token_guards_every_endpoint_but_health(served, world):
     params = {"store_id": world.store_id, "product_id": world.product_id}
 
     assert httpx2.get(f"{url}/health").json() == {"status": "ok"}
-    for path in ("/ready", "/forecast", "/reorder-advice", "/alerts", "/models"):
+    for path in (
+        "/ready",
+        "/forecast",
+        "/reorder-advice",
+        "/alerts",
+        "/sales-anomalies",
+        "/models",
+    ):
         missing = httpx2.get(f"{url}{path}", params=params)
         wrong = httpx2.get(
             f"{url}{path}", params=params, headers={"Authorization": f"Bearer {token}x"}
@@ -92,6 +99,7 @@ def test_the_openapi_description_lists_every_endpoint(served):
         "/forecast/{store_id}/{product_id}",
         "/reorder-advice",
         "/alerts",
+        "/sales-anomalies",
         "/models",
         "/models/{name}",
     } <= set(spec["paths"])
