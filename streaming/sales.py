@@ -571,6 +571,27 @@ def _with_store_hours(frame: DataFrame, profile: DataFrame | None) -> DataFrame:
     )
 
 
+def _with_expectations(frame: DataFrame, expectations: DataFrame | None) -> DataFrame:
+    """``frame`` (store_id, forecast_date, ...) with the champion's ``expected_units_day``,
+    ``model_name`` and ``model_version`` for the store's day (nulls without ``expectations``)."""
+    if expectations is None:
+        return frame.select(
+            "*",
+            sf.lit(None).cast("double").alias("expected_units_day"),
+            sf.lit(None).cast("string").alias("model_name"),
+            sf.lit(None).cast("string").alias("model_version"),
+        )
+    return frame.join(
+        sf.broadcast(
+            expectations.select(
+                "store_id", "forecast_date", "expected_units_day", "model_name", "model_version"
+            )
+        ),
+        ["store_id", "forecast_date"],
+        "left",
+    )
+
+
 def detect_sales_anomalies(
     metrics: DataFrame,
     judge_after: dt.datetime,
@@ -733,23 +754,7 @@ def detect_sales_anomalies(
         sf.when(closes, sf.col("closed_score")).otherwise(sf.col("open_score")).alias("score"),
         sf.to_date("window_start").alias("forecast_date"),
     )
-    if expectations is None:
-        with_model = baseline.select(
-            "*",
-            sf.lit(None).cast("double").alias("expected_units_day"),
-            sf.lit(None).cast("string").alias("model_name"),
-            sf.lit(None).cast("string").alias("model_version"),
-        )
-    else:
-        with_model = baseline.join(
-            sf.broadcast(
-                expectations.select(
-                    "store_id", "forecast_date", "expected_units_day", "model_name", "model_version"
-                )
-            ),
-            ["store_id", "forecast_date"],
-            "left",
-        )
+    with_model = _with_expectations(baseline, expectations)
     units_expected = sf.col("expected_units_day") * sf.col("day_share")
     model_expected = sf.when(sf.col("metric") == "units", units_expected).otherwise(
         units_expected * sf.col("revenue_per_unit")
@@ -935,23 +940,7 @@ def detect_store_silences(
         sf.when(surprise > 1, -tail_z).alias("score"),
     )
     flagged = silences.where(sf.col("score") <= -rules.threshold)
-    if expectations is None:
-        with_model = flagged.select(
-            "*",
-            sf.lit(None).cast("double").alias("expected_units_day"),
-            sf.lit(None).cast("string").alias("model_name"),
-            sf.lit(None).cast("string").alias("model_version"),
-        )
-    else:
-        with_model = flagged.join(
-            sf.broadcast(
-                expectations.select(
-                    "store_id", "forecast_date", "expected_units_day", "model_name", "model_version"
-                )
-            ),
-            ["store_id", "forecast_date"],
-            "left",
-        )
+    with_model = _with_expectations(flagged, expectations)
     # The model's baskets in the silent minutes: its units there at the store's units per basket.
     model_expected = (
         sf.col("expected_units_day")

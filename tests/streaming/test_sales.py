@@ -240,6 +240,15 @@ def judging_the_window_at_ten(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return judged_end - dt.timedelta(minutes=1), judged_end
 
 
+def flagged_directions(
+    spark: SparkSession, rows: list[tuple], after: dt.datetime, judged_end: dt.datetime, **kwargs
+) -> set[tuple[str, str]]:
+    """The (metric, direction) pairs ``detect_sales_anomalies`` flags among hand-built windows."""
+    metrics = spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA)
+    found = detect_sales_anomalies(metrics, after, judged_end, **kwargs)
+    return {(r.metric, r.direction) for r in found.collect()}
+
+
 @pytest.mark.spark
 def test_anomaly_needs_baseline_and_model_to_agree(spark: SparkSession) -> None:
     day = dt.date(2026, 3, 3)
@@ -417,10 +426,7 @@ def test_a_store_that_sells_in_few_windows_is_not_flagged_for_one_basket(
 
     def judged(revenue: float, units: float, baskets: float) -> set[tuple[str, str]]:
         rows = [*sparse, (start + dt.timedelta(minutes=60), "S1", revenue, units, baskets)]
-        found = detect_sales_anomalies(
-            spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA), after, judged_end
-        )
-        return {(r.metric, r.direction) for r in found.collect()}
+        return flagged_directions(spark, rows, after, judged_end)
 
     assert judged(20.0, 2.0, 1.0) == set()  # one basket, as usual
     assert judged(200.0, 20.0, 10.0) == {("revenue", "above"), ("units", "above")}  # ten at once
@@ -440,10 +446,7 @@ def test_an_empty_window_is_a_drop_only_for_a_store_that_sells_many_baskets_a_wi
         n = baskets_a_window
         rows = [(start + dt.timedelta(minutes=i), "S1", 20.0 * n, 2.0 * n, n) for i in range(60)]
         rows.append((start + dt.timedelta(minutes=60), "S1", 0.0, 0.0, 0.0))
-        found = detect_sales_anomalies(
-            spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA), after, judged_end
-        )
-        return {(r.metric, r.direction) for r in found.collect()}
+        return flagged_directions(spark, rows, after, judged_end)
 
     # One basket a window: an empty one is a basket a minute late, which baskets arriving at
     # random do a third of the time (Poisson), not a drop.
@@ -530,9 +533,7 @@ def test_a_basket_is_judged_against_the_stores_usual_baskets(spark: SparkSession
 
     def judged(revenue: float, units: float, baskets: float, history: DataFrame | None) -> set:
         rows = [*cheap, (start + dt.timedelta(minutes=60), "S1", revenue, units, baskets)]
-        metrics = spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA)
-        found = detect_sales_anomalies(metrics, after, judged_end, baskets=history)
-        return {(r.metric, r.direction) for r in found.collect()}
+        return flagged_directions(spark, rows, after, judged_end, baskets=history)
 
     # One basket of 25.00 and 5 units: far beyond the baseline's, within the store's usual ones.
     assert judged(25.0, 5.0, 1.0, None) == {("revenue", "above"), ("units", "above")}
