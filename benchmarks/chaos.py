@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from unittest import mock
 
+import pandas as pd
+
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -663,7 +665,7 @@ def _register(name: str, model: Any = None) -> tuple[str, str, str]:
     import mlflow.spark
 
     class Constant(mlflow.pyfunc.PythonModel):
-        def predict(self, context: Any, model_input: Any) -> list[float]:
+        def predict(self, context: Any, model_input: pd.DataFrame) -> list[float]:
             return [0.0] * len(model_input)
 
     with mlflow.start_run():
