@@ -609,8 +609,9 @@ def detect_sales_anomalies(
     champion's daily forecast summed over the store's products; ``ALL`` for the overall row), or
     None. A window is an anomaly when its robust z-score ``(observed - median) / scale`` reaches
     ``threshold`` (``scale``: the largest of 1.4826 MAD, the deviations' 80th percentile / 1.2816,
-    5% of the median, 1, and the spread of baskets arriving at random: see below) and, when the model has an expectation for it, it also strays from that expectation by
-    ``model_tolerance`` in the same direction. The model's daily units are spread over the day by
+    5% of the median, 1, and the spread of baskets arriving at random: see below) and, when the
+    model has an expectation for it, it also strays from that expectation by ``model_tolerance``
+    in the same direction. The model's daily units are spread over the day by
     the store's hourly ``profile`` (store_id, hour, share: ``hourly_profile``), or evenly for a
     store without one; its revenue expectation uses the baseline's revenue per unit.
     A window partly in hours the profile says the store is closed is also scored against its
@@ -856,8 +857,11 @@ def detect_store_silences(
     """
     windows, _ = _store_windows(metrics, judge_after, judge_until)
     seconds = sf.unix_timestamp("window_start")
-    up_to = Window.partitionBy("store_id").orderBy(seconds)
-    up_to = up_to.rangeBetween(-rules.baseline_minutes * 60, 0)
+    up_to = (
+        Window.partitionBy("store_id")
+        .orderBy(seconds)
+        .rangeBetween(-rules.baseline_minutes * 60, 0)
+    )
     frame_windows = rules.baseline_minutes // PANE_MINUTES + 1
     with_rates = windows.select(
         "store_id",
@@ -949,7 +953,9 @@ def detect_store_silences(
     )
     scored = with_model.withColumn("model_expected", model_expected)
     # No sale strays from the model's expectation by all of it, in the same direction.
-    strays_from_model = (sf.col("model_expected") > 0) & (sf.lit(rules.model_tolerance) <= 1)
+    strays_from_model = (
+        sf.col("model_expected") > 0 if rules.model_tolerance <= 1 else sf.lit(False)
+    )
     kept = scored.where(sf.col("model_expected").isNull() | strays_from_model)
     longest = Window.partitionBy("store_id", "window_start").orderBy(sf.desc("window_end"))
     reason = sf.concat(
