@@ -97,8 +97,7 @@ DEAD_LETTER_COLUMNS = [
     "payload_encoding",
     "error",
     "job",
-    "received_at",
-]
+]  # the store sets received_at as it writes the row: no batch's time in Spark's generated code
 
 
 @dataclass(frozen=True)
@@ -170,8 +169,9 @@ def classify_events(
     minutes is an impossible value too (records with no Kafka timestamp are not judged).
 
     Output: the schema's fields (``time_fields`` as timestamps), the Kafka coordinates, the raw
-    payload (text, or base64 when not UTF-8) with its encoding, ``error``, ``job`` and
-    ``received_at``.
+    payload (text, or base64 when not UTF-8) with its encoding, ``error`` and ``job``. No
+    ``current_timestamp()``: a micro-batch's time is a literal in the generated code, so each
+    micro-batch would compile its projections anew (70 ms of a 5,000-event batch's 0.22 s read).
     """
     if max_lead_minutes is not None:
         checks = [*checks, *[_not_ahead(name, max_lead_minutes) for name in time_fields]]
@@ -271,7 +271,6 @@ def classify_events(
         .alias("payload_encoding"),
         error.alias("error"),
         sf.lit(job).alias("job"),
-        sf.current_timestamp().alias("received_at"),
     )
 
 
@@ -314,7 +313,8 @@ def valid_events(classified: DataFrame, schema: StructType) -> DataFrame:
 
 
 def dead_letters(classified: DataFrame) -> DataFrame:
-    """The bad records of ``classify_events``, shaped like the ``dead_letters`` table."""
+    """The bad records of ``classify_events``, shaped like the ``dead_letters`` table (whose
+    ``received_at`` the store sets as it writes them)."""
     return classified.where(sf.col("error").isNotNull()).select(
         sf.col("kafka_topic").alias("topic"),
         *[c for c in DEAD_LETTER_COLUMNS if c != "topic"],

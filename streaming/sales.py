@@ -145,7 +145,6 @@ def storable_rows(classified: DataFrame) -> DataFrame:
                 "kafka_offset",
                 "payload_encoding",
                 "job",
-                "received_at",
             )
         ],
         "raw_payload",

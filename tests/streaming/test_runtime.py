@@ -116,7 +116,6 @@ def test_every_kind_of_bad_record_is_named_and_kept(spark: SparkSession) -> None
         "payload_encoding",
         "error",
         "job",
-        "received_at",
     ]
     binary = dead.where("kafka_offset = 7").first()
     assert binary.payload_encoding == "base64"
