@@ -89,6 +89,8 @@ MAX_POLL_RECORDS = 20_000  # Kafka's default of 500 costs a poll per 500 records
 _CORRUPT = "_corrupt_record"
 _KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
 WATERMARK_TIME = "watermark_time"  # the event time, no later than the record's Kafka timestamp
+# The dead_letters columns a job writes; the store sets received_at as it writes the row, so no
+# micro-batch's time is a literal in Spark's generated code.
 DEAD_LETTER_COLUMNS = [
     "topic",
     "kafka_partition",
@@ -97,7 +99,7 @@ DEAD_LETTER_COLUMNS = [
     "payload_encoding",
     "error",
     "job",
-]  # the store sets received_at as it writes the row: no batch's time in Spark's generated code
+]
 
 
 @dataclass(frozen=True)
