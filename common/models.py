@@ -23,6 +23,7 @@ sees it (the API only reads that record: ``record_alias_moves=False``).
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -70,11 +71,21 @@ def model_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
 
 
+def model_info(uri: str) -> Any:
+    """The model's ``mlflow.models.ModelInfo`` (signature, metadata) from its MLmodel file, read
+    from a download folder removed afterwards (``get_model_info`` would leave its folder in the
+    temp directory at every call)."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="retail-mlmodel-") as folder:
+        path = download_artifacts(artifact_uri=f"{uri}/MLmodel", dst_path=folder)
+        return Model.load(path).get_model_info()
+
+
 def signature_inputs(uri: str) -> tuple[str, ...] | None:
     """The input column names of the model's MLflow signature, or None when it has none."""
-    from mlflow.models import get_model_info
-
-    signature = get_model_info(uri).signature
+    signature = model_info(uri).signature
     if signature is None or signature.inputs is None:
         return None
     return tuple(signature.inputs.input_names())
@@ -124,13 +135,16 @@ def use_tracking_server(settings: Settings) -> None:
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
 
 
-def load_spark_model(uri: str, settings: Settings) -> Any:
-    """Load a Spark ML model from the registry with ``mlflow.spark.load_model``."""
+def load_spark_model(uri: str, settings: Settings | None = None) -> Any:
+    """Load a Spark ML model from the registry with ``mlflow.spark.load_model``. Its artifacts are
+    downloaded to a folder removed once the model is loaded (Spark ML reads a model's data as it
+    loads it); MLflow's own download folder would stay in the temp directory for good."""
     import mlflow.spark
 
-    tmp = settings.data_root / "mlflow-dfs-tmp"
+    tmp = (settings or get_settings()).data_root / "mlflow-dfs-tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    return mlflow.spark.load_model(uri, dfs_tmpdir=str(tmp))
+    with tempfile.TemporaryDirectory(prefix="retail-model-") as download:
+        return mlflow.spark.load_model(uri, dfs_tmpdir=str(tmp), dst_path=download)
 
 
 def record_model_event(

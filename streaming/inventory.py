@@ -63,7 +63,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from common.models import ChampionModel, LoadedModel, use_tracking_server
+from common.models import ChampionModel, LoadedModel, model_info, use_tracking_server
 from common.schemas import INVENTORY_EVENT_SCHEMA, INVENTORY_EVENT_TYPES
 from common.settings import Settings, get_settings
 from common.store import Store, open_store
@@ -1234,11 +1234,9 @@ def recommend_stock(frame: pd.DataFrame, policy: StockPolicy) -> pd.DataFrame:
 def safety_factor(loaded: LoadedModel, service_level: float) -> float:
     """The model's conformal residual quantile at ``service_level`` (its MLflow metadata), else the
     normal quantile: the number of residual scales the safety stock holds."""
-    from mlflow.models import get_model_info
-
     key = f"q{service_level:g}"
     try:
-        metadata = get_model_info(loaded.uri).metadata or {}
+        metadata = model_info(loaded.uri).metadata or {}
     except Exception:  # a model without readable metadata still gets the textbook factor
         log.warning(
             "%s v%s: metadata unreadable; normal safety factor", loaded.name, loaded.version

@@ -20,6 +20,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from common.models import load_spark_model
 from common.promotions import SEEN_REASON, record_change, recorded_aliases
 from common.store import Store
 from training.data import HistoryWindow, load_daily_history
@@ -84,8 +85,6 @@ def holdout_rmse(
     spark: SparkSession, store: Store, model_name: str, versions: list[str], holdout: HistoryWindow
 ) -> dict[str, float]:
     """RMSE of each version of ``model_name`` on the same labelled rows of ``holdout``."""
-    import mlflow
-
     spec = model_spec(model_name)
     window = HistoryWindow(
         holdout.start - dt.timedelta(days=FEATURE_HISTORY_DAYS),
@@ -101,7 +100,7 @@ def holdout_rmse(
         raise PromotionError(f"no labelled rows between {holdout.start} and {holdout.end}")
     scores = {}
     for version in versions:
-        model = mlflow.spark.load_model(f"models:/{model_name}/{version}")
+        model = load_spark_model(f"models:/{model_name}/{version}")
         scored = model.transform(rows).select(spec.label, "prediction").toPandas()
         scores[version] = forecast_metrics(scored[spec.label], scored["prediction"])["rmse"]
     rows.unpersist()

@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from common.models import model_info
+
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
@@ -127,6 +129,4 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
 
 def model_metadata(model_uri: str) -> dict[str, Any]:
     """The metadata logged with a model (conformal quantiles, feature columns, holdout window)."""
-    from mlflow.models import get_model_info
-
-    return dict(get_model_info(model_uri).metadata or {})
+    return dict(model_info(model_uri).metadata or {})

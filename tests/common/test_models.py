@@ -4,6 +4,7 @@ good model when a promoted version is broken, and the model_events it writes."""
 from __future__ import annotations
 
 import socket
+import tempfile
 import uuid
 
 import pandas as pd
@@ -13,7 +14,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.regression import LinearRegression
 from pyspark.sql import DataFrame, SparkSession
 
-from common.models import ChampionModel, check_transform
+from common.models import ChampionModel, check_transform, load_spark_model, model_info, model_uri
 
 pytestmark = [pytest.mark.services, pytest.mark.spark]
 
@@ -174,3 +175,21 @@ def test_an_alias_moved_outside_retail_is_recorded_once_by_the_jobs_that_see_it(
         (v2, v1),
     ]
     assert set(recorded.actor) == {"mlflow-ui (seen by sales-stream)"}
+
+
+def test_loading_a_model_leaves_nothing_in_the_temp_directory(
+    spark, services, tmp_path, monkeypatch
+) -> None:
+    name = f"test_models_tmp_{uuid.uuid4().hex[:8]}"
+    uri = model_uri(name, register_spark_model(toy_pipeline(spark, 2.0), name))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where MLflow and we make folders
+
+    model = load_spark_model(uri, services)
+    info = model_info(uri)
+
+    assert list(temp.iterdir()) == []  # mlflow.spark.load_model alone leaves the model's copy
+    assert "spark" in info.flavors
+    frame = spark.createDataFrame([(3.0,)], "signal double")
+    assert [round(r.prediction, 6) for r in model.transform(frame).collect()] == [6.0]
