@@ -9,6 +9,7 @@ holiday; stock follows an (s, Q) reorder policy and a stockout censors sales.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -263,12 +264,22 @@ def add_silent_product(
 
 @contextmanager
 def tracking_at(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API and clients at ``uri`` for a block, then restore."""
+    """Point MLflow's fluent API and clients at ``uri`` for a block, then restore it and the
+    active experiment: one set in the block names an id of this server, which a test run later
+    against another server would otherwise start its runs in."""
     import mlflow
+    from mlflow.tracking import fluent
 
     previous = mlflow.get_tracking_uri()
+    # MLflow has no public way to unset the active experiment: its global and its variable.
+    experiment = (fluent._active_experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID"))
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        fluent._active_experiment_id = experiment[0]
+        if experiment[1] is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment[1]
