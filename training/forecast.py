@@ -17,7 +17,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from common.models import load_spark_model
+from common.models import load_spark_model, model_uri
 from common.store import Store
 from training.conformal import INTERVAL_90, bound
 from training.data import (
@@ -55,7 +55,7 @@ def refresh_forecasts(
     if version is None:
         log.warning("no %s@%s yet: no forecasts written", model_name, CHAMPION)
         return 0
-    uri = f"models:/{model_name}/{version}"
+    uri = model_uri(model_name, version)
     model = load_spark_model(uri)
     quantiles = model_metadata(uri)["conformal_quantiles"]
     first_day = as_of or resolve_window(store).end + dt.timedelta(days=1)

@@ -20,7 +20,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from common.models import load_spark_model
+from common.models import load_spark_model, model_uri
 from common.promotions import SEEN_REASON, record_change, recorded_aliases
 from common.store import Store
 from training.data import HistoryWindow, load_daily_history
@@ -100,7 +100,7 @@ def holdout_rmse(
         raise PromotionError(f"no labelled rows between {holdout.start} and {holdout.end}")
     scores = {}
     for version in versions:
-        model = load_spark_model(f"models:/{model_name}/{version}")
+        model = load_spark_model(model_uri(model_name, version))
         scored = model.transform(rows).select(spec.label, "prediction").toPandas()
         scores[version] = forecast_metrics(scored[spec.label], scored["prediction"])["rmse"]
     rows.unpersist()

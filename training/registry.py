@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from common.models import model_info
+from common.models import model_info, model_uri
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def register_version(
         client.set_model_version_tag(name, version, key, str(value))
     client.set_registered_model_alias(name, CHALLENGER, version)
     log.info("registered %s version %s as %s", name, version, CHALLENGER)
-    return RegisteredVersion(name, version, info.run_id, f"models:/{name}/{version}")
+    return RegisteredVersion(name, version, info.run_id, model_uri(name, version))
 
 
 @contextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from training_world import ONE_DAY_STORE, SILENT_PRODUCT, TINY
 
+from common.models import model_info, model_uri
+
 pytestmark = [pytest.mark.spark, pytest.mark.services]
 
 
@@ -55,7 +57,7 @@ def test_both_versions_are_registered_as_challenger_with_tags(trained, training_
         assert float(version.tags["holdout_rmse"]) == pytest.approx(
             report.holdout["rmse"], rel=1e-4
         )
-        info = mlflow.models.get_model_info(f"models:/{name}/{version.version}")
+        info = model_info(model_uri(name, version.version))
         assert info.signature.inputs.input_names()[:3] == ["category", "region", "size_class"]
         assert set(info.metadata["conformal_quantiles"]) >= {"q0.05", "q0.95"}
 
