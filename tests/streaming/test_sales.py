@@ -1444,3 +1444,116 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     assert (
         "missing_feature" in failed["detail"][0] and f"keeping version {v2}" in failed["detail"][0]
     )
+
+
+def backfilled(store, shop: str, sold: dict[str, dt.date], stocked: dict[str, dt.date]) -> None:
+    """History of ``shop`` as a backfill writes it: a sale of each product of ``sold`` on its day,
+    a stock count of each product of ``stocked`` on its day."""
+    sales = pd.DataFrame(
+        [
+            sale(f"h-{shop}-{product}", at(day, "12:00:00"), f"h-{product}", shop, None, 1, 1.0)
+            | {"product_id": product}
+            for product, day in sold.items()
+        ]
+    ).assign(on_promotion=0, source="backfill")
+    sales["event_time"] = pd.to_datetime(sales["event_time"], utc=True)
+    store.insert_df("sales_events", sales.astype({"quantity": "int32", "on_promotion": "uint8"}))
+    stock = pd.DataFrame(
+        [
+            {
+                "event_id": f"h-{shop}-{product}-stock",
+                "event_time": pd.Timestamp(at(day, "07:00:00")),
+                "store_id": shop,
+                "product_id": product,
+                "event_type": "stock_count",
+                "quantity_change": 0,
+                "stock_level": 20,
+                "reorder_point": 5,
+                "lead_time_days": 2.0,
+                "unit_cost": 1.0,
+                "source": "backfill",
+            }
+            for product, day in stocked.items()
+        ]
+    )
+    store.insert_df("inventory_events", stock.astype({c: "int32" for c in stock.columns[5:8]}))
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_stores_first_sale_of_a_day_scores_its_whole_catalogue(
+    spark, settings, services, store, sales_job
+) -> None:
+    """The store's catalogue is what it sold or stocked in the 28 days before: its first sale of
+    the day scores all of it, so the model's expectation of its day is whole from the start; a
+    product new to it is scored when it first sells, and nothing is scored twice."""
+    from mlflow import MlflowClient
+
+    from common.models import ChampionModel
+    from streaming.sales import STORE_EXPECTATIONS_SQL
+
+    day, tag = dt.date(2026, 3, 21), uuid.uuid4().hex[:6]
+    shop, other = f"S-{tag}", f"O-{tag}"
+    name = f"test_catalogue_{tag}"
+    MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
+        name, "champion", register(toy_pipeline(spark, 1.0), name)
+    )
+    days_ago = {n: day - dt.timedelta(days=n) for n in (1, 3, 10, 28, 29)}
+    backfilled(
+        store,
+        shop,
+        sold={"P1": days_ago[1], "P2": days_ago[3], "P5": days_ago[28], "P9": days_ago[29]},
+        stocked={"P3": days_ago[10]},
+    )
+    backfilled(store, other, sold={"P7": days_ago[1]}, stocked={})
+    topic = f"sales-catalogue-{tag}"
+    create_topic(settings, topic)
+    queries = sales_job(
+        topic,
+        champion=ChampionModel(name, job="sales-test", store=store),
+        feature_builder=toy_features,
+    )
+
+    def send(batch: int, products: list[str]) -> None:
+        produce(
+            settings.kafka_bootstrap_servers,
+            topic,
+            [
+                sale(
+                    f"c{batch}-{p}-{tag}",
+                    at(day, f"09:0{batch}:00"),
+                    f"t{batch}",
+                    shop,
+                    "c",
+                    1,
+                    1.0,
+                    p,
+                )
+                for p in products
+            ],
+        )
+        drain(queries)
+
+    def expected_units() -> float:
+        rows = store.query_df(STORE_EXPECTATIONS_SQL, {"first_date": day, "last_date": day})
+        return float(rows.loc[rows["store_id"] == shop, "expected_units_day"].iloc[0])
+
+    send(1, ["P1"])
+    assert expected_units() == pytest.approx(40.0)  # P1, P2, P3 and P5 at 10 units each
+    send(2, ["P2", "P4"])  # P4: new to the shop
+    assert expected_units() == pytest.approx(50.0)
+
+    scores = store.query_df(
+        "SELECT batch_id, product_id, forecast_date FROM demand_scores "
+        "WHERE store_id IN ({s:String}, {o:String}) ORDER BY batch_id, product_id",
+        {"s": shop, "o": other},
+    )
+    first = scores["batch_id"].min()
+    assert list(zip(scores["batch_id"] - first, scores["product_id"], strict=True)) == [
+        (0, "P1"),
+        (0, "P2"),
+        (0, "P3"),
+        (0, "P5"),
+        (1, "P4"),
+    ]
+    assert set(pd.to_datetime(scores["forecast_date"]).dt.date) == {day}
