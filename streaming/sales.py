@@ -74,7 +74,7 @@ WINDOW_MINUTES = 5
 MINUTES_PER_DAY = 24 * 60
 ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
 SCORED_DAYS_KEPT = 2  # days whose scored (store, product) pairs a job remembers
-CATALOGUE_DAYS = 28  # days of events before a store's day that give its catalogue to score
+CATALOGUE_DAYS = 28  # days of events before a day that give the catalogue to score on it
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
 PROFILE_DAYS = 28  # days of sales before the judged one that give a store's hourly profile
 PROFILE_MIN_DAYS = 3  # a store with sales on fewer of them has no profile
@@ -1029,15 +1029,13 @@ FROM sales_metrics FINAL
 WHERE window_start >= {first_start:DateTime('UTC')} AND window_end <= {judge_until:DateTime('UTC')}
 """
 
-STORE_CATALOGUE_SQL = """
+CATALOGUE_SQL = """
 SELECT DISTINCT store_id, product_id FROM (
     SELECT store_id, product_id FROM sales_events
     WHERE event_time >= {since:DateTime('UTC')} AND event_time < {until:DateTime('UTC')}
-      AND has({store_ids:Array(String)}, store_id)
     UNION ALL
     SELECT store_id, product_id FROM inventory_events
     WHERE event_time >= {since:DateTime('UTC')} AND event_time < {until:DateTime('UTC')}
-      AND has({store_ids:Array(String)}, store_id)
 )
 """
 
@@ -1175,7 +1173,7 @@ class SalesBatchWriter:
         self._baseline_span = dt.timedelta(minutes=rules.baseline_minutes + WINDOW_MINUTES)
         self.watermark_delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
         self._scored: ByDay[tuple[str, str, str], bool] = ByDay()  # (store, product, version)
-        self._catalogued: ByDay[tuple[str, str], bool] = ByDay()  # (store, version)
+        self._catalogued: ByDay[str, bool] = ByDay()  # version
         self._judged_until: dt.datetime | None = None
         self._horizon_loaded = False
         self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
@@ -1250,8 +1248,8 @@ class SalesBatchWriter:
         return raw.filter(pc.invert(pc.is_in(raw["event_id"], value_set=known)))
 
     def _score_demand(self, raw: pa.Table, batch_id: int, token: str) -> None:
-        """Score the pairs of the batch's sales that the current version has not scored for their
-        day, and the whole catalogue of a store at its first sale of a day (``_to_score``)."""
+        """Score, with the current version, every store's catalogue at the first sale of a day, and
+        any pair sold that it has not scored for its day (``_to_score``)."""
         if self.champion is None or self.feature_builder is None:
             return
         loaded = self.champion.current()  # pinned: this whole batch uses one version
@@ -1260,12 +1258,7 @@ class SalesBatchWriter:
         keys = scoring_keys(raw)
         sold = list(zip(*(keys[c].to_pylist() for c in keys.column_names), strict=True))
         new_days = sorted(
-            {
-                (store_id, day)
-                for store_id, _, day in sold
-                if not self._catalogued.get(day, (store_id, loaded.version))
-            },
-            key=lambda store_day: (store_day[1], store_day[0]),
+            {day for *_, day in sold if not self._catalogued.get(day, loaded.version)}
         )
         try:
             todo = self._to_score(sold, new_days, loaded.version)
@@ -1283,34 +1276,24 @@ class SalesBatchWriter:
         self.store.insert_df("demand_scores", scores, dedup_token=token)
         for store_id, product_id, day in todo:
             self._scored.put(day, (store_id, product_id, loaded.version), True)
-        for store_id, day in new_days:
-            self._catalogued.put(day, (store_id, loaded.version), True)
+        for day in new_days:
+            self._catalogued.put(day, loaded.version, True)
         # A late sale of an older day is scored again: demand_scores replaces its row.
         self._scored.keep_newest(SCORED_DAYS_KEPT)
-        self._catalogued.keep_newest(SCORED_DAYS_KEPT)
+        self._catalogued.keep_newest(CATALOGUE_DAYS)
 
     def _to_score(
-        self,
-        sold: list[tuple[str, str, dt.date]],
-        new_days: list[tuple[str, dt.date]],
-        version: str,
+        self, sold: list[tuple[str, str, dt.date]], new_days: list[dt.date], version: str
     ) -> list[tuple[str, str, dt.date]]:
-        """The (store, product, day) triples ``version`` has yet to score: those sold, and for each
-        store's day in ``new_days`` the store's catalogue, the pairs with sales or stock events in
-        the ``CATALOGUE_DAYS`` before. So a store's expected units for a day (the anomaly check's
-        model side) sum over everything it sells, not over what it has sold so far that day."""
+        """The (store, product, day) triples ``version`` has yet to score: those sold, and on each
+        of ``new_days`` the catalogue, every pair with sales or stock events in the
+        ``CATALOGUE_DAYS`` before. So the expected units of a store's day and of all stores' (the
+        anomaly check's model side) sum over everything sold, not over what has sold so far."""
         wanted = set(sold)
-        for day in sorted({day for _, day in new_days}):
-            stores = [store_id for store_id, store_day in new_days if store_day == day]
+        for day in new_days:
+            since = dt.datetime.combine(day - dt.timedelta(days=CATALOGUE_DAYS), dt.time())
             catalogue = self.store.query_df(
-                STORE_CATALOGUE_SQL,
-                {
-                    "since": dt.datetime.combine(
-                        day - dt.timedelta(days=CATALOGUE_DAYS), dt.time()
-                    ),
-                    "until": dt.datetime.combine(day, dt.time()),
-                    "store_ids": stores,
-                },
+                CATALOGUE_SQL, {"since": since, "until": dt.datetime.combine(day, dt.time())}
             )
             wanted.update(
                 (store_id, product_id, day)

@@ -1481,12 +1481,12 @@ def backfilled(store, shop: str, sold: dict[str, dt.date], stocked: dict[str, dt
 
 @pytest.mark.services
 @pytest.mark.spark
-def test_a_stores_first_sale_of_a_day_scores_its_whole_catalogue(
+def test_the_first_sale_of_a_day_scores_the_whole_catalogue(
     spark, settings, services, store, sales_job
 ) -> None:
-    """The store's catalogue is what it sold or stocked in the 28 days before: its first sale of
-    the day scores all of it, so the model's expectation of its day is whole from the start; a
-    product new to it is scored when it first sells, and nothing is scored twice."""
+    """The catalogue is what stores sold or stocked in the 28 days before: the first sale of the
+    day scores all of it, so the model's expectation of each store's day is whole from the start;
+    a product new to a store is scored when it first sells, and nothing is scored twice."""
     from mlflow import MlflowClient
 
     from common.models import ChampionModel
@@ -1534,26 +1534,30 @@ def test_a_stores_first_sale_of_a_day_scores_its_whole_catalogue(
         )
         drain(queries)
 
-    def expected_units() -> float:
+    def expected_units(store_id: str) -> float:
         rows = store.query_df(STORE_EXPECTATIONS_SQL, {"first_date": day, "last_date": day})
-        return float(rows.loc[rows["store_id"] == shop, "expected_units_day"].iloc[0])
+        return float(rows.loc[rows["store_id"] == store_id, "expected_units_day"].iloc[0])
 
     send(1, ["P1"])
-    assert expected_units() == pytest.approx(40.0)  # P1, P2, P3 and P5 at 10 units each
+    assert expected_units(shop) == pytest.approx(40.0)  # P1, P2, P3 and P5 at 10 units each
+    assert expected_units(other) == pytest.approx(10.0)  # it has not sold today yet
     send(2, ["P2", "P4"])  # P4: new to the shop
-    assert expected_units() == pytest.approx(50.0)
+    assert expected_units(shop) == pytest.approx(50.0)
 
     scores = store.query_df(
-        "SELECT batch_id, product_id, forecast_date FROM demand_scores "
-        "WHERE store_id IN ({s:String}, {o:String}) ORDER BY batch_id, product_id",
+        "SELECT batch_id, store_id, product_id, forecast_date FROM demand_scores "
+        "WHERE store_id IN ({s:String}, {o:String}) ORDER BY batch_id, store_id, product_id",
         {"s": shop, "o": other},
     )
     first = scores["batch_id"].min()
-    assert list(zip(scores["batch_id"] - first, scores["product_id"], strict=True)) == [
-        (0, "P1"),
-        (0, "P2"),
-        (0, "P3"),
-        (0, "P5"),
-        (1, "P4"),
+    assert list(
+        zip(scores["batch_id"] - first, scores["store_id"], scores["product_id"], strict=True)
+    ) == [
+        (0, other, "P7"),
+        (0, shop, "P1"),
+        (0, shop, "P2"),
+        (0, shop, "P3"),
+        (0, shop, "P5"),
+        (1, shop, "P4"),
     ]
     assert set(pd.to_datetime(scores["forecast_date"]).dt.date) == {day}
