@@ -524,18 +524,33 @@ def _hourly_shares(profile: DataFrame) -> DataFrame:
     )
 
 
+def _with_hourly_shares(frame: DataFrame, profile: DataFrame) -> DataFrame:
+    """``frame`` (with store_id) and ``hourly_share``, the store's ``profile`` as a map from the
+    hour to its share: ``ALL``'s for a store without one of its own (a new store keeps the chain's
+    hours until it has sold on ``PROFILE_MIN_DAYS`` days), null when neither has one."""
+    shares = _hourly_shares(profile)
+    chain = shares.where(sf.col("store_id") == OVERALL).select(
+        sf.col("hourly_share").alias("chain_share")
+    )
+    return (
+        frame.join(sf.broadcast(shares), "store_id", "left")
+        .join(sf.broadcast(chain), sf.lit(True), "left")
+        .withColumn("hourly_share", sf.coalesce("hourly_share", "chain_share"))
+        .drop("chain_share")
+    )
+
+
 def _with_store_hours(frame: DataFrame, profile: DataFrame | None) -> DataFrame:
-    """``frame`` with two columns from the store's hourly ``profile`` (store_id, hour, share) for
-    its window's 5 minutes: ``day_share``, the share of the store's day they hold (5/1440 for a
-    store without a profile), and ``open_share``, the share of them in hours the store sells in
-    (1 without a profile)."""
+    """``frame`` with two columns from the store's hourly ``profile`` (store_id, hour, share; the
+    chain's for a store without one, see ``_with_hourly_shares``) for its window's 5 minutes:
+    ``day_share``, the share of the store's day they hold (5/1440 without a profile), and
+    ``open_share``, the share of them in hours the store sells in (1 without a profile)."""
     if profile is None:
         return frame.select(
             "*",
             sf.lit(WINDOW_MINUTES / MINUTES_PER_DAY).alias("day_share"),
             sf.lit(1.0).alias("open_share"),
         )
-    shares = _hourly_shares(profile)
     first_hour = sf.hour("window_start")
     minutes = (  # (minutes of the window, hour of the day they are in)
         (sf.least(sf.lit(WINDOW_MINUTES), 60 - sf.minute("window_start")), first_hour),
@@ -554,7 +569,7 @@ def _with_store_hours(frame: DataFrame, profile: DataFrame | None) -> DataFrame:
     )
     known = sf.col("hourly_share").isNotNull()
     return (
-        frame.join(sf.broadcast(shares), "store_id", "left")
+        _with_hourly_shares(frame, profile)
         .select(
             "*",
             sf.when(known, day_share)
@@ -837,8 +852,8 @@ def detect_store_silences(
     missing windows count as zero; 59 minutes' worth), but the last one, which started the
     silence. If the store's rate held, each basket of both spans falls in the silent one with
     probability ``t_s / (t_b + t_s)``, with times counted by the store's hourly ``profile`` (its
-    hours and their shares; minutes alike without one, or when it says the store was closed
-    before), so all ``k`` fall before it with probability ``(t_b / (t_b + t_s))^k``. This
+    hours and their shares, or the chain's; minutes alike without one, or when it says the store
+    was closed before), so all ``k`` fall before it with probability ``(t_b / (t_b + t_s))^k``. This
     conditional test also weighs how few baskets the rate was measured on. The score is minus the
     normal quantile of that tail: a silence is flagged from ``threshold``, about 13 baskets in the
     hour before an hour-long silence. With a model expectation for the store's day, the model
@@ -883,7 +898,7 @@ def detect_store_silences(
     )
     if profile is None:
         profile = metrics.sparkSession.createDataFrame([], PROFILE_SCHEMA)
-    judged = judged.join(sf.broadcast(_hourly_shares(profile)), "store_id", "left")
+    judged = _with_hourly_shares(judged, profile)
     one_minute = sf.make_dt_interval(mins=sf.lit(PANE_MINUTES))
     last_sale = sf.timestamp_seconds("last_sale")
     # The last window with a sale is followed by an empty one: its sale was in its first minute.

@@ -520,6 +520,45 @@ def test_a_store_silent_for_longer_than_its_rate_makes_likely_is_flagged_once(
 
 
 @pytest.mark.spark
+def test_a_store_without_hours_of_its_own_keeps_the_chains(spark: SparkSession) -> None:
+    """A new store has no hourly profile yet (fewer than 3 days of sales): it is judged by the
+    chain's (``ALL``'s), so closing at the chain's usual hour is not a drop nor a silence."""
+    day = dt.date(2026, 3, 12)
+    after, judged_end = judging_the_window_at_ten(day)
+    chain_closes_at_ten = spark.createDataFrame(
+        [("ALL", 8, 0.5), ("ALL", 9, 0.5), ("S9", 14, 1.0)], PROFILE_SCHEMA
+    )
+    closes = baseline_metrics(spark, day, "S2", 0.0, 0.0).where(
+        sf.col("window_start") < at(day, "10:00:00").replace(tzinfo=None)
+    )
+    assert detect_sales_anomalies(closes, after, judged_end).count() == 2  # no profile: below
+    assert (
+        detect_sales_anomalies(closes, after, judged_end, profile=chain_closes_at_ten).count() == 0
+    )
+
+    # Three baskets a window until 09:29, then nothing until 10:05: with the chain's hours, 30
+    # of the 35 silent minutes count (as with a profile of its own saying the same).
+    start = at(day, "09:00:00").replace(tzinfo=None)
+    rows = [(start + dt.timedelta(minutes=i), "S1", 60.0, 6.0, 3.0) for i in range(-31, 30)]
+    metrics = spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA)
+    judge_after, judge_until = start + dt.timedelta(minutes=34), start + dt.timedelta(minutes=65)
+
+    def silences(profile: DataFrame) -> list:
+        return detect_store_silences(
+            metrics, judge_after, judge_until, None, AnomalyRules(), profile
+        ).collect()
+
+    [closing] = silences(chain_closes_at_ten)
+    assert closing.expected == pytest.approx(35.6 * 30 / 59)
+    # The chain closes at 09:00: the silence is the usual closing time.
+    assert silences(spark.createDataFrame([("ALL", 8, 1.0)], PROFILE_SCHEMA)) == []
+    # Its own profile, where it has one, comes before the chain's.
+    own = spark.createDataFrame([("ALL", 8, 1.0), ("S1", 8, 0.5), ("S1", 9, 0.5)], PROFILE_SCHEMA)
+    [own_hours] = silences(own)
+    assert own_hours.expected == pytest.approx(35.6 * 30 / 59)
+
+
+@pytest.mark.spark
 def test_a_basket_is_judged_against_the_stores_usual_baskets(spark: SparkSession) -> None:
     day = dt.date(2026, 3, 10)
     after, judged_end = judging_the_window_at_ten(day)
