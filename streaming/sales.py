@@ -73,7 +73,7 @@ PANE_MINUTES = 1
 WINDOW_MINUTES = 5
 MINUTES_PER_DAY = 24 * 60
 ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
-SCORED_DAYS_KEPT = 2  # days whose scored (store, product) pairs a job remembers
+SCORED_DAYS_KEPT = 2  # newest days whose scored pairs (and catalogue) a job remembers
 CATALOGUE_DAYS = 28  # days of events before a day that give the catalogue to score on it
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
 PROFILE_DAYS = 28  # days of sales before the judged one that give a store's hourly profile
@@ -1189,6 +1189,7 @@ class SalesBatchWriter:
         self.watermark_delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
         self._scored: ByDay[tuple[str, str, str], bool] = ByDay()  # (store, product, version)
         self._catalogued: ByDay[str, bool] = ByDay()  # version
+        self._newest_day: dt.date | None = None  # of the sales scored
         self._judged_until: dt.datetime | None = None
         self._horizon_loaded = False
         self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
@@ -1272,8 +1273,16 @@ class SalesBatchWriter:
             return
         keys = scoring_keys(raw)
         sold = list(zip(*(keys[c].to_pylist() for c in keys.column_names), strict=True))
+        newest = max(day for *_, day in sold)
+        self._newest_day = max(newest, self._newest_day or newest)
+        # The newest days only: a late sale of an older day scores its own pair.
+        first_current = self._newest_day - dt.timedelta(days=SCORED_DAYS_KEPT - 1)
         new_days = sorted(
-            {day for *_, day in sold if not self._catalogued.get(day, loaded.version)}
+            {
+                day
+                for *_, day in sold
+                if day >= first_current and not self._catalogued.get(day, loaded.version)
+            }
         )
         try:
             todo = self._to_score(sold, new_days, loaded.version)
@@ -1295,7 +1304,7 @@ class SalesBatchWriter:
             self._catalogued.put(day, loaded.version, True)
         # A late sale of an older day is scored again: demand_scores replaces its row.
         self._scored.keep_newest(SCORED_DAYS_KEPT)
-        self._catalogued.keep_newest(CATALOGUE_DAYS)
+        self._catalogued.keep_newest(SCORED_DAYS_KEPT)
 
     def _to_score(
         self, sold: list[tuple[str, str, dt.date]], new_days: list[dt.date], version: str

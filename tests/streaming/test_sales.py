@@ -1525,7 +1525,8 @@ def test_the_first_sale_of_a_day_scores_the_whole_catalogue(
 ) -> None:
     """The catalogue is what stores sold or stocked in the 28 days before: the first sale of the
     day scores all of it, so the model's expectation of each store's day is whole from the start;
-    a product new to a store is scored when it first sells, and nothing is scored twice."""
+    a product new to a store is scored when it first sells, nothing is scored twice, and a sale
+    days late scores its own pair only."""
     from mlflow import MlflowClient
 
     from common.models import ChampionModel
@@ -1598,5 +1599,22 @@ def test_the_first_sale_of_a_day_scores_the_whole_catalogue(
         (0, shop, "P3"),
         (0, shop, "P5"),
         (1, shop, "P4"),
+    ]
+
+    # A sale 5 days late scores its own pair for its day, not that day's catalogue.
+    late = day - dt.timedelta(days=5)
+    produce(
+        settings.kafka_bootstrap_servers,
+        topic,
+        [sale(f"late-{tag}", at(late, "09:00:00"), "t-late", shop, "c", 1, 1.0, "P6")],
+    )
+    drain(queries)
+    late_scores = store.query_df(
+        "SELECT store_id, product_id FROM demand_scores WHERE forecast_date = {d:Date} "
+        "AND store_id IN ({s:String}, {o:String})",
+        {"d": late, "s": shop, "o": other},
+    )
+    assert list(zip(late_scores["store_id"], late_scores["product_id"], strict=True)) == [
+        (shop, "P6")
     ]
     assert set(pd.to_datetime(scores["forecast_date"]).dt.date) == {day}
