@@ -1404,6 +1404,19 @@ def toy_features(spark: SparkSession, store, keys: DataFrame, day: dt.date) -> D
     )
 
 
+def sell_one_basket(
+    settings, queries, topic: str, shop: str, moment: dt.datetime, products: list[str]
+) -> None:
+    """One basket of ``shop`` at ``moment``: a unit of each of ``products``; then drain the job."""
+    basket = f"{shop}-{moment:%Y%m%dT%H%M%S}"
+    produce(
+        settings.kafka_bootstrap_servers,
+        topic,
+        [sale(f"{basket}-{p}", moment, basket, shop, "c", 1, 1.0, p) for p in products],
+    )
+    drain(queries)
+
+
 @pytest.mark.services
 @pytest.mark.spark
 def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_used(
@@ -1432,26 +1445,8 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     shop = f"S-{tag}"
 
     def send(batch: int, products: list[str]) -> None:
-        produce(
-            kafka_servers,
-            topic,
-            [
-                sale(
-                    f"a{batch}-{p}-{tag}",
-                    at(day, f"09:0{batch}:00"),
-                    f"t{batch}",
-                    shop,
-                    "c",
-                    1,
-                    1.0,
-                    p,
-                )
-                for p in products
-            ],
-        )
-        drain(queries)
+        sell_one_basket(settings, queries, topic, shop, at(day, f"09:0{batch}:00"), products)
 
-    kafka_servers = settings.kafka_bootstrap_servers
     send(1, ["P1", "P2"])
     client.set_registered_model_alias(name, "champion", v2)
     send(2, ["P1", "P2"])  # the same pairs again: scored again by the new version
@@ -1555,24 +1550,7 @@ def test_the_first_sale_of_a_day_scores_the_whole_catalogue(
     )
 
     def send(batch: int, products: list[str]) -> None:
-        produce(
-            settings.kafka_bootstrap_servers,
-            topic,
-            [
-                sale(
-                    f"c{batch}-{p}-{tag}",
-                    at(day, f"09:0{batch}:00"),
-                    f"t{batch}",
-                    shop,
-                    "c",
-                    1,
-                    1.0,
-                    p,
-                )
-                for p in products
-            ],
-        )
-        drain(queries)
+        sell_one_basket(settings, queries, topic, shop, at(day, f"09:0{batch}:00"), products)
 
     def expected_units(store_id: str) -> float:
         rows = store.query_df(STORE_EXPECTATIONS_SQL, {"first_date": day, "last_date": day})
@@ -1603,12 +1581,7 @@ def test_the_first_sale_of_a_day_scores_the_whole_catalogue(
 
     # A sale 5 days late scores its own pair for its day, not that day's catalogue.
     late = day - dt.timedelta(days=5)
-    produce(
-        settings.kafka_bootstrap_servers,
-        topic,
-        [sale(f"late-{tag}", at(late, "09:00:00"), "t-late", shop, "c", 1, 1.0, "P6")],
-    )
-    drain(queries)
+    sell_one_basket(settings, queries, topic, shop, at(late, "09:00:00"), ["P6"])
     late_scores = store.query_df(
         "SELECT store_id, product_id FROM demand_scores WHERE forecast_date = {d:Date} "
         "AND store_id IN ({s:String}, {o:String})",
