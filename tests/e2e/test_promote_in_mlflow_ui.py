@@ -23,6 +23,7 @@ from common.promotions import record_change
 from common.schemas import event_key
 from common.settings import Settings
 from common.store import Store
+from streaming.runtime import stop_gracefully
 
 pytestmark = [pytest.mark.browser, pytest.mark.services, pytest.mark.spark]
 
@@ -170,7 +171,7 @@ def world(spark: SparkSession, services: Settings, store: Store, tmp_path: Path)
         yield {"tag": tag, "names": names, "settings": settings, "shop": f"ui-{tag}"}
     finally:
         for query in queries:
-            query.stop()
+            stop_gracefully(query)  # between batches: a stop mid-batch interrupts its scoring
         for champion in champions.values():
             champion.close()
 

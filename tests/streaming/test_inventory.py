@@ -44,7 +44,7 @@ from streaming.inventory import (
     unpacked_movements,
     windowed_inventory_metrics,
 )
-from streaming.runtime import run_queries
+from streaming.runtime import run_queries, stop_gracefully
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAY = dt.date(2026, 3, 2)
@@ -864,7 +864,7 @@ def test_stock_scoring_follows_the_champion_alias(
         assert "load_failed" in failed.event_type.tolist()
     finally:
         for query in queries:
-            query.stop()
+            stop_gracefully(query)
         champion.close()
 
     # Each event was judged with the thresholds written by the batches before it.

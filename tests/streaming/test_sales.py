@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.testing import assertDataFrameEqual
 
+from streaming.runtime import stop_gracefully
 from streaming.sales import (
     BASKETS_MIN,
     BASKETS_SCHEMA,
@@ -682,8 +683,9 @@ def drain_job(spark, job_settings, job: str, **build_kwargs) -> list:
 
 
 def stop(queries) -> None:
+    """Stop the queries as the job does, between batches."""
     for query in queries:
-        query.stop()
+        stop_gracefully(query)
 
 
 def store_metrics(store, day: dt.date, tag: str) -> pd.DataFrame:
