@@ -103,6 +103,17 @@ def kafka(settings) -> Iterator[str]:
     stack.stop_kafka(settings)
 
 
+@pytest.fixture
+def killed_job_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a job process the test SIGKILLs: its JVM's temporary folders (Spark's
+    local dirs and ``java.io.tmpdir``) go to the test's own folder, since a killed JVM cannot
+    remove them (about 20 MB in /tmp per kill otherwise)."""
+    folder = tmp_path / "jvm-tmp"
+    folder.mkdir()
+    java_options = f"{os.environ.get('JAVA_TOOL_OPTIONS', '')} -Djava.io.tmpdir={folder}"
+    return {"SPARK_LOCAL_DIRS": str(folder), "JAVA_TOOL_OPTIONS": java_options.strip()}
+
+
 def _dump_hang(nodeid: str) -> None:
     """Write every Python thread's stack and the Spark driver's JVM threads for a test that still
     runs after _HANG_DUMP_AFTER_S, so a hang in CI leaves evidence even if the run is killed."""

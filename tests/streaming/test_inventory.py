@@ -682,13 +682,18 @@ def frames_equal(actual: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) 
 @pytest.mark.spark
 @pytest.mark.timeout(900)  # two job processes, each starting its own JVM and Python workers
 def test_exactly_once_across_a_sigkill_and_restart(
-    spark: SparkSession, store: Store, job_settings: Settings, tmp_path: Path
+    spark: SparkSession,
+    store: Store,
+    job_settings: Settings,
+    tmp_path: Path,
+    killed_job_env: dict[str, str],
 ) -> None:
     run = uuid.uuid4().hex[:6]
     events = crash_events(run)
     produce(job_settings, [encode(e) for e in events])
     env = {
         **os.environ,
+        **killed_job_env,
         "INVENTORY_TOPIC": job_settings.inventory_topic,
         "CHECKPOINT_DIR": str(job_settings.checkpoint_root),
         "MAX_OFFSETS_PER_TRIGGER": "80",

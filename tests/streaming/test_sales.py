@@ -1315,7 +1315,7 @@ def start_job_process(env: dict[str, str], log_path: Path, *args: str) -> subpro
 @pytest.mark.services
 @pytest.mark.spark
 def test_sigkill_and_restart_write_every_event_exactly_once(
-    spark, settings, services, store, tmp_path
+    spark, settings, services, store, tmp_path, killed_job_env
 ) -> None:
     day, tag = dt.date(2026, 3, 12), uuid.uuid4().hex[:6]
     topic = f"sales-crash-{tag}"
@@ -1324,6 +1324,7 @@ def test_sigkill_and_restart_write_every_event_exactly_once(
     produce(settings.kafka_bootstrap_servers, topic, events)
     env = {
         **os.environ,
+        **killed_job_env,
         "SALES_TOPIC": topic,
         "CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
         "MAX_OFFSETS_PER_TRIGGER": "100",
