@@ -105,13 +105,11 @@ def kafka(settings) -> Iterator[str]:
 
 @pytest.fixture
 def killed_job_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for a job process the test SIGKILLs: its JVM's temporary folders (Spark's
-    local dirs and ``java.io.tmpdir``) go to the test's own folder, since a killed JVM cannot
-    remove them (about 20 MB in /tmp per kill otherwise)."""
-    folder = tmp_path / "jvm-tmp"
-    folder.mkdir()
-    java_options = f"{os.environ.get('JAVA_TOOL_OPTIONS', '')} -Djava.io.tmpdir={folder}"
-    return {"SPARK_LOCAL_DIRS": str(folder), "JAVA_TOOL_OPTIONS": java_options.strip()}
+    """Environment for a job process the test SIGKILLs: its JVM's temporary folders go to the
+    test's own folder, not /tmp (``benchmarks.chaos.jvm_temp_environment``)."""
+    from benchmarks.chaos import jvm_temp_environment
+
+    return jvm_temp_environment(tmp_path / "jvm-tmp")
 
 
 def _dump_hang(nodeid: str) -> None:
