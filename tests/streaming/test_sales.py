@@ -90,6 +90,14 @@ def sale(
     }
 
 
+def insert_sales(store, events: list[dict], **columns: str) -> None:
+    """``events`` (as ``sale`` makes them) written straight into ``sales_events``, as a backfill
+    writes history, with ``columns`` set on every row."""
+    rows = pd.DataFrame(events).assign(on_promotion=0, **columns)
+    rows["event_time"] = pd.to_datetime(rows["event_time"], utc=True)
+    store.insert_df("sales_events", rows.astype({"quantity": "int32", "on_promotion": "uint8"}))
+
+
 def hand_events(day: dt.date, s1: str, s2: str) -> list[dict]:
     """Six line items in two stores; the expected windows below are worked out by hand."""
     return [
@@ -599,13 +607,13 @@ def test_typical_baskets_are_the_root_mean_square_of_each_stores_transactions(st
     lines = [(f"a{t}", f"A-{tag}", 10.0, 1) for t in range(20)]
     lines += [(f"b{t}", f"A-{tag}", 20.0, 2) for t in range(10) for _ in range(2)]
     lines += [(f"c{t}", f"C-{tag}", 5.0, 1) for t in range(29)]
-    rows = pd.DataFrame(
+    insert_sales(
+        store,
         [
             sale(f"{tag}-{i}", moment, f"{tag}-{txn}", shop, None, units, amount)
             for i, (txn, shop, amount, units) in enumerate(lines)
-        ]
-    ).assign(event_time=moment.replace(tzinfo=dt.UTC), on_promotion=0)
-    store.insert_df("sales_events", rows.astype({"quantity": "int32", "on_promotion": "uint8"}))
+        ],
+    )
 
     found = store.query_df(
         TYPICAL_BASKETS_SQL,
@@ -1486,15 +1494,25 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
 def backfilled(store, shop: str, sold: dict[str, dt.date], stocked: dict[str, dt.date]) -> None:
     """History of ``shop`` as a backfill writes it: a sale of each product of ``sold`` on its day,
     a stock count of each product of ``stocked`` on its day."""
-    sales = pd.DataFrame(
+    insert_sales(
+        store,
         [
-            sale(f"h-{shop}-{product}", at(day, "12:00:00"), f"h-{product}", shop, None, 1, 1.0)
-            | {"product_id": product}
+            sale(
+                f"h-{shop}-{product}",
+                at(day, "12:00:00"),
+                f"h-{product}",
+                shop,
+                None,
+                1,
+                1.0,
+                product,
+            )
             for product, day in sold.items()
-        ]
-    ).assign(on_promotion=0, source="backfill")
-    sales["event_time"] = pd.to_datetime(sales["event_time"], utc=True)
-    store.insert_df("sales_events", sales.astype({"quantity": "int32", "on_promotion": "uint8"}))
+        ],
+        source="backfill",
+    )
+    if not stocked:
+        return
     stock = pd.DataFrame(
         [
             {
@@ -1513,7 +1531,8 @@ def backfilled(store, shop: str, sold: dict[str, dt.date], stocked: dict[str, dt
             for product, day in stocked.items()
         ]
     )
-    store.insert_df("inventory_events", stock.astype({c: "int32" for c in stock.columns[5:8]}))
+    counts = ("quantity_change", "stock_level", "reorder_point")
+    store.insert_df("inventory_events", stock.astype(dict.fromkeys(counts, "int32")))
 
 
 @pytest.mark.services
