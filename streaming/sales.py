@@ -1284,8 +1284,13 @@ class SalesBatchWriter:
                 if day >= first_current and not self._catalogued.get(day, loaded.version)
             }
         )
+        catalogued = [
+            day
+            for day in (first_current + dt.timedelta(days=n) for n in range(SCORED_DAYS_KEPT))
+            if self._catalogued.get(day, loaded.version)
+        ]
         try:
-            todo = self._to_score(sold, new_days, loaded.version)
+            todo = self._to_score(sold, new_days, catalogued, loaded.version)
             if not todo:
                 return
             scores = self._scores_for(todo, loaded)
@@ -1307,13 +1312,22 @@ class SalesBatchWriter:
         self._catalogued.keep_newest(SCORED_DAYS_KEPT)
 
     def _to_score(
-        self, sold: list[tuple[str, str, dt.date]], new_days: list[dt.date], version: str
+        self,
+        sold: list[tuple[str, str, dt.date]],
+        new_days: list[dt.date],
+        catalogued: list[dt.date],
+        version: str,
     ) -> list[tuple[str, str, dt.date]]:
         """The (store, product, day) triples ``version`` has yet to score: those sold, and on each
         of ``new_days`` the catalogue, every pair with sales or stock events in the
         ``CATALOGUE_DAYS`` before. So the expected units of a store's day and of all stores' (the
-        anomaly check's model side) sum over everything sold, not over what has sold so far."""
+        anomaly check's model side) sum over everything sold, not over what has sold so far.
+        A sale of an earlier day that arrives after a day of ``catalogued`` was scored (from
+        another partition, or late) adds its pair to that day's catalogue."""
         wanted = set(sold)
+        for day in catalogued:
+            since = day - dt.timedelta(days=CATALOGUE_DAYS)
+            wanted.update((store, product, day) for store, product, on in sold if since <= on < day)
         for day in new_days:
             since = dt.datetime.combine(day - dt.timedelta(days=CATALOGUE_DAYS), dt.time())
             catalogue = self.store.query_df(

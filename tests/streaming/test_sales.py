@@ -1543,7 +1543,7 @@ def test_the_first_sale_of_a_day_scores_the_whole_catalogue(
     """The catalogue is what stores sold or stocked in the 28 days before: the first sale of the
     day scores all of it, so the model's expectation of each store's day is whole from the start;
     a product new to a store is scored when it first sells, nothing is scored twice, and a sale
-    days late scores its own pair only."""
+    days late scores its own pair, for its day and the current one, not its day's catalogue."""
     from mlflow import MlflowClient
 
     from common.models import ChampionModel
@@ -1613,3 +1613,14 @@ def test_the_first_sale_of_a_day_scores_the_whole_catalogue(
     )
     assert pairs(late_scores) == [(shop, "P6")]
     assert set(pd.to_datetime(scores["forecast_date"]).dt.date) == {day}
+    # A pair first sold in the 28 days before a day joins its catalogue when it arrives, late or
+    # from another partition after the day's first sale.
+    assert expected_units(shop) == pytest.approx(60.0)  # P6 too
+    sell_one_basket(settings, queries, topic, other, at(days_ago[1], "23:59:00"), ["P8"])
+    assert expected_units(other) == pytest.approx(20.0)  # P7 and P8
+    repeats = store.query_df(
+        "SELECT store_id, product_id, forecast_date, count() AS n FROM demand_scores "
+        "WHERE store_id IN ({s:String}, {o:String}) GROUP BY ALL HAVING n > 1",
+        {"s": shop, "o": other},
+    )
+    assert repeats.empty
