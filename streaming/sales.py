@@ -403,14 +403,15 @@ _JUDGED_QUANTITIES = (*_JUDGED_METRICS, "transactions")  # what the baselines ho
 def _store_windows(
     metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime
 ) -> tuple[DataFrame, DataFrame]:
-    """(windows, first_seen): the store windows of ``metrics`` plus a zero row for each judged
-    minute without one since the store's first window there (before it, its history is unknown:
-    a store that opens, or sells for the first time, is not judged against zeros it never had),
-    and each store's ``first_window``."""
+    """(windows, first_seen): the store windows of ``metrics`` (``observed``) plus a zero row for
+    each judged minute without one since the store's first window there (before it, its history
+    is unknown: a store that opens, or sells for the first time, is not judged against zeros it
+    never had), and each store's ``first_window``."""
     observed = metrics.select(
         "store_id",
         "window_start",
         *[sf.col(c).cast("double").alias(c) for c in _JUDGED_QUANTITIES],
+        sf.lit(True).alias("observed"),
     )
     first_judged = judge_after - dt.timedelta(minutes=WINDOW_MINUTES - PANE_MINUTES)
     last_judged = max(judge_until - dt.timedelta(minutes=WINDOW_MINUTES), first_judged)
@@ -428,7 +429,12 @@ def _store_windows(
         first_seen.crossJoin(judged_starts)
         .where(sf.col("window_start") > sf.col("first_window"))
         .join(observed, ["store_id", "window_start"], "left_anti")
-        .select("store_id", "window_start", *[sf.lit(0.0).alias(c) for c in _JUDGED_QUANTITIES])
+        .select(
+            "store_id",
+            "window_start",
+            *[sf.lit(0.0).alias(c) for c in _JUDGED_QUANTITIES],
+            sf.lit(False).alias("observed"),
+        )
     )
     return observed.unionByName(silent), first_seen
 
@@ -437,29 +443,32 @@ def _with_baselines(
     metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime, baseline_minutes: int
 ) -> DataFrame:
     """The judged store windows (``_store_windows``), each with the revenue, units and
-    transactions of its baseline windows as arrays (a store's missing windows since its first one
-    count as zero)."""
-    windows, first_seen = _store_windows(metrics, judge_after, judge_until)
+    transactions of its baseline windows as arrays. A store's missing windows count as zero from
+    its first window within the baseline minutes before the judged one: after a longer silence,
+    as before its first window, its history is unknown, and a store that sells again is judged on
+    its own windows, as one that opens. So a window's baseline is the same however the judged
+    spans fall (``metrics`` from ``baseline_minutes + 5`` before ``judge_after`` or earlier)."""
+    windows, _ = _store_windows(metrics, judge_after, judge_until)
     seconds = sf.unix_timestamp("window_start")
-    before = (
-        Window.partitionBy("store_id")
-        .orderBy(seconds)
-        .rangeBetween(-baseline_minutes * 60, -WINDOW_MINUTES * 60)
-    )
+    by_time = Window.partitionBy("store_id").orderBy(seconds)
+    before = by_time.rangeBetween(-baseline_minutes * 60, -WINDOW_MINUTES * 60)
+    known_since = by_time.rangeBetween(-baseline_minutes * 60, 0)
     window_end = sf.col("window_start") + sf.make_dt_interval(mins=sf.lit(WINDOW_MINUTES))
-    rows = (
-        windows.select(
-            "*",
-            window_end.alias("window_end"),
-            *[sf.collect_list(c).over(before).alias(f"baseline_{c}") for c in _JUDGED_QUANTITIES],
-        )
-        .where(
-            (sf.col("window_end") > sf.lit(judge_after))
-            & (sf.col("window_end") <= sf.lit(judge_until))
-        )
-        .join(sf.broadcast(first_seen), "store_id")
+    rows = windows.select(
+        "*",
+        window_end.alias("window_end"),
+        # collect_list skips nulls: the observed windows only, the zeros are padded below.
+        *[
+            sf.collect_list(sf.when(sf.col("observed"), sf.col(c)))
+            .over(before)
+            .alias(f"baseline_{c}")
+            for c in _JUDGED_QUANTITIES
+        ],
+        sf.min(sf.when(sf.col("observed"), seconds)).over(known_since).alias("known_since"),
+    ).where(
+        (sf.col("window_end") > sf.lit(judge_after)) & (sf.col("window_end") <= sf.lit(judge_until))
     )
-    earliest = sf.greatest(seconds - baseline_minutes * 60, sf.unix_timestamp("first_window"))
+    earliest = sf.col("known_since")
     latest = seconds - WINDOW_MINUTES * 60
     expected = sf.when(latest >= earliest, ((latest - earliest) / 60).cast("int") + 1).otherwise(0)
 

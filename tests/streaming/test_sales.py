@@ -343,6 +343,38 @@ def test_a_store_that_opens_is_judged_on_its_own_windows_not_on_zeros_before(
     ]
 
 
+@pytest.mark.spark
+def test_a_store_selling_again_after_an_hour_of_silence_is_judged_alike_whatever_the_spans(
+    spark: SparkSession,
+) -> None:
+    """Its history before the silence is unknown, as before a store's first window: selling as
+    before is no surge, whether the job judges the windows minute by minute (the frame it reads
+    starts after the silence began) or in one span that reads the hour before the silence too."""
+    day = dt.date(2026, 3, 6)
+    start = at(day, "09:00:00").replace(tzinfo=None)
+    sells = [*range(60), *range(130, 160)]  # silent from 10:00 to 11:10
+    rows = [(start + dt.timedelta(minutes=i), "S1", *steady_window(i)) for i in sells]
+    metrics = spark.createDataFrame(rows, JUDGED_WINDOWS_SCHEMA).cache()
+    judged_from, judged_until = start + dt.timedelta(minutes=60), start + dt.timedelta(minutes=160)
+    lead = dt.timedelta(minutes=AnomalyRules().baseline_minutes + 5)
+
+    def flagged(after: dt.datetime, until: dt.datetime) -> set[tuple[dt.datetime, str, str]]:
+        read = metrics.where(sf.col("window_start") >= after - lead)  # what the job reads
+        found = detect_sales_anomalies(read, after, until).collect()
+        return {(r.window_start, r.metric, r.direction) for r in found}
+
+    at_once = flagged(judged_from, judged_until)
+    step = dt.timedelta(minutes=20)
+    in_steps = set().union(
+        *(
+            flagged(judged_from + k * step, judged_from + (k + 1) * step)
+            for k in range((judged_until - judged_from) // step)
+        )
+    )
+    assert {direction for _, _, direction in at_once} == {"below"}  # the silence, not the return
+    assert in_steps == at_once
+
+
 def test_an_hourly_profile_is_each_stores_share_of_its_day_by_hour() -> None:
     rows = [
         (store, dt.date(2026, 3, d), h, u)
