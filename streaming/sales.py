@@ -76,6 +76,7 @@ ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall 
 SCORED_DAYS_KEPT = 2  # newest days whose scored pairs (and catalogue) a job remembers
 CATALOGUE_DAYS = 28  # days of events before a day that give the catalogue to score on it
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
+SILENCE_MAX_MINUTES = 6 * 60  # a silence's row grows until its store sells again, up to this
 PROFILE_DAYS = 28  # days of sales before the judged one that give a store's hourly profile
 PROFILE_MIN_DAYS = 3  # a store with sales on fewer of them has no profile
 BASKETS_MIN = 30  # a store with fewer baskets in those days has no typical basket from them
@@ -852,11 +853,13 @@ def detect_store_silences(
     """Stores that have sold nothing for longer than their rate before makes likely: a till or a
     feed that stopped, which a store selling a few baskets a window never shows in one window.
 
-    Inputs as for ``detect_sales_anomalies``, with ``metrics`` from ``2 x baseline_minutes + 5``
-    minutes before ``judge_after``. For a judged window without a sale, the silence runs from the
-    end of the first minute of the store's last window with a sale within the
-    ``baseline_minutes`` before (none there: not judged; the next window is empty, so that minute
-    held the sale) to the judged window's end. It is compared with the hour before it: the ``k``
+    Inputs as for ``detect_sales_anomalies``, with ``metrics`` from ``SILENCE_MAX_MINUTES +
+    baseline_minutes + 5`` minutes before ``judge_after``. For a judged window without a sale, the
+    silence runs from the end of the first minute of the store's last window with a sale within
+    the ``SILENCE_MAX_MINUTES`` before (none there: not judged; the next window is empty, so that
+    minute held the sale) to the judged window's end. A window wholly in hours the store's
+    profile says it is closed ends no silence (it has none to report) when the store's profile
+    held in the hour before its last sale. It is compared with the hour before it: the ``k``
     baskets of the ``baseline_minutes`` of windows up to that one (their transactions over 5,
     missing windows count as zero; 59 minutes' worth), but the last one, which started the
     silence. If the store's rate held, each basket of both spans falls in the silent one with
@@ -876,17 +879,15 @@ def detect_store_silences(
     """
     windows, _ = _store_windows(metrics, judge_after, judge_until)
     seconds = sf.unix_timestamp("window_start")
-    up_to = (
-        Window.partitionBy("store_id")
-        .orderBy(seconds)
-        .rangeBetween(-rules.baseline_minutes * 60, 0)
-    )
+    by_time = Window.partitionBy("store_id").orderBy(seconds)
+    up_to = by_time.rangeBetween(-rules.baseline_minutes * 60, 0)
+    silence_span = by_time.rangeBetween(-SILENCE_MAX_MINUTES * 60, 0)
     frame_windows = rules.baseline_minutes // PANE_MINUTES + 1
     with_rates = windows.select(
         "store_id",
         "window_start",
         "transactions",
-        sf.max(sf.when(sf.col("transactions") > 0, seconds)).over(up_to).alias("last_sale"),
+        sf.max(sf.when(sf.col("transactions") > 0, seconds)).over(silence_span).alias("last_sale"),
         (sf.sum("transactions").over(up_to) / frame_windows).alias("rate"),
         (sf.sum("units").over(up_to) / frame_windows).alias("units_rate"),
     )
@@ -930,6 +931,11 @@ def detect_store_silences(
     # Time goes as the store's day goes (its hours and their shares) when its profile says it
     # sold in the minutes before; else every minute counts the same.
     by_profile = sf.col("hourly_share").isNotNull() & (day_share_of(rate_minutes) > 0)
+    # A window wholly in the store's closed hours ends no silence: the store's day had ended.
+    window_minutes = sf.sequence(
+        sf.col("window_start"), sf.col("window_end") - one_minute, one_minute
+    )
+    judged = judged.where(~(by_profile & (day_share_of(window_minutes) == 0)))
     time_before = sf.when(by_profile, day_share_of(rate_minutes)).otherwise(sf.size(rate_minutes))
     time_silent = sf.when(by_profile, day_share_of(minutes)).otherwise(sf.size(minutes))
     day_share = sf.when(sf.col("hourly_share").isNotNull(), day_share_of(minutes)).otherwise(
@@ -1427,9 +1433,9 @@ class SalesBatchWriter:
             return False
         # The range names the inserts: judging it again (a replayed batch) writes nothing twice.
         token = f"{self.query_name}.judged-{judge_after:%Y%m%dT%H%M}-{horizon:%Y%m%dT%H%M}"
-        # Silences read the rate of the baseline minutes before a store's last sale too.
-        first_start = (
-            judge_after - self._baseline_span - dt.timedelta(minutes=self.rules.baseline_minutes)
+        # Silences read back to a store's last sale, and the baseline minutes before it.
+        first_start = judge_after - dt.timedelta(
+            minutes=SILENCE_MAX_MINUTES + self.rules.baseline_minutes + WINDOW_MINUTES
         )
         metrics = self.store.query_df(
             WINDOWS_FOR_JUDGING_SQL, {"first_start": first_start, "judge_until": horizon}
@@ -1449,6 +1455,7 @@ class SalesBatchWriter:
             window_start=pd.to_datetime(metrics["window_start"], utc=True).dt.tz_localize(None),
             **{c: metrics[c].astype(float) for c in _JUDGED_QUANTITIES},
         )
+        metrics = since_last_sales(metrics, judge_after, self._baseline_span)
         frame = self.spark.createDataFrame(metrics, JUDGED_WINDOWS_SCHEMA)
         expectations = self.store.query_df(
             STORE_EXPECTATIONS_SQL,
@@ -1500,6 +1507,20 @@ class SalesBatchWriter:
                 ),
             )
         return self._history[1]
+
+
+def since_last_sales(
+    metrics: pd.DataFrame, judge_after: dt.datetime, lead: dt.timedelta
+) -> pd.DataFrame:
+    """The windows judging from ``judge_after`` needs of ``metrics`` (read back to the longest
+    silence): of a store that sold before the first judged window, those from ``lead`` before its
+    last such sale (a silence judged then started at that sale or after, and its rate is of the
+    hour before it); of any other store, all."""
+    first_judged = judge_after - dt.timedelta(minutes=WINDOW_MINUTES)
+    earlier = metrics[(metrics["window_start"] < first_judged) & (metrics["transactions"] > 0)]
+    last_sale = earlier.groupby("store_id")["window_start"].max()
+    since = metrics["store_id"].map(last_sale - lead)
+    return metrics[since.isna() | (metrics["window_start"] >= since)]
 
 
 def _naive_utc(value: Any) -> dt.datetime:

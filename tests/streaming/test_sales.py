@@ -30,6 +30,7 @@ from streaming.sales import (
     BASKETS_SCHEMA,
     JUDGED_WINDOWS_SCHEMA,
     PROFILE_SCHEMA,
+    SILENCE_MAX_MINUTES,
     TYPICAL_BASKETS_SQL,
     AnomalyRules,
     detect_sales_anomalies,
@@ -38,11 +39,13 @@ from streaming.sales import (
     panes_of_rows,
     sales_panes,
     scoring_keys,
+    since_last_sales,
     sliding_window_metrics,
     windowed_sales_metrics,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+JUDGED_WINDOWS_COLUMNS = ["window_start", "store_id", "revenue", "units", "transactions"]
 EVENT_COLUMNS = (
     "event_id string, event_time timestamp, transaction_id string, store_id string, "
     "customer_id string, product_id string, category string, quantity int, unit_price double, "
@@ -558,6 +561,51 @@ def test_a_store_silent_for_longer_than_its_rate_makes_likely_is_flagged_once(
     # The champion expects nothing that day: the silence is what the model foresaw.
     nothing = model.withColumn("expected_units_day", sf.lit(0.0))
     assert silences(3.0, model=nothing) == []
+
+
+@pytest.mark.spark
+def test_a_silence_longer_than_the_baseline_hour_grows_until_the_store_sells_again(
+    spark: SparkSession,
+) -> None:
+    """A silence's row grows past the hour its rate is measured on, however the judged spans
+    fall, and ends where the store sells again, or where its usual hours end."""
+    start = at(dt.date(2026, 3, 13), "09:00:00").replace(tzinfo=None)
+    # Windows 08:29-09:29 and from 11:56 hold 3 baskets of 20.00; nothing from 09:30 to 11:59.
+    rows = [
+        (start + dt.timedelta(minutes=i), "S1", 60.0, 6.0, 3.0)
+        for i in [*range(-31, 30), *range(176, 200)]
+    ]
+    metrics = pd.DataFrame(rows, columns=JUDGED_WINDOWS_COLUMNS)
+    judge_from, judge_until = start + dt.timedelta(minutes=34), start + dt.timedelta(minutes=210)
+    hour = dt.timedelta(minutes=AnomalyRules().baseline_minutes + 5)
+    lead = dt.timedelta(minutes=SILENCE_MAX_MINUTES) + hour
+
+    def silences(after: dt.datetime, until: dt.datetime, profile: DataFrame | None = None) -> list:
+        # What the job reads, and keeps of it.
+        read = since_last_sales(metrics[metrics["window_start"] >= after - lead], after, hour)
+        frame = spark.createDataFrame(read, JUDGED_WINDOWS_SCHEMA)
+        return detect_store_silences(frame, after, until, None, AnomalyRules(), profile).collect()
+
+    [silence] = silences(judge_from, judge_until)
+    assert (silence.window_start, silence.window_end) == (
+        start + dt.timedelta(minutes=30),
+        start + dt.timedelta(hours=3),
+    )
+    assert silence.expected == pytest.approx(35.6 * 150 / 59)
+    assert "for 150 minutes" in silence.reason and silence.severity == "critical"
+    # Judged in half-hour spans, the last judgement's row (which replaces the others) is the same.
+    step = dt.timedelta(minutes=30)
+    spans = [
+        (judge_from + k * step, min(judge_from + (k + 1) * step, judge_until)) for k in range(6)
+    ]
+    last = [row for after, until in spans for row in silences(after, until)][-1]
+    assert last == silence
+    # Its hours say it closes at 11:00: the silence ends with the last window open a minute.
+    closes_at_eleven = spark.createDataFrame(
+        [("S1", hour, 1 / 3) for hour in (8, 9, 10)], PROFILE_SCHEMA
+    )
+    [closing] = silences(judge_from, judge_until, closes_at_eleven)
+    assert closing.window_end == start + dt.timedelta(minutes=124)
 
 
 @pytest.mark.spark
