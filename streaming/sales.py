@@ -1426,11 +1426,10 @@ class SalesBatchWriter:
         # A window has not closed before its end has passed, whatever a clock ahead stamped.
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         closed = _minute_floor(min(self._latest_event_time, now) - self.watermark_delay)
-        # A new job judges from one baseline span back; a long backlog is judged in steps.
-        judge_after = self._judged_until or closed - self._baseline_span
-        horizon = min(closed, judge_after + MAX_JUDGED_SPAN)
-        if horizon <= judge_after:
+        span = judged_span(self._judged_until, closed, self._baseline_span)
+        if span is None:
             return False
+        judge_after, horizon = span
         # The range names the inserts: judging it again (a replayed batch) writes nothing twice.
         token = f"{self.query_name}.judged-{judge_after:%Y%m%dT%H%M}-{horizon:%Y%m%dT%H%M}"
         # Silences read back to a store's last sale, and the baseline minutes before it.
@@ -1507,6 +1506,20 @@ class SalesBatchWriter:
                 ),
             )
         return self._history[1]
+
+
+def judged_span(
+    judged_until: dt.datetime | None, closed: dt.datetime, baseline_span: dt.timedelta
+) -> tuple[dt.datetime, dt.datetime] | None:
+    """(judge_after, horizon): the windows to judge next, those closed since ``judged_until``
+    (a new job's: from ``baseline_span`` before ``closed``); None when none has closed. A long
+    backlog is judged in steps of at most ``MAX_JUDGED_SPAN``, and a span ends at midnight, as a
+    window is judged with the hours and baskets of the 28 days before its own day, however the
+    spans fall."""
+    judge_after = judged_until or closed - baseline_span
+    midnight = dt.datetime.combine(judge_after.date() + dt.timedelta(days=1), dt.time())
+    horizon = min(closed, judge_after + MAX_JUDGED_SPAN, midnight)
+    return (judge_after, horizon) if horizon > judge_after else None
 
 
 def since_last_sales(

@@ -36,6 +36,7 @@ from streaming.sales import (
     detect_sales_anomalies,
     detect_store_silences,
     hourly_profile,
+    judged_span,
     panes_of_rows,
     sales_panes,
     scoring_keys,
@@ -376,6 +377,25 @@ def test_a_store_selling_again_after_an_hour_of_silence_is_judged_alike_whatever
     )
     assert {direction for _, _, direction in at_once} == {"below"}  # the silence, not the return
     assert in_steps == at_once
+
+
+def test_judged_spans_end_at_midnight_and_after_six_hours() -> None:
+    """Each window is judged with its own day's history however the job's judgements fall: a
+    span that would cross midnight stops there; a backlog is judged 6 hours at a time."""
+    hour = dt.timedelta(minutes=65)
+    day = dt.datetime(2026, 3, 14)
+    evening, morning = day + dt.timedelta(hours=23, minutes=30), day + dt.timedelta(hours=24.5)
+    midnight = day + dt.timedelta(days=1)
+    assert judged_span(evening, morning, hour) == (evening, midnight)
+    assert judged_span(midnight, morning, hour) == (midnight, morning)
+    assert judged_span(morning, morning, hour) is None
+    # A new job starts 65 minutes before what has closed: 23:25, so it too stops at midnight.
+    assert judged_span(None, morning, hour) == (morning - hour, midnight)
+    backlog = day + dt.timedelta(hours=8)
+    assert judged_span(backlog, backlog + dt.timedelta(hours=10), hour) == (
+        backlog,
+        backlog + dt.timedelta(hours=6),
+    )
 
 
 def test_an_hourly_profile_is_each_stores_share_of_its_day_by_hour() -> None:
