@@ -403,11 +403,10 @@ _JUDGED_QUANTITIES = (*_JUDGED_METRICS, "transactions")  # what the baselines ho
 
 def _store_windows(
     metrics: DataFrame, judge_after: dt.datetime, judge_until: dt.datetime
-) -> tuple[DataFrame, DataFrame]:
-    """(windows, first_seen): the store windows of ``metrics`` (``observed``) plus a zero row for
-    each judged minute without one since the store's first window there (before it, its history
-    is unknown: a store that opens, or sells for the first time, is not judged against zeros it
-    never had), and each store's ``first_window``."""
+) -> DataFrame:
+    """The store windows of ``metrics`` (``observed``) plus a zero row for each judged minute
+    without one since the store's first window there (before it, its history is unknown: a store
+    that opens, or sells for the first time, is not judged against zeros it never had)."""
     observed = metrics.select(
         "store_id",
         "window_start",
@@ -437,7 +436,7 @@ def _store_windows(
             sf.lit(False).alias("observed"),
         )
     )
-    return observed.unionByName(silent), first_seen
+    return observed.unionByName(silent)
 
 
 def _with_baselines(
@@ -449,7 +448,7 @@ def _with_baselines(
     as before its first window, its history is unknown, and a store that sells again is judged on
     its own windows, as one that opens. So a window's baseline is the same however the judged
     spans fall (``metrics`` from ``baseline_minutes + 5`` before ``judge_after`` or earlier)."""
-    windows, _ = _store_windows(metrics, judge_after, judge_until)
+    windows = _store_windows(metrics, judge_after, judge_until)
     seconds = sf.unix_timestamp("window_start")
     by_time = Window.partitionBy("store_id").orderBy(seconds)
     before = by_time.rangeBetween(-baseline_minutes * 60, -WINDOW_MINUTES * 60)
@@ -877,7 +876,7 @@ def detect_store_silences(
     rate before (``k t_s / t_b``), ``baseline_mad`` its Poisson spread (its square root), and
     ``model_expected`` the model's units in the silent minutes at the store's units per basket.
     """
-    windows, _ = _store_windows(metrics, judge_after, judge_until)
+    windows = _store_windows(metrics, judge_after, judge_until)
     seconds = sf.unix_timestamp("window_start")
     by_time = Window.partitionBy("store_id").orderBy(seconds)
     up_to = by_time.rangeBetween(-rules.baseline_minutes * 60, 0)
