@@ -28,10 +28,19 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 
+# What a table holds, by partition: its first and last insert blocks and its newest mutation
+# (a DELETE). Background merges rename the parts but keep these, so they read as no change.
 FINGERPRINTS_SQL = """
-SELECT table, toString(cityHash64(arraySort(groupArray(name)))) AS fingerprint
-FROM system.parts
-WHERE active AND database = currentDatabase()
+SELECT table, toString(cityHash64(arraySort(groupArray(
+    (partition_id, first_block, last_block, mutation))))) AS fingerprint
+FROM (
+    SELECT table, partition_id,
+        min(min_block_number) AS first_block, max(max_block_number) AS last_block,
+        max(if(data_version != min_block_number, data_version, 0)) AS mutation
+    FROM system.parts
+    WHERE active AND database = currentDatabase()
+    GROUP BY table, partition_id
+)
 GROUP BY table
 """
 EXISTING_TABLES_SQL = "SELECT name FROM system.tables WHERE database = currentDatabase()"

@@ -51,6 +51,31 @@ def test_a_later_read_rereads_only_the_changed_tables_and_the_newest_row_wins(se
     serving_store.insert_df("forecasts", forecast_rows(world, "1", 1.0))
 
 
+def test_a_merge_of_parts_is_no_change_and_an_insert_or_a_delete_is(serving_store, world):
+    """The store merges a table's parts in the background whenever it likes: that must not make
+    serving read the table again (the read above would depend on when merges run), while new
+    rows and deleted ones must."""
+    first = read_changed_tables(serving_store, ServingData(), world.demand_model)
+    tag = uuid.uuid4().hex[:6]
+    other_model, other_store = f"merged_{tag}", f"SM{tag}"  # rows of their own: none replaced
+    for version in ("1", "2"):
+        rows = forecast_rows(world, version, 1.0).assign(model_name=other_model)
+        serving_store.insert_df("forecasts", rows.assign(store_id=other_store))
+    inserted = read_changed_tables(serving_store, first, world.demand_model)
+    assert inserted.read_at["forecasts"] > first.read_at["forecasts"]
+
+    serving_store.execute("OPTIMIZE TABLE forecasts FINAL")
+    merged = read_changed_tables(serving_store, inserted, world.demand_model)
+    assert merged.read_at == inserted.read_at
+
+    serving_store.execute(
+        "DELETE FROM forecasts WHERE model_name = {model:String}", {"model": other_model}
+    )
+    deleted = read_changed_tables(serving_store, merged, world.demand_model)
+    assert deleted.read_at["forecasts"] > merged.read_at["forecasts"]
+    assert deleted.read_at["products"] == merged.read_at["products"]
+
+
 def test_stock_levels_fall_back_to_the_latest_inventory_event(serving_settings, world):
     from common.settings import load_settings
     from common.store import migrate, open_store
