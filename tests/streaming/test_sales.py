@@ -382,17 +382,17 @@ def test_a_store_selling_again_after_an_hour_of_silence_is_judged_alike_whatever
 def test_judged_spans_end_at_midnight_and_after_six_hours() -> None:
     """Each window is judged with its own day's history however the job's judgements fall: a
     span that would cross midnight stops there; a backlog is judged 6 hours at a time."""
-    hour = dt.timedelta(minutes=65)
+    baseline_span = dt.timedelta(minutes=65)
     day = dt.datetime(2026, 3, 14)
     evening, morning = day + dt.timedelta(hours=23, minutes=30), day + dt.timedelta(hours=24.5)
     midnight = day + dt.timedelta(days=1)
-    assert judged_span(evening, morning, hour) == (evening, midnight)
-    assert judged_span(midnight, morning, hour) == (midnight, morning)
-    assert judged_span(morning, morning, hour) is None
+    assert judged_span(evening, morning, baseline_span) == (evening, midnight)
+    assert judged_span(midnight, morning, baseline_span) == (midnight, morning)
+    assert judged_span(morning, morning, baseline_span) is None
     # A new job starts 65 minutes before what has closed: 23:25, so it too stops at midnight.
-    assert judged_span(None, morning, hour) == (morning - hour, midnight)
+    assert judged_span(None, morning, baseline_span) == (morning - baseline_span, midnight)
     backlog = day + dt.timedelta(hours=8)
-    assert judged_span(backlog, backlog + dt.timedelta(hours=10), hour) == (
+    assert judged_span(backlog, backlog + dt.timedelta(hours=10), baseline_span) == (
         backlog,
         backlog + dt.timedelta(hours=6),
     )
@@ -597,12 +597,14 @@ def test_a_silence_longer_than_the_baseline_hour_grows_until_the_store_sells_aga
     ]
     metrics = pd.DataFrame(rows, columns=JUDGED_WINDOWS_COLUMNS)
     judge_from, judge_until = start + dt.timedelta(minutes=34), start + dt.timedelta(minutes=210)
-    hour = dt.timedelta(minutes=AnomalyRules().baseline_minutes + 5)
-    lead = dt.timedelta(minutes=SILENCE_MAX_MINUTES) + hour
+    baseline_span = dt.timedelta(minutes=AnomalyRules().baseline_minutes + 5)
+    lead = dt.timedelta(minutes=SILENCE_MAX_MINUTES) + baseline_span
 
     def silences(after: dt.datetime, until: dt.datetime, profile: DataFrame | None = None) -> list:
         # What the job reads, and keeps of it.
-        read = since_last_sales(metrics[metrics["window_start"] >= after - lead], after, hour)
+        read = since_last_sales(
+            metrics[metrics["window_start"] >= after - lead], after, baseline_span
+        )
         frame = spark.createDataFrame(read, JUDGED_WINDOWS_SCHEMA)
         return detect_store_silences(frame, after, until, None, AnomalyRules(), profile).collect()
 
