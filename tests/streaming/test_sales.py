@@ -46,7 +46,7 @@ from streaming.sales import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-JUDGED_WINDOWS_COLUMNS = ["window_start", "store_id", "revenue", "units", "transactions"]
+JUDGED_WINDOWS_COLUMNS = [column.split()[0] for column in JUDGED_WINDOWS_SCHEMA.split(", ")]
 EVENT_COLUMNS = (
     "event_id string, event_time timestamp, transaction_id string, store_id string, "
     "customer_id string, product_id string, category string, quantity int, unit_price double, "
@@ -347,6 +347,14 @@ def test_a_store_that_opens_is_judged_on_its_own_windows_not_on_zeros_before(
     ]
 
 
+def consecutive_spans(
+    first: dt.datetime, last: dt.datetime, step: dt.timedelta
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """(judge_after, judge_until) spans of ``step`` from ``first`` to ``last``, as a job judges."""
+    starts = [first + k * step for k in range(-(-(last - first) // step))]
+    return [(start, min(start + step, last)) for start in starts]
+
+
 @pytest.mark.spark
 def test_a_store_selling_again_after_an_hour_of_silence_is_judged_alike_whatever_the_spans(
     spark: SparkSession,
@@ -368,13 +376,8 @@ def test_a_store_selling_again_after_an_hour_of_silence_is_judged_alike_whatever
         return {(r.window_start, r.metric, r.direction) for r in found}
 
     at_once = flagged(judged_from, judged_until)
-    step = dt.timedelta(minutes=20)
-    in_steps = set().union(
-        *(
-            flagged(judged_from + k * step, judged_from + (k + 1) * step)
-            for k in range((judged_until - judged_from) // step)
-        )
-    )
+    spans = consecutive_spans(judged_from, judged_until, dt.timedelta(minutes=20))
+    in_steps = set().union(*(flagged(after, until) for after, until in spans))
     assert {direction for _, _, direction in at_once} == {"below"}  # the silence, not the return
     assert in_steps == at_once
 
@@ -616,10 +619,7 @@ def test_a_silence_longer_than_the_baseline_hour_grows_until_the_store_sells_aga
     assert silence.expected == pytest.approx(35.6 * 150 / 59)
     assert "for 150 minutes" in silence.reason and silence.severity == "critical"
     # Judged in half-hour spans, the last judgement's row (which replaces the others) is the same.
-    step = dt.timedelta(minutes=30)
-    spans = [
-        (judge_from + k * step, min(judge_from + (k + 1) * step, judge_until)) for k in range(6)
-    ]
+    spans = consecutive_spans(judge_from, judge_until, dt.timedelta(minutes=30))
     last = [row for after, until in spans for row in silences(after, until)][-1]
     assert last == silence
     # Its hours say it closes at 11:00: the silence ends with the last window open a minute.
