@@ -73,6 +73,7 @@ PANE_MINUTES = 1
 WINDOW_MINUTES = 5
 MINUTES_PER_DAY = 24 * 60
 ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
+CATCH_UP_INTERVAL_S = 300.0  # ... and while batches come full (a backlog), at most this often
 SCORED_DAYS_KEPT = 2  # newest days whose scored pairs (and catalogue) a job remembers
 CATALOGUE_DAYS = 28  # days of events before a day that give the catalogue to score on it
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
@@ -1191,6 +1192,7 @@ class SalesBatchWriter:
         feature_builder: FeatureBuilder | None = None,
         rules: AnomalyRules = AnomalyRules(),
         anomaly_interval_s: float = ANOMALY_INTERVAL_S,
+        catch_up_interval_s: float = CATCH_UP_INTERVAL_S,
     ) -> None:
         self.spark = spark
         self.settings = settings
@@ -1204,12 +1206,13 @@ class SalesBatchWriter:
         self._scored: ByDay[tuple[str, str, str], bool] = ByDay()  # (store, product, version)
         self._catalogued: ByDay[str, bool] = ByDay()  # version
         self._newest_day: dt.date | None = None  # of the sales scored
-        self._judged_until: dt.datetime | None = None
-        self._horizon_loaded = False
+        self._judged_until: dt.datetime | None = None  # see _load_horizon
         self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
         self._history: tuple[dt.date, StoreHistory] | None = None  # of the newest judged day
         self._scoring_error = ""
         self.anomaly_interval_s = anomaly_interval_s
+        self.catch_up_interval_s = catch_up_interval_s
+        self._started_at = time.monotonic()
         self._last_judged_at = -float("inf")
         self._judging = threading.Lock()  # batches judge on the query's thread, idle() on another
 
@@ -1249,7 +1252,7 @@ class SalesBatchWriter:
         steps.lap("scoring")
         latest = _naive_utc(span["max"].as_py())
         self._latest_event_time = max(latest, self._latest_event_time or latest)
-        if self._judge_when_due():
+        if self._judge_when_due(self._catching_up(rows.num_rows)):
             steps.lap("anomalies")
         log.info(
             "%s batch %d: %d events (%d repeats dropped); %s",
@@ -1404,28 +1407,55 @@ class SalesBatchWriter:
                     self._last_judged_at - started,
                 )
 
-    def _judge_when_due(self) -> bool:
-        """Judge the newly closed windows if the last judgement is ``anomaly_interval_s`` old."""
+    def _catching_up(self, records: int) -> bool:
+        """A batch of at least half the records the source may give at once
+        (``max_offsets_per_trigger``): the topic holds a backlog."""
+        limit = self.settings.max_offsets_per_trigger
+        return limit is not None and records >= limit / 2
+
+    def _judge_when_due(self, catching_up: bool) -> bool:
+        """Judge the newly closed windows if the last judgement is ``anomaly_interval_s`` old or,
+        while the job works through a backlog, ``catch_up_interval_s`` old (counted from the
+        job's start). A judgement takes seconds whatever its span, time a backlog needs for
+        reading; what it defers is judged when the batches thin out, the query waits or it ends,
+        with the same results (judgements do not depend on their spans)."""
         with self._judging:
-            if time.monotonic() - self._last_judged_at < self.anomaly_interval_s:
+            self._load_horizon()
+            if catching_up:
+                due = max(self._last_judged_at, self._started_at) + self.catch_up_interval_s
+            else:
+                due = self._last_judged_at + self.anomaly_interval_s
+            if time.monotonic() < due:
                 return False
             self._judge_windows()
             self._last_judged_at = time.monotonic()
             return True
 
+    def _closed(self, latest_event_time: dt.datetime) -> dt.datetime:
+        """The end of the newest closed window: the newest stored event time (or the wall clock:
+        a window has not closed before its end has passed, whatever a clock ahead stamped) less
+        the watermark delay, to the minute."""
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        return _minute_floor(min(latest_event_time, now) - self.watermark_delay)
+
+    def _load_horizon(self) -> None:
+        """Where judging goes on from, fixed once the first batch is stored: the query's stored
+        horizon or, for a new query, one baseline span before the windows its first batch closed,
+        however long judging is then deferred."""
+        latest = self._latest_event_time
+        if self._judged_until is not None or latest is None:
+            return
+        value = self.store.scalar(HORIZON_SQL, {"query": self.query_name})
+        stored = None if value is None or pd.isna(value) else _naive_utc(value)
+        self._judged_until = stored or self._closed(latest) - self._baseline_span
+
     def _judge_windows(self) -> bool:
         """Judge the windows closed since the last judgement (at most ``MAX_JUDGED_SPAN`` of event
         time); False when none had closed."""
-        if self._latest_event_time is None:
+        self._load_horizon()
+        if self._judged_until is None or self._latest_event_time is None:  # nothing stored yet
             return False
-        if not self._horizon_loaded:
-            value = self.store.scalar(HORIZON_SQL, {"query": self.query_name})
-            self._judged_until = None if pd.isna(value) or value is None else _naive_utc(value)
-            self._horizon_loaded = True
-        # A window has not closed before its end has passed, whatever a clock ahead stamped.
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        closed = _minute_floor(min(self._latest_event_time, now) - self.watermark_delay)
-        span = judged_span(self._judged_until, closed, self._baseline_span)
+        span = judged_span(self._judged_until, self._closed(self._latest_event_time))
         if span is None:
             return False
         judge_after, horizon = span
@@ -1508,14 +1538,12 @@ class SalesBatchWriter:
 
 
 def judged_span(
-    judged_until: dt.datetime | None, closed: dt.datetime, baseline_span: dt.timedelta
+    judge_after: dt.datetime, closed: dt.datetime
 ) -> tuple[dt.datetime, dt.datetime] | None:
-    """(judge_after, horizon): the windows to judge next, those closed since ``judged_until``
-    (a new job's: from ``baseline_span`` before ``closed``); None when none has closed. A long
-    backlog is judged in steps of at most ``MAX_JUDGED_SPAN``, and a span ends at midnight, as a
-    window is judged with the hours and baskets of the 28 days before its own day, however the
-    spans fall."""
-    judge_after = judged_until or closed - baseline_span
+    """(judge_after, horizon): the windows to judge next, those closed since ``judge_after``; None
+    when none has closed. A long backlog is judged in steps of at most ``MAX_JUDGED_SPAN``, and a
+    span ends at midnight, as a window is judged with the hours and baskets of the 28 days before
+    its own day, however the spans fall."""
     midnight = dt.datetime.combine(judge_after.date() + dt.timedelta(days=1), dt.time())
     horizon = min(closed, judge_after + MAX_JUDGED_SPAN, midnight)
     return (judge_after, horizon) if horizon > judge_after else None

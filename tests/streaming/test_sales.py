@@ -385,17 +385,14 @@ def test_a_store_selling_again_after_an_hour_of_silence_is_judged_alike_whatever
 def test_judged_spans_end_at_midnight_and_after_six_hours() -> None:
     """Each window is judged with its own day's history however the job's judgements fall: a
     span that would cross midnight stops there; a backlog is judged 6 hours at a time."""
-    baseline_span = dt.timedelta(minutes=65)
     day = dt.datetime(2026, 3, 14)
     evening, morning = day + dt.timedelta(hours=23, minutes=30), day + dt.timedelta(hours=24.5)
     midnight = day + dt.timedelta(days=1)
-    assert judged_span(evening, morning, baseline_span) == (evening, midnight)
-    assert judged_span(midnight, morning, baseline_span) == (midnight, morning)
-    assert judged_span(morning, morning, baseline_span) is None
-    # A new job starts 65 minutes before what has closed: 23:25, so it too stops at midnight.
-    assert judged_span(None, morning, baseline_span) == (morning - baseline_span, midnight)
+    assert judged_span(evening, morning) == (evening, midnight)
+    assert judged_span(midnight, morning) == (midnight, morning)
+    assert judged_span(morning, morning) is None
     backlog = day + dt.timedelta(hours=8)
-    assert judged_span(backlog, backlog + dt.timedelta(hours=10), baseline_span) == (
+    assert judged_span(backlog, backlog + dt.timedelta(hours=10)) == (
         backlog,
         backlog + dt.timedelta(hours=6),
     )
@@ -1031,6 +1028,49 @@ def test_a_replayed_batch_writes_what_its_first_attempt_did(spark, settings, sto
     assertDataFrameEqual(metrics_frame(spark, store_metrics(store, day, tag)), expected)
 
 
+@pytest.mark.spark
+def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
+    spark, settings, store
+) -> None:
+    """Full batches (half of ``max_offsets_per_trigger`` or more) wait for the catch-up interval,
+    counted from the job's start, however often judging is otherwise allowed. The first batch
+    that is not full judges every window closed since one baseline span before what the first
+    batch closed, as if it had judged then: the surge that batch held is flagged."""
+    from streaming.runtime import watermark_classified
+    from streaming.sales import HORIZON_SQL, SalesBatchWriter, classify_sales
+
+    day, tag = dt.date(2026, 3, 16), uuid.uuid4().hex[:6]  # a day no other test sells on
+    shop, surge = f"S-{tag}", at(day, "09:30")
+    minutes = [at(day, "08:00") + dt.timedelta(minutes=m) for m in range(180)]  # to 10:59
+    steady = [sale(f"m{i}-{tag}", t, f"t{i}", shop, "c1", 1, 10.0) for i, t in enumerate(minutes)]
+    rush = [sale(f"r{i}-{tag}", surge, f"r{i}", shop, f"c{i}", 1, 10.0) for i in range(25)]
+    backlog, thinning = [*steady[:120], *rush], steady[120:]  # to 09:59, then 60 sales
+
+    def batch(records: list[dict]) -> DataFrame:
+        kafka_time = dt.datetime(2026, 3, 16, 12, 0)
+        raw = spark.createDataFrame(
+            [("t", 0, i, json.dumps(r).encode(), kafka_time) for i, r in enumerate(records)],
+            "topic string, partition int, offset long, value binary, timestamp timestamp",
+        )
+        return watermark_classified(classify_sales(raw))
+
+    writer = SalesBatchWriter(
+        spark,
+        settings.model_copy(update={"max_offsets_per_trigger": len(backlog)}),
+        query_name=f"sales-backlog-{tag}",
+        anomaly_interval_s=0.0,
+        catch_up_interval_s=3600.0,
+    )
+    writer(batch(backlog), 0)
+    assert pd.isna(store.scalar(HORIZON_SQL, {"query": writer.query_name}))
+    writer(batch(thinning), 1)
+    judged = store.scalar(HORIZON_SQL, {"query": writer.query_name})
+    delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
+    assert pd.Timestamp(judged).tz_convert(None) == at(day, "10:59").replace(tzinfo=None) - delay
+    # Judged from 08:44 (09:49, what the backlog closed, less 65 minutes), not from 09:44.
+    assert_surge_flagged(store, shop, surge)
+
+
 @pytest.mark.services
 @pytest.mark.spark
 def test_a_batch_of_anonymous_sales_only_is_stored_with_no_customers(
@@ -1279,8 +1319,9 @@ def surge_in_small_batches(settings, kafka: str, kind: str) -> tuple:
 @pytest.mark.services
 @pytest.mark.spark
 def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kafka, store) -> None:
-    """Judging is throttled while events flow (here to once an hour, so only the first batch is
-    judged); the windows the later batches closed are judged when the run ends."""
+    """Judging is throttled while events flow (here to once an hour, and the full batches of 30
+    wait for the catch-up interval, so only the last, smaller batch judges); the windows the
+    batches closed after it are judged when the run ends."""
 
     shop, job, job_settings, _events, surge = surge_in_small_batches(settings, kafka, "drain")
     ended = drain_job(spark, job_settings, job, anomaly_interval_s=3600.0)
