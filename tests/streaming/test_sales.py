@@ -1320,8 +1320,8 @@ def surge_in_small_batches(settings, kafka: str, kind: str) -> tuple:
 @pytest.mark.spark
 def test_a_drain_judges_the_windows_its_last_batches_closed(spark, settings, kafka, store) -> None:
     """Judging is throttled while events flow (here to once an hour, and the full batches of 30
-    wait for the catch-up interval, so only the last, smaller batch judges); the windows the
-    batches closed after it are judged when the run ends."""
+    wait for the catch-up interval): the windows the batches closed are judged by the last,
+    smaller batch or when the run ends."""
 
     shop, job, job_settings, _events, surge = surge_in_small_batches(settings, kafka, "drain")
     ended = drain_job(spark, job_settings, job, anomaly_interval_s=3600.0)
