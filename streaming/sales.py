@@ -1452,7 +1452,6 @@ class SalesBatchWriter:
     def _judge_windows(self) -> bool:
         """Judge the windows closed since the last judgement (at most ``MAX_JUDGED_SPAN`` of event
         time); False when none had closed."""
-        self._load_horizon()
         if self._judged_until is None or self._latest_event_time is None:  # nothing stored yet
             return False
         span = judged_span(self._judged_until, self._closed(self._latest_event_time))

@@ -983,10 +983,24 @@ class CrashBefore:
         return self.store.insert_df(table, *args, **kwargs)
 
 
+def classified_batch(
+    spark: SparkSession, records: list[dict], kafka_time: dt.datetime
+) -> DataFrame:
+    """``records`` as the sales writer gets them: one micro-batch of Kafka records (one partition,
+    from offset 0, stamped ``kafka_time``), classified and watermarked as the job does."""
+    from streaming.runtime import watermark_classified
+    from streaming.sales import classify_sales
+
+    raw = spark.createDataFrame(
+        [("t", 0, offset, json.dumps(r).encode(), kafka_time) for offset, r in enumerate(records)],
+        "topic string, partition int, offset long, value binary, timestamp timestamp",
+    )
+    return watermark_classified(classify_sales(raw))
+
+
 @pytest.mark.spark
 def test_a_replayed_batch_writes_what_its_first_attempt_did(spark, settings, store) -> None:
-    from streaming.runtime import watermark_classified
-    from streaming.sales import SalesBatchWriter, classify_sales
+    from streaming.sales import SalesBatchWriter
 
     day, tag = dt.date(2026, 3, 14), uuid.uuid4().hex[:6]
     s1, s2 = f"S1-{tag}", f"S2-{tag}"
@@ -994,12 +1008,7 @@ def test_a_replayed_batch_writes_what_its_first_attempt_did(spark, settings, sto
     for event in events:
         event["event_id"] = f"{event['event_id']}-{tag}"
     records = [*events, events[1]]  # e2 twice in the batch
-    kafka_time = dt.datetime(2026, 3, 12, 10, 7)
-    raw = spark.createDataFrame(
-        [("t", 0, offset, json.dumps(r).encode(), kafka_time) for offset, r in enumerate(records)],
-        "topic string, partition int, offset long, value binary, timestamp timestamp",
-    )
-    batch = watermark_classified(classify_sales(raw))
+    batch = classified_batch(spark, records, dt.datetime(2026, 3, 12, 10, 7))
     writer = SalesBatchWriter(spark, settings, query_name=f"sales-replay-{tag}")
 
     def stored() -> tuple[int, int, int]:
@@ -1036,8 +1045,7 @@ def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
     counted from the job's start, however often judging is otherwise allowed. The first batch
     that is not full judges every window closed since one baseline span before what the first
     batch closed, as if it had judged then: the surge that batch held is flagged."""
-    from streaming.runtime import watermark_classified
-    from streaming.sales import HORIZON_SQL, SalesBatchWriter, classify_sales
+    from streaming.sales import HORIZON_SQL, SalesBatchWriter
 
     day, tag = dt.date(2026, 3, 16), uuid.uuid4().hex[:6]  # a day no other test sells on
     shop, surge = f"S-{tag}", at(day, "09:30")
@@ -1046,14 +1054,7 @@ def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
     rush = [sale(f"r{i}-{tag}", surge, f"r{i}", shop, f"c{i}", 1, 10.0) for i in range(25)]
     backlog, thinning = [*steady[:120], *rush], steady[120:]  # to 09:59, then 60 sales
 
-    def batch(records: list[dict]) -> DataFrame:
-        kafka_time = dt.datetime(2026, 3, 16, 12, 0)
-        raw = spark.createDataFrame(
-            [("t", 0, i, json.dumps(r).encode(), kafka_time) for i, r in enumerate(records)],
-            "topic string, partition int, offset long, value binary, timestamp timestamp",
-        )
-        return watermark_classified(classify_sales(raw))
-
+    kafka_time = dt.datetime(2026, 3, 16, 12, 0)
     writer = SalesBatchWriter(
         spark,
         settings.model_copy(update={"max_offsets_per_trigger": len(backlog)}),
@@ -1061,9 +1062,9 @@ def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
         anomaly_interval_s=0.0,
         catch_up_interval_s=3600.0,
     )
-    writer(batch(backlog), 0)
+    writer(classified_batch(spark, backlog, kafka_time), 0)
     assert pd.isna(store.scalar(HORIZON_SQL, {"query": writer.query_name}))
-    writer(batch(thinning), 1)
+    writer(classified_batch(spark, thinning, kafka_time), 1)
     judged = store.scalar(HORIZON_SQL, {"query": writer.query_name})
     delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
     assert pd.Timestamp(judged).tz_convert(None) == at(day, "10:59").replace(tzinfo=None) - delay
