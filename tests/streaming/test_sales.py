@@ -1337,11 +1337,13 @@ def test_a_job_waiting_for_events_judges_the_windows_its_last_batches_closed(
     spark, settings, kafka, store
 ) -> None:
     """The same throttled judging on a job that keeps running: once it has read the topic and
-    waits, it judges the windows its later batches closed, with no new batch and no stop."""
+    waits, it judges the windows its batches closed, with no new batch and no stop. Its batches
+    of 33 (the last 29) all come full, so none of them judges: judging is left to the wait."""
     from streaming.runtime import run_queries
     from streaming.sales import build_queries
 
     shop, job, job_settings, events, surge = surge_in_small_batches(settings, kafka, "waiting")
+    job_settings = job_settings.model_copy(update={"max_offsets_per_trigger": 33})
     queries = build_queries(spark, job_settings, job=job, anomaly_interval_s=3600.0)
     stop_request = threading.Event()
     failures: list[BaseException] = []
