@@ -73,7 +73,7 @@ PANE_MINUTES = 1
 WINDOW_MINUTES = 5
 MINUTES_PER_DAY = 24 * 60
 ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
-CATCH_UP_INTERVAL_S = 300.0  # ... and while batches come full (a backlog), at most this often
+CATCH_UP_INTERVAL_S = 300.0  # ... and, while full batches lag this far (a backlog), this often
 SCORED_DAYS_KEPT = 2  # newest days whose scored pairs (and catalogue) a job remembers
 CATALOGUE_DAYS = 28  # days of events before a day that give the catalogue to score on it
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
@@ -1252,7 +1252,7 @@ class SalesBatchWriter:
         steps.lap("scoring")
         latest = _naive_utc(span["max"].as_py())
         self._latest_event_time = max(latest, self._latest_event_time or latest)
-        if self._judge_when_due(self._catching_up(rows.num_rows)):
+        if self._judge_when_due(self._catching_up(rows.num_rows, latest)):
             steps.lap("anomalies")
         log.info(
             "%s batch %d: %d events (%d repeats dropped); %s",
@@ -1407,11 +1407,16 @@ class SalesBatchWriter:
                     self._last_judged_at - started,
                 )
 
-    def _catching_up(self, records: int) -> bool:
+    def _catching_up(self, records: int, latest_event_time: dt.datetime) -> bool:
         """A batch of at least half the records the source may give at once
-        (``max_offsets_per_trigger``): the topic holds a backlog."""
+        (``max_offsets_per_trigger``) whose newest event is more than ``catch_up_interval_s``
+        behind the wall clock: the topic holds a backlog. A job that keeps up with live sales at
+        that rate is not catching up: its alerts would be late for nothing."""
         limit = self.settings.max_offsets_per_trigger
-        return limit is not None and records >= limit / 2
+        if limit is None or records < limit / 2:
+            return False
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        return (now - latest_event_time).total_seconds() > self.catch_up_interval_s
 
     def _judge_when_due(self, catching_up: bool) -> bool:
         """Judge the newly closed windows if the last judgement is ``anomaly_interval_s`` old or,

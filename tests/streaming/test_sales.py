@@ -1072,6 +1072,35 @@ def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
     assert_surge_flagged(store, shop, surge)
 
 
+@pytest.mark.spark
+def test_a_job_keeping_up_with_live_sales_judges_its_full_batches(spark, settings, store) -> None:
+    """A full batch of sales up to a minute ago is not a backlog: it is judged at once, not
+    deferred by the catch-up interval, however busy the feed."""
+    from streaming.sales import HORIZON_SQL, SalesBatchWriter
+
+    tag = uuid.uuid4().hex[:6]
+    shop = f"S-{tag}"
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    live = [
+        sale(f"l{m}-{tag}", now - dt.timedelta(minutes=m), f"t{m}", shop, "c1", 1, 10.0)
+        for m in range(90, 0, -1)
+    ]
+    writer = SalesBatchWriter(
+        spark,
+        settings.model_copy(update={"max_offsets_per_trigger": len(live)}),
+        query_name=f"sales-live-{tag}",
+        anomaly_interval_s=0.0,
+        catch_up_interval_s=3600.0,
+    )
+    writer(classified_batch(spark, live, now.replace(tzinfo=None)), 0)
+
+    judged = store.scalar(HORIZON_SQL, {"query": writer.query_name})
+    assert not pd.isna(judged), "the batch deferred its judgement as if it were a backlog"
+    closed = (now - dt.timedelta(minutes=1 + settings.sales_watermark_minutes)).replace(tzinfo=None)
+    # Up to what the batch closed (or to midnight, where a judgement ends, just after it).
+    assert closed - dt.timedelta(minutes=65) < pd.Timestamp(judged).tz_convert(None) <= closed
+
+
 @pytest.mark.services
 @pytest.mark.spark
 def test_a_batch_of_anonymous_sales_only_is_stored_with_no_customers(
