@@ -101,7 +101,8 @@ case "${1:-}" in
       else
         echo "$job: not running"
       fi
-    done ;;
+    done
+    "$ROOT/.venv/bin/retail" stream status ;;
   clean)
     for job in sales inventory; do
       if [ -f "$RUN_DIR/$job.pid" ] && kill -0 "$(cat "$RUN_DIR/$job.pid")" 2>/dev/null; then
