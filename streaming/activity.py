@@ -1,4 +1,4 @@
-"""What the streaming queries did lately, from ``stream_progress``: for `retail status`.
+"""What the streaming queries did lately, from ``stream_progress``: for `retail stream status`.
 
 A running job records a row per micro-batch. Its last batch with events says whether events
 still arrive: a feed that stops altogether (every till, or the producer) closes no window, so
