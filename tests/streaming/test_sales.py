@@ -1037,6 +1037,20 @@ def test_a_replayed_batch_writes_what_its_first_attempt_did(spark, settings, sto
     assertDataFrameEqual(metrics_frame(spark, store_metrics(store, day, tag)), expected)
 
 
+def eager_writer(spark, settings, query_name: str, batch_limit: int):
+    """A sales writer that may judge after every batch (no 30-s throttle) but, while it catches
+    up on a backlog (batches of half ``batch_limit`` or more), only once an hour."""
+    from streaming.sales import SalesBatchWriter
+
+    return SalesBatchWriter(
+        spark,
+        settings.model_copy(update={"max_offsets_per_trigger": batch_limit}),
+        query_name=query_name,
+        anomaly_interval_s=0.0,
+        catch_up_interval_s=3600.0,
+    )
+
+
 @pytest.mark.spark
 def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
     spark, settings, store
@@ -1045,7 +1059,7 @@ def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
     counted from the job's start, however often judging is otherwise allowed. The first batch
     that is not full judges every window closed since one baseline span before what the first
     batch closed, as if it had judged then: the surge that batch held is flagged."""
-    from streaming.sales import HORIZON_SQL, SalesBatchWriter
+    from streaming.sales import HORIZON_SQL
 
     day, tag = dt.date(2026, 3, 16), uuid.uuid4().hex[:6]  # a day no other test sells on
     shop, surge = f"S-{tag}", at(day, "09:30")
@@ -1055,13 +1069,7 @@ def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
     backlog, thinning = [*steady[:120], *rush], steady[120:]  # to 09:59, then 60 sales
 
     kafka_time = dt.datetime(2026, 3, 16, 12, 0)
-    writer = SalesBatchWriter(
-        spark,
-        settings.model_copy(update={"max_offsets_per_trigger": len(backlog)}),
-        query_name=f"sales-backlog-{tag}",
-        anomaly_interval_s=0.0,
-        catch_up_interval_s=3600.0,
-    )
+    writer = eager_writer(spark, settings, f"sales-backlog-{tag}", len(backlog))
     writer(classified_batch(spark, backlog, kafka_time), 0)
     assert pd.isna(store.scalar(HORIZON_SQL, {"query": writer.query_name}))
     writer(classified_batch(spark, thinning, kafka_time), 1)
@@ -1076,7 +1084,7 @@ def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
 def test_a_job_keeping_up_with_live_sales_judges_its_full_batches(spark, settings, store) -> None:
     """A full batch of sales up to a minute ago is not a backlog: it is judged at once, not
     deferred by the catch-up interval, however busy the feed."""
-    from streaming.sales import HORIZON_SQL, SalesBatchWriter
+    from streaming.sales import HORIZON_SQL
 
     tag = uuid.uuid4().hex[:6]
     shop = f"S-{tag}"
@@ -1085,13 +1093,7 @@ def test_a_job_keeping_up_with_live_sales_judges_its_full_batches(spark, setting
         sale(f"l{m}-{tag}", now - dt.timedelta(minutes=m), f"t{m}", shop, "c1", 1, 10.0)
         for m in range(90, 0, -1)
     ]
-    writer = SalesBatchWriter(
-        spark,
-        settings.model_copy(update={"max_offsets_per_trigger": len(live)}),
-        query_name=f"sales-live-{tag}",
-        anomaly_interval_s=0.0,
-        catch_up_interval_s=3600.0,
-    )
+    writer = eager_writer(spark, settings, f"sales-live-{tag}", len(live))
     writer(classified_batch(spark, live, now.replace(tzinfo=None)), 0)
 
     judged = store.scalar(HORIZON_SQL, {"query": writer.query_name})
