@@ -125,6 +125,7 @@ def print_summary(settings: Settings, timings: dict[str, float], produced: dict[
     places.add_row("Spark UI (streaming jobs)", "http://localhost:4040 and http://localhost:4041")
     places.add_row("API", f"http://localhost:{settings.api_port}/docs")
     places.add_row("store", 'retail sql "SELECT * FROM stock_alerts FINAL LIMIT 10"')
+    places.add_row("streaming queries", "retail stream status (last batch, events, lag)")
     console.print(places)
 
     steps = Table("step", "seconds", title="timings")
