@@ -1369,7 +1369,8 @@ def test_a_job_waiting_for_events_judges_the_windows_its_last_batches_closed(
 ) -> None:
     """The same throttled judging on a job that keeps running: once it has read the topic and
     waits, it judges the windows its batches closed, with no new batch and no stop. Its batches
-    of 33 (the last 29) all come full, so none of them judges: judging is left to the wait."""
+    of 33 (the last 29; one shop and product, so one partition) all come full, so none of them
+    judges: judging is left to the wait."""
     from streaming.runtime import run_queries
     from streaming.sales import build_queries
 
