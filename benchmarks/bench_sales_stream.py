@@ -11,9 +11,9 @@ The drain runs in micro-batches of ``DRAIN_BATCH`` events (``MAX_OFFSETS_PER_TRI
 seed's rate knob, raised for a backlog); each one after the first (but a small remainder) is a
 sample of the sustained rate. The scored drain then reads two more micro-batches, the first with
 scoring off: the scoring overhead is the mean of the micro-batches on each side of it (the later
-micro-batches of a drain run slower) over it. Each drain reads a topic of its own, filled in days
-of its own, so that no drain recomputes another's windows; the latency run comes first, so that
-the JVM's compilation of the job's hot paths is not in the measured drains.
+micro-batches of a drain run slower) over it. Each run's drain reads a topic of its own, filled
+in days of its own, so that no drain recomputes another's windows; the latency run comes first,
+so that the JVM's compilation of the job's hot paths is not in the measured drain.
 
 ``run(quick)`` returns the rows for ``retail bench``; ``python -m benchmarks.bench_sales_stream``
 runs it alone on a fresh local stack and prints the table.
@@ -417,40 +417,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
     model_name = f"bench_demand_{tag}"
     register_bench_model(spark, base, model_name)
     with tempfile.TemporaryDirectory(prefix="bench-sales-") as folder:
-
-        def drain(
-            name: str,
-            model: str | None,
-            count: int,
-            days_back: int,
-            unscored: frozenset[int] = frozenset(),
-        ) -> list[float]:
-            """A topic of its own filled with ``count`` events, drained by a fresh query."""
-            job = base.model_copy(
-                update={
-                    "sales_topic": f"bench-sales-{name}-{tag}",
-                    "checkpoint_dir": Path(folder) / f"checkpoints-{name}",
-                    "max_offsets_per_trigger": DRAIN_BATCH,
-                }
-            )
-            stack.ensure_topics(job.model_copy(update={"inventory_topic": job.sales_topic}))
-            prefix = f"{name[0].upper()}{tag}"
-            fill_topic(base.kafka_bootstrap_servers, job.sales_topic, count, prefix, days_back)
-            if name == "scored":  # the consumer reads the messages of the headline's batches
-                peers.extend(
-                    consumer_rates(base.kafka_bootstrap_servers, job.sales_topic, events, runs=2)
-                )
-            rates, whole = measure_throughput(spark, job, model, count, unscored)
-            ends.append(whole)
-            return rates
-
-        peers: list[float] = []
-        ends: list[float] = []
-        # Each drain in days of its own (and each run in others), so that no two drains share
-        # the overall ('ALL') windows that a micro-batch recomputes.
+        # Each run's drain in days of its own, so that no two drains share the overall ('ALL')
+        # windows that a micro-batch recomputes.
         days = 4 * (1 + int(tag, 16) % 1000)
         # The latency run goes first: its 15 s of micro-batches also let the JVM compile the
-        # job's hot paths, which the first drain of a process would otherwise pay for.
+        # job's hot paths, which the drain would otherwise pay for.
         live = base.model_copy(
             update={
                 "sales_topic": f"bench-sales-live-{tag}",
@@ -459,12 +430,22 @@ def run(quick: bool) -> list[dict[str, Any]]:
         )
         stack.ensure_topics(live.model_copy(update={"inventory_topic": live.sales_topic}))
         latencies = measure_latency(spark, live, store, model_name, rate, seconds, f"L{tag}")
-        # The headline's micro-batches, then one with scoring off and one more with it on.
-        off = events // DRAIN_BATCH
-        rates = drain("scored", model_name, events + 2 * DRAIN_BATCH, days, frozenset({off}))
+        # The drain: the headline's micro-batches, then one with scoring off and one more on.
+        job = base.model_copy(
+            update={
+                "sales_topic": f"bench-sales-drain-{tag}",
+                "checkpoint_dir": Path(folder) / "checkpoints-drain",
+                "max_offsets_per_trigger": DRAIN_BATCH,
+            }
+        )
+        stack.ensure_topics(job.model_copy(update={"inventory_topic": job.sales_topic}))
+        count, off = events + 2 * DRAIN_BATCH, events // DRAIN_BATCH
+        fill_topic(base.kafka_bootstrap_servers, job.sales_topic, count, f"D{tag}", days)
+        # The consumer reads the messages of the headline's micro-batches.
+        peers = consumer_rates(base.kafka_bootstrap_servers, job.sales_topic, events, runs=2)
+        rates, end_to_end = measure_throughput(spark, job, model_name, count, frozenset({off}))
         scored = rates[: off - 1]  # the micro-batches after the first, up to the one off
         with_scoring, without_scoring = [(rates[off - 2] + rates[off]) / 2], [rates[off - 1]]
-        end_to_end = ends[0]
     window_rounds = measure_window_methods(spark, WINDOW_METHOD_EVENTS)
     if latencies.size == 0:
         raise RuntimeError("no event reached the store during the latency run")
