@@ -227,19 +227,16 @@ class ScoringOff:
 def _job(
     spark: Any,
     settings: Any,
-    model_name: str | None,
+    model_name: str,
     available_now: bool,
     unscored: frozenset[int] = frozenset(),
 ) -> list[Any]:
-    """The sales job's queries; ``model_name`` None: scoring off; ``unscored``: micro-batches that
-    score nothing."""
+    """The sales job's queries, scoring with ``model_name`` but in the ``unscored`` micro-batches."""
     from common.models import ChampionModel
     from streaming.sales import build_queries
 
-    champion = (
-        ChampionModel(model_name, job="bench-sales", settings=settings) if model_name else None
-    )
-    if champion is not None and unscored:
+    champion: Any = ChampionModel(model_name, job="bench-sales", settings=settings)
+    if unscored:
         champion = ScoringOff(champion, unscored)
     return build_queries(
         spark,
@@ -288,7 +285,7 @@ def drain_rates(progress: list[Any], batch_size: int) -> list[float]:
 def measure_throughput(
     spark: Any,
     settings: Any,
-    model_name: str | None,
+    model_name: str,
     events: int,
     unscored: frozenset[int] = frozenset(),
 ) -> tuple[list[float], float]:

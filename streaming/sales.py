@@ -1415,8 +1415,7 @@ class SalesBatchWriter:
         limit = self.settings.max_offsets_per_trigger
         if limit is None or records < limit / 2:
             return False
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        return (now - latest_event_time).total_seconds() > self.catch_up_interval_s
+        return (_utc_now() - latest_event_time).total_seconds() > self.catch_up_interval_s
 
     def _judge_when_due(self, catching_up: bool) -> bool:
         """Judge the newly closed windows if the last judgement is ``anomaly_interval_s`` old or,
@@ -1440,8 +1439,7 @@ class SalesBatchWriter:
         """The end of the newest closed window: the newest stored event time (or the wall clock:
         a window has not closed before its end has passed, whatever a clock ahead stamped) less
         the watermark delay, to the minute."""
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        return _minute_floor(min(latest_event_time, now) - self.watermark_delay)
+        return _minute_floor(min(latest_event_time, _utc_now()) - self.watermark_delay)
 
     def _load_horizon(self) -> None:
         """Where judging goes on from, fixed once the first batch is stored: the query's stored
@@ -1565,6 +1563,11 @@ def since_last_sales(
     last_sale = earlier.groupby("store_id")["window_start"].max()
     since = metrics["store_id"].map(last_sale - lead)
     return metrics[since.isna() | (metrics["window_start"] >= since)]
+
+
+def _utc_now() -> dt.datetime:
+    """The wall clock as a naive UTC time, like the job's event times."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _naive_utc(value: Any) -> dt.datetime:

@@ -1334,16 +1334,21 @@ def test_a_store_that_stops_selling_is_flagged_once_by_the_job(
     assert (row.observed, row.direction, row.severity) == (0.0, "below", "critical")
 
 
-def surge_in_small_batches(settings, kafka: str, kind: str) -> tuple:
+def surge_in_small_batches(settings, kafka: str, kind: str, batch: int = 30) -> tuple:
     """``surge_sales`` on a topic of its own, and settings for a job of its own that reads it
-    from the start in micro-batches of 30 events: (shop, job, job settings, events, surge)."""
+    from the start in micro-batches of ``batch`` events: (shop, job, job settings, events,
+    surge)."""
     tag = uuid.uuid4().hex[:6]
     shop, topic, job = f"S-{tag}", f"sales-{kind}-{tag}", f"sales-{kind}-{tag}"
     events, surge = surge_sales(tag, shop)
     create_topic(settings, topic)
     produce(kafka, topic, events)
     job_settings = settings.model_copy(
-        update={"sales_topic": topic, "starting_offsets": "earliest", "max_offsets_per_trigger": 30}
+        update={
+            "sales_topic": topic,
+            "starting_offsets": "earliest",
+            "max_offsets_per_trigger": batch,
+        }
     )
     return shop, job, job_settings, events, surge
 
@@ -1374,8 +1379,7 @@ def test_a_job_waiting_for_events_judges_the_windows_its_last_batches_closed(
     from streaming.runtime import run_queries
     from streaming.sales import build_queries
 
-    shop, job, job_settings, events, surge = surge_in_small_batches(settings, kafka, "waiting")
-    job_settings = job_settings.model_copy(update={"max_offsets_per_trigger": 33})
+    shop, job, job_settings, events, surge = surge_in_small_batches(settings, kafka, "waiting", 33)
     queries = build_queries(spark, job_settings, job=job, anomaly_interval_s=3600.0)
     stop_request = threading.Event()
     failures: list[BaseException] = []
