@@ -861,12 +861,32 @@ def hostile_sales_events(tag: str) -> list[dict[str, Any]]:
     return events
 
 
+# Engines whose merges fold rows: counted with FINAL, the rows a query reads.
+_FOLDING_ENGINES = (
+    "ReplacingMergeTree",
+    "AggregatingMergeTree",
+    "SummingMergeTree",
+    "CollapsingMergeTree",
+)
+
+
 def table_rows(store: Any) -> dict[str, int]:
-    """Every table of the store with its row count."""
+    """Every table of the store with the rows a query reads from it (``FINAL`` where merges fold
+    rows: the raw row count drops whenever a background merge folds earlier writes, which is no
+    row lost). A materialized view holds no rows of its own."""
+    from common.store import check_table
+
     tables = store.query_df(
-        "SELECT name, total_rows FROM system.tables WHERE database = currentDatabase()"
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase()"
     )
-    return dict(zip(tables["name"], tables["total_rows"].fillna(0).astype(int), strict=True))
+    rows = {}
+    for table, engine in zip(tables["name"], tables["engine"], strict=True):
+        if engine == "MaterializedView":
+            rows[table] = 0
+            continue
+        final = " FINAL" if engine.endswith(_FOLDING_ENGINES) else ""
+        rows[table] = int(store.scalar(f"SELECT count() FROM {check_table(table)}{final}"))  # noqa: S608 - allow-listed names
+    return rows
 
 
 def find_secrets(
