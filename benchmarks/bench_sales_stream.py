@@ -11,8 +11,9 @@ The drain runs in micro-batches of ``DRAIN_BATCH`` events (``MAX_OFFSETS_PER_TRI
 seed's rate knob, raised for a backlog); each one after the first (but a small remainder) is a
 sample of the sustained rate. The scored drain then reads two more micro-batches, the first with
 scoring off: the scoring overhead is the mean of the micro-batches on each side of it (the later
-micro-batches of a drain run slower) over it. Each run's drain reads a topic of its own, filled
-in days of its own, so that no drain recomputes another's windows; the latency run comes first,
+micro-batches of a drain run slower) over it. Each run's drain reads a topic of its own, its
+events within a day of its own: no drain recomputes another's windows, and only the first
+micro-batch scores a day's catalogue, whatever the hour of the run. The latency run comes first,
 so that the JVM's compilation of the job's hot paths is not in the measured drain.
 
 ``run(quick)`` returns the rows for ``retail bench``; ``python -m benchmarks.bench_sales_stream``
@@ -40,6 +41,7 @@ WINDOW_METHOD_ROUNDS = 2
 LATENCY_BLOCKS = 3  # the latency run is cut into this many consecutive samples
 CONSUMER_PERF_RUNS = 3  # ConsumerPerformance runs per benchmark run, each one sample
 DRAIN_BATCH = 200_000  # events per micro-batch of the drain (MAX_OFFSETS_PER_TRIGGER)
+FILL_STEP = dt.timedelta(milliseconds=50)  # between the drain's events
 WINDOW_METHOD_EVENTS = 100_000
 _JARS = Path(__file__).resolve().parent.parent / ".jvm" / "kafka"
 _CSV_HEADER = re.compile(r"nMsg\.sec")
@@ -85,18 +87,23 @@ def _producer(bootstrap: str) -> Any:
     return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=262_144)
 
 
-def fill_topic(bootstrap: str, topic: str, events: int, prefix: str, days_back: int = 0) -> None:
-    """``events`` line items 50 ms apart from 3 hours (and ``days_back`` days) ago, sent as fast as
-    possible (librdkafka, uncompressed as in the latency run: the fill is set-up, not a
-    measurement). Fills with their own prefix and days never share a store window."""
+def fill_topic(bootstrap: str, topic: str, events: int, prefix: str, day: dt.date) -> None:
+    """``events`` line items 50 ms apart from midnight (UTC) of ``day``, sent as fast as possible
+    (librdkafka, uncompressed as in the latency run: the fill is set-up, not a measurement). The
+    fill stays within its day, so that only the drain's first micro-batch holds a day's first
+    sales (which score the day's catalogue), whatever the hour of the run. Fills with their own
+    prefix and days never share a store window."""
     from confluent_kafka import Producer
+
+    if events * FILL_STEP > dt.timedelta(days=1):
+        raise ValueError(f"{events:,} events {FILL_STEP} apart do not fit in one day")
 
     producer = Producer(
         {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 20, "batch.size": 262_144}
     )
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_back, hours=3)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     for i in range(events):
-        key, value = sales_record(i, start + dt.timedelta(milliseconds=i * 50), prefix)
+        key, value = sales_record(i, start + i * FILL_STEP, prefix)
         while True:
             try:
                 producer.produce(topic, value=value, key=key)
@@ -416,7 +423,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-sales-") as folder:
         # Each run's drain in days of its own, so that no two drains share the overall ('ALL')
         # windows that a micro-batch recomputes.
-        days = 4 * (1 + int(tag, 16) % 1000)
+        days_back = 4 * (1 + int(tag, 16) % 1000)
         # The latency run goes first: its 15 s of micro-batches also let the JVM compile the
         # job's hot paths, which the drain would otherwise pay for.
         live = base.model_copy(
@@ -437,7 +444,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         )
         stack.ensure_topics(job.model_copy(update={"inventory_topic": job.sales_topic}))
         count, off = events + 2 * DRAIN_BATCH, events // DRAIN_BATCH
-        fill_topic(base.kafka_bootstrap_servers, job.sales_topic, count, f"D{tag}", days)
+        first_day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days_back)
+        fill_topic(base.kafka_bootstrap_servers, job.sales_topic, count, f"D{tag}", first_day)
         # The consumer reads the messages of the headline's micro-batches.
         peers = consumer_rates(base.kafka_bootstrap_servers, job.sales_topic, events, runs=2)
         rates, end_to_end = measure_throughput(spark, job, model_name, count, frozenset({off}))
