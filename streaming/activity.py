@@ -2,7 +2,8 @@
 
 A running job records a row per micro-batch. Its last batch with events says whether events
 still arrive: a feed that stops altogether (every till, or the producer) closes no window, so
-the sales job cannot flag it, but the status shows it. Light on purpose: no Spark import.
+the sales job cannot flag it, but the status shows it (and the running job logs a warning,
+``ProgressRecorder.warn_quiet``). Light on purpose: no Spark import.
 """
 
 from __future__ import annotations

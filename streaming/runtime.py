@@ -48,7 +48,9 @@ Running
     batch finishes first; the next one is parked before it reads anything, see ``BatchGate``) and
     stops them all when one fails. A ``foreachBatch`` function with a ``finish()`` method has it
     called once its query has ended without failing, and one with an ``idle()`` method has it
-    called while its running query waits for data (from the thread that runs the queries).
+    called while its running query waits for data (from the thread that runs the queries). A
+    query without events for ``QUIET_AFTER`` (5 minutes: a stopped producer or topic) is logged
+    once as a warning, and its events' return as such.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -77,6 +79,7 @@ from common.broker import check_broker
 from common.schemas import required_fields
 from common.settings import Settings, SettingsError
 from common.store import Store, open_store
+from streaming.activity import QUIET_AFTER
 
 log = logging.getLogger(__name__)
 
@@ -688,14 +691,61 @@ def late_rows(state_operators: Iterable[Any]) -> int:
 
 
 class ProgressRecorder(StreamingQueryListener):
-    """Log each batch's progress of the named queries and write it to ``stream_progress``."""
+    """Log each batch's progress of the named queries and write it to ``stream_progress``; warn
+    once about a query that has had no events for ``quiet_after_s`` (``warn_quiet``)."""
 
-    def __init__(self, job: str, settings: Settings, query_names: Iterable[str]) -> None:
+    def __init__(
+        self,
+        job: str,
+        settings: Settings,
+        query_names: Iterable[str],
+        quiet_after_s: float = QUIET_AFTER.total_seconds(),
+    ) -> None:
         super().__init__()
         self.job = job
         self.settings = settings
         self.query_names = set(query_names)
         self.terminated: set[str] = set()
+        self.quiet_after_s = quiet_after_s
+        started = (time.monotonic(), None)
+        # Per query: when its last events came (monotonic, and wall clock; None: none yet).
+        self._last_events: dict[str, tuple[float, datetime | None]] = {
+            name: started for name in self.query_names
+        }
+        self._quiet: set[str] = set()  # warned about, no events since
+        self._lock = threading.Lock()  # progress comes on Spark's listener thread
+
+    def warn_quiet(self) -> None:
+        """Warn once about each query that has had no events for ``quiet_after_s``: a feed that
+        stops altogether closes no window, so no anomaly can say so."""
+        now = time.monotonic()
+        with self._lock:
+            for name, (at, wall) in sorted(self._last_events.items()):
+                if name in self._quiet or now - at < self.quiet_after_s:
+                    continue
+                self._quiet.add(name)
+                since = f"since {wall:%Y-%m-%d %H:%M:%S} UTC" if wall else "since the job started"
+                log.warning(
+                    "%s/%s: no events for %.0f min (%s): check the producers and the topic",
+                    self.job,
+                    name,
+                    (now - at) / 60,
+                    since,
+                )
+
+    def _events_came(self, name: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            at, _ = self._last_events[name]
+            self._last_events[name] = (now, datetime.now(UTC))
+            if name in self._quiet:
+                self._quiet.discard(name)
+                log.info(
+                    "%s/%s: events again after %.0f min without any",
+                    self.job,
+                    name,
+                    (now - at) / 60,
+                )
 
     def onQueryStarted(self, event: Any) -> None:  # noqa: N802 - Spark's listener API
         return None
@@ -718,6 +768,8 @@ class ProgressRecorder(StreamingQueryListener):
                 row["lag_messages"],
                 row["watermark"],
             )
+            if row["input_rows"]:
+                self._events_came(progress.name)
             if row["late_rows"]:
                 log.warning(
                     "%s/%s batch %d dropped %d events older than the watermark %s: they are not "
@@ -774,6 +826,7 @@ def stop_gracefully(query: StreamingQuery, timeout_s: float = 60.0) -> None:
 
 def _wait_for_end_or_stop(
     queries: list[StreamingQuery],
+    recorder: ProgressRecorder,
     request: _StopRequest,
     stop: threading.Event,
     poll_interval_s: float,
@@ -808,6 +861,7 @@ def _wait_for_end_or_stop(
             )
             return True
         _tend_idle_sinks(queries)
+        recorder.warn_quiet()
         time.sleep(poll_interval_s)
 
 
@@ -867,6 +921,7 @@ def run_queries(
     stop: threading.Event | None = None,
     poll_interval_s: float = 0.5,
     stop_timeout_s: float = 60.0,
+    quiet_after_s: float = QUIET_AFTER.total_seconds(),
 ) -> list[StreamingQuery]:
     """Run ``queries`` until they end (AvailableNow), one fails, or SIGTERM/SIGINT/``stop`` arrives.
 
@@ -875,11 +930,12 @@ def run_queries(
     query fails the others are stopped and the failure is raised. Once the queries ended without
     failing, each ``foreachBatch`` function with a ``finish()`` method has it called (work a job
     throttles while batches run, such as the sales job's anomaly judging); while a query waits for
-    data, its function's ``idle()``, if it has one, is called at each poll. Returns the queries as
+    data, its function's ``idle()``, if it has one, is called at each poll. A query without events
+    for ``quiet_after_s`` is logged as a warning, once until its events return. Returns the queries as
     they ended (a query restarted after SPARK-55271 is a new ``StreamingQuery`` object).
     """
     queries = list(queries)
-    recorder = ProgressRecorder(job, settings, [q.name for q in queries])
+    recorder = ProgressRecorder(job, settings, [q.name for q in queries], quiet_after_s)
     spark.streams.addListener(recorder)
     request = _StopRequest()
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -889,7 +945,7 @@ def run_queries(
             previous[signum] = signal.signal(signum, request)
     stop = stop or threading.Event()
     try:
-        stopping = _wait_for_end_or_stop(queries, request, stop, poll_interval_s)
+        stopping = _wait_for_end_or_stop(queries, recorder, request, stop, poll_interval_s)
         for query in queries:
             try:
                 if query.isActive:

@@ -356,6 +356,74 @@ def test_queries_record_progress_and_stop_between_batches(
     assert last["late_rows"][0] == 0  # the query has no watermark: nothing is late
 
 
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_query_without_events_is_warned_about_once_until_they_come_again(
+    spark: SparkSession, settings, kafka, store, caplog
+) -> None:
+    """A feed that stops (here for 3 s, instead of 5 minutes) is logged once as a warning naming
+    when its last events came, however many polls it stays quiet, and their return once."""
+    import logging
+
+    from common import stack
+
+    tag = uuid.uuid4().hex[:8]
+    topic, job = f"quiet-{tag}", f"quiet-test-{tag}"
+    stack.ensure_topics(
+        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic})
+    )
+    seen: list[int] = []
+    observed: dict[str, list[str]] = {}
+
+    def logged(level: int, text: str) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == level and job in r.getMessage() and text in r.getMessage()
+        ]
+
+    def quiet_after_events() -> list[str]:
+        # A slow start may be warned about first, "since the job started": not counted.
+        return logged(logging.WARNING, "UTC): check the producers")
+
+    def back() -> list[str]:
+        return logged(logging.INFO, "events again after")
+
+    def feed_stops_and_comes_back() -> None:
+        try:
+            produce(kafka, topic, [encoded({**GOOD, "event_id": f"a{i}"}) for i in range(3)])
+            wait_for(lambda: sum(seen) == 3, 180, "the first events")
+            wait_for(quiet_after_events, 60, "the warning about the quiet feed")
+            time.sleep(1.5)  # three more polls of the quiet query
+            observed["warned"], observed["back"] = quiet_after_events(), back()
+            produce(kafka, topic, [encoded({**GOOD, "event_id": f"b{i}"}) for i in range(2)])
+            wait_for(lambda: sum(seen) == 5, 60, "the events that come again")
+            wait_for(lambda: len(back()) > len(observed["back"]), 60, "the note of their return")
+            observed["back"] = back()[len(observed["back"]) :]
+        finally:
+            stop.set()  # a scenario that failed ends the query too: its assertions then say why
+
+    raw = read_topic(spark, settings, topic, job)
+    valid, _ = parse_events(raw, INVENTORY_EVENT_SCHEMA, job=job)
+    query = start_query(
+        valid,
+        job=job,
+        query_name=f"{job}-q",
+        settings=settings,
+        sink=lambda batch, _: seen.append(batch.count()),
+    )
+    stop = threading.Event()
+    caplog.set_level(logging.INFO, logger="streaming.runtime")
+    threading.Thread(target=feed_stops_and_comes_back, daemon=True).start()
+
+    run_queries(spark, [query], job=job, settings=settings, stop=stop, quiet_after_s=3.0)
+
+    assert sum(seen) == 5, observed
+    [warning] = observed["warned"]  # once, however many polls
+    assert f"{job}-q: no events for 0 min (since 20" in warning  # when the last events came
+    assert len(observed["back"]) == 1, observed
+
+
 @pytest.mark.spark
 def test_a_stop_under_steady_input_lands_between_batches_and_loses_nothing(
     spark: SparkSession, settings, kafka, store, tmp_path
