@@ -293,6 +293,23 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     producer.close()
 
 
+def valid_events_query(
+    spark: SparkSession, settings, topic: str, job: str, sink, available_now: bool = False
+) -> StreamingQuery:
+    """A query ``<job>-q`` of the topic's valid inventory events into ``sink``."""
+    valid, _ = parse_events(
+        read_topic(spark, settings, topic, job), INVENTORY_EVENT_SCHEMA, job=job
+    )
+    return start_query(
+        valid,
+        job=job,
+        query_name=f"{job}-q",
+        settings=settings,
+        sink=sink,
+        available_now=available_now,
+    )
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -322,9 +339,7 @@ def test_queries_record_progress_and_stop_between_batches(
         with lock:
             seen.append(batch.count())
 
-    raw = read_topic(spark, tuned, topic, job)
-    valid, _ = parse_events(raw, INVENTORY_EVENT_SCHEMA, job=job)
-    query = start_query(valid, job=job, query_name=f"{job}-q", settings=tuned, sink=count_rows)
+    query = valid_events_query(spark, tuned, topic, job, count_rows)
     stop = threading.Event()
     threading.Thread(
         target=lambda: (wait_for(lambda: sum(seen) == 40, 180, "all rows"), stop.set()),
@@ -403,14 +418,8 @@ def test_a_query_without_events_is_warned_about_once_until_they_come_again(
         finally:
             stop.set()  # a scenario that failed ends the query too: its assertions then say why
 
-    raw = read_topic(spark, settings, topic, job)
-    valid, _ = parse_events(raw, INVENTORY_EVENT_SCHEMA, job=job)
-    query = start_query(
-        valid,
-        job=job,
-        query_name=f"{job}-q",
-        settings=settings,
-        sink=lambda batch, _: seen.append(batch.count()),
+    query = valid_events_query(
+        spark, settings, topic, job, lambda batch, _: seen.append(batch.count())
     )
     stop = threading.Event()
     caplog.set_level(logging.INFO, logger="streaming.runtime")
@@ -451,10 +460,7 @@ def test_a_stop_under_steady_input_lands_between_batches_and_loses_nothing(
         finished.append((batch_id, ids))
 
     def run(sink: Callable[[DataFrame, int], None], until: Callable[[], bool]) -> None:
-        valid, _ = parse_events(
-            read_topic(spark, tuned, topic, job), INVENTORY_EVENT_SCHEMA, job=job
-        )
-        query = start_query(valid, job=job, query_name=f"{job}-q", settings=tuned, sink=sink)
+        query = valid_events_query(spark, tuned, topic, job, sink)
         stop = threading.Event()
         threading.Thread(
             target=lambda: (wait_for(until, 180, "the batches"), stop.set()), daemon=True
@@ -561,16 +567,8 @@ def test_available_now_drains_the_topic_and_returns(spark: SparkSession, setting
     def keep(batch: DataFrame, batch_id: int) -> None:
         collected.append(batch.select("event_id").toPandas())
 
-    raw = read_topic(spark, settings.model_copy(update={"max_offsets_per_trigger": 4}), topic, job)
-    valid, _ = parse_events(raw, INVENTORY_EVENT_SCHEMA, job=job)
-    query = start_query(
-        valid,
-        job=job,
-        query_name=f"{job}-q",
-        settings=settings,
-        sink=keep,
-        available_now=True,
-    )
+    in_fours = settings.model_copy(update={"max_offsets_per_trigger": 4})
+    query = valid_events_query(spark, in_fours, topic, job, keep, available_now=True)
     run_queries(spark, [query], job=job, settings=settings)
 
     ids = sorted(i for frame in collected for i in frame["event_id"])
