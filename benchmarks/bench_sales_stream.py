@@ -295,15 +295,15 @@ def measure_throughput(
     settings: Any,
     model_name: str,
     events: int,
-    unscored: frozenset[int] = frozenset(),
-    judged_until: dt.datetime | None = None,
+    unscored: frozenset[int],
+    judged_until: dt.datetime,
 ) -> tuple[list[float], float]:
     """Drain a filled topic with the job (AvailableNow). Returns the events/s of every micro-batch
     after the first (which also plans the query and warms the JVM), each one sample of the
     sustained rate, and the end-to-end events/s over the whole drain's wall time.
 
-    With ``judged_until``, the job finds its anomaly judgements done up to then, as an earlier
-    run would leave them: a drain defers judging to its end (it is a backlog), and that judgement
+    The job finds its anomaly judgements done up to ``judged_until``, as an earlier run would
+    leave them: a drain defers judging to its end (it is a backlog), and that judgement
     (13-26 s for the drain's 14 hours of windows) is not what the figures measure.
     """
     import pandas as pd
@@ -313,11 +313,10 @@ def measure_throughput(
     from streaming.sales import query_names
 
     job = f"bench-sales-{uuid.uuid4().hex[:6]}"
-    if judged_until is not None:
-        horizon = {"query_name": query_names(job)["events"], "judged_until": judged_until}
-        open_store(settings).insert_df("sales_anomaly_horizon", pd.DataFrame([horizon]))
+    horizon = {"query_name": query_names(job)["events"], "judged_until": judged_until}
+    open_store(settings).insert_df("sales_anomaly_horizon", pd.DataFrame([horizon]))
     started = time.monotonic()
-    queries = _job(spark, settings, model_name, True, unscored, job)
+    queries = _job(spark, settings, model_name, available_now=True, unscored=unscored, job=job)
     queries = run_queries(spark, queries, job="bench-sales", settings=settings)
     end_to_end = events / (time.monotonic() - started)
     rates = drain_rates(queries[0].recentProgress, settings.max_offsets_per_trigger)
@@ -465,7 +464,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         peers = consumer_rates(base.kafka_bootstrap_servers, job.sales_topic, events, runs=2)
         drain_end = dt.datetime.combine(first_day, dt.time()) + count * FILL_STEP
         rates, end_to_end = measure_throughput(
-            spark, job, model_name, count, frozenset({off}), judged_until=drain_end
+            spark, job, model_name, count, unscored=frozenset({off}), judged_until=drain_end
         )
         scored = rates[: off - 1]  # the micro-batches after the first, up to the one off
         with_scoring, without_scoring = [(rates[off - 2] + rates[off]) / 2], [rates[off - 1]]
