@@ -89,6 +89,9 @@ CONSOLE: Literal["console"] = "console"
 # Large fetches for a backlog, each under half a G1 region (common/spark.py): not humongous.
 FETCH_BYTES_PER_PARTITION = 8 << 20
 MAX_POLL_RECORDS = 20_000  # Kafka's default of 500 costs a poll per 500 records of a backlog
+# A task that reads up to the end of a partition nobody is writing to waits for the broker to hold
+# its last fetch this long (Kafka's default is 500 ms): a trickle's batches, a drain's last one.
+FETCH_MAX_WAIT_MS = 50
 _CORRUPT = "_corrupt_record"
 _KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
 WATERMARK_TIME = "watermark_time"  # the event time, no later than the record's Kafka timestamp
@@ -130,6 +133,7 @@ def kafka_source_options(settings: Settings, topic: str, application: str) -> di
         "kafka.max.partition.fetch.bytes": str(FETCH_BYTES_PER_PARTITION),
         "kafka.fetch.max.bytes": str(4 * FETCH_BYTES_PER_PARTITION),
         "kafka.max.poll.records": str(MAX_POLL_RECORDS),
+        "kafka.fetch.max.wait.ms": str(FETCH_MAX_WAIT_MS),
     }
     if settings.max_offsets_per_trigger is not None:
         options["maxOffsetsPerTrigger"] = str(settings.max_offsets_per_trigger)
