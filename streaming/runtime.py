@@ -89,8 +89,8 @@ CONSOLE: Literal["console"] = "console"
 # Large fetches for a backlog, each under half a G1 region (common/spark.py): not humongous.
 FETCH_BYTES_PER_PARTITION = 8 << 20
 MAX_POLL_RECORDS = 20_000  # Kafka's default of 500 costs a poll per 500 records of a backlog
-# A task that reads up to the end of a partition nobody is writing to waits for the broker to hold
-# its last fetch this long (Kafka's default is 500 ms): a trickle's batches, a drain's last one.
+# With no new record, the broker holds a fetch at a partition's end this long (Kafka's default is
+# 500 ms), and a task reading up to that end waits for it: a trickle's reads, a drain's last one.
 FETCH_MAX_WAIT_MS = 50
 _CORRUPT = "_corrupt_record"
 _KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
