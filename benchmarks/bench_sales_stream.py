@@ -231,15 +231,21 @@ class ScoringOff:
         self.champion.close()
 
 
+def _job_name() -> str:
+    """A job name of its own for each run of the job (its queries, checkpoints and store rows)."""
+    return f"bench-sales-{uuid.uuid4().hex[:6]}"
+
+
 def _job(
     spark: Any,
     settings: Any,
     model_name: str,
+    job: str,
     available_now: bool,
     unscored: frozenset[int] = frozenset(),
-    job: str | None = None,
 ) -> list[Any]:
-    """The sales job's queries, scoring with ``model_name`` but in the ``unscored`` micro-batches."""
+    """The queries of the sales job ``job``, scoring with ``model_name`` but in the ``unscored``
+    micro-batches."""
     from common.models import ChampionModel
     from streaming.sales import build_queries
 
@@ -249,7 +255,7 @@ def _job(
     return build_queries(
         spark,
         settings,
-        job=job or f"bench-sales-{uuid.uuid4().hex[:6]}",
+        job=job,
         available_now=available_now,
         champion=champion,
         feature_builder=constant_features,
@@ -312,11 +318,11 @@ def measure_throughput(
     from streaming.runtime import run_queries
     from streaming.sales import query_names
 
-    job = f"bench-sales-{uuid.uuid4().hex[:6]}"
+    job = _job_name()
     horizon = {"query_name": query_names(job)["events"], "judged_until": judged_until}
     open_store(settings).insert_df("sales_anomaly_horizon", pd.DataFrame([horizon]))
     started = time.monotonic()
-    queries = _job(spark, settings, model_name, available_now=True, unscored=unscored, job=job)
+    queries = _job(spark, settings, model_name, job, available_now=True, unscored=unscored)
     queries = run_queries(spark, queries, job="bench-sales", settings=settings)
     end_to_end = events / (time.monotonic() - started)
     rates = drain_rates(queries[0].recentProgress, settings.max_offsets_per_trigger)
@@ -330,7 +336,7 @@ def measure_latency(
     the order the events were sent."""
     from streaming.runtime import stop_gracefully
 
-    queries = _job(spark, settings, model_name, available_now=False)
+    queries = _job(spark, settings, model_name, _job_name(), available_now=False)
     try:
         # A first batch (planning, state, scoring, JVM warm-up) before the clock starts.
         send_at_rate(
