@@ -1431,7 +1431,9 @@ class SalesBatchWriter:
                 due = self._last_judged_at + self.anomaly_interval_s
             if time.monotonic() < due:
                 return False
-            self._judge_windows()
+            # A span ends at midnight (``judged_span``): the new day's closed windows are due too.
+            while self._judge_windows() and self._judged_until.time() == dt.time():
+                pass
             self._last_judged_at = time.monotonic()
             return True
 
