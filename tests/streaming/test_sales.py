@@ -1241,6 +1241,35 @@ def test_a_till_clock_ahead_neither_lands_years_ahead_nor_closes_windows_early(
     assert pd.Timestamp(judged).tz_localize(None) <= closed_by
 
 
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_batch_judges_the_windows_it_closed_on_both_sides_of_midnight(
+    spark, settings, kafka, store, sales_job
+) -> None:
+    """A judged span ends at midnight, so a batch whose windows close on both sides of it judges
+    in two spans: the horizon reaches the newest closed window, whatever the hour of the run."""
+    tag = uuid.uuid4().hex[:6]
+    shop, topic = f"S-{tag}", f"sales-midnight-{tag}"
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    midnight = dt.datetime.combine(yesterday, dt.time(), tzinfo=dt.UTC)  # long past at any hour
+    events = [
+        sale(f"m{m}-{tag}", midnight + dt.timedelta(minutes=m), f"t{m}", shop, "c1", 1, 2.0)
+        for m in range(-90, 21)
+    ]
+    create_topic(settings, topic)
+    queries = sales_job(topic, anomaly_interval_s=0.0)
+    produce(kafka, topic, events)
+    drain(queries)
+
+    judged = store.scalar(
+        "SELECT max(judged_until) FROM sales_anomaly_horizon FINAL WHERE query_name = {q:String}",
+        {"q": queries[0].name},
+    )
+    delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
+    newest_closed = midnight + dt.timedelta(minutes=20) - delay
+    assert pd.Timestamp(judged).tz_localize(None) == newest_closed.replace(tzinfo=None)
+
+
 def surge_sales(tag: str, shop: str) -> tuple[list[dict], dt.datetime]:
     """A sale of 10.00 every minute from 150 to 15 minutes ago, then 25 more sales in the minute
     40 minutes ago (produced last): the sales and the surge minute. A window holding it has 30
