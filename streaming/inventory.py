@@ -3,12 +3,12 @@ metrics, stock recommendations from the champion models, and alerts with a lifec
 into the store.
 
 Pure transforms (static or streaming frames): ``parse_inventory``,
-``track_inventory`` (the stateful step), ``event_rows``, ``raw_inventory_rows``,
-``stock_level_rows``, ``alert_rows``, ``alert_change_rows``, ``table_rows``, ``tagged_union``,
-``split_tables`` (pandas), ``inventory_panes``, ``windows_from_panes``,
-``windowed_inventory_metrics``, ``predict_lead_time_demand``, ``predict_daily_demand`` and
-``recommend_stock`` (pandas). ``InventoryBatchWriter`` is the ``foreachBatch`` wiring and
-``main()`` starts the queries.
+``track_inventory`` (the stateful step), ``event_rows``, ``stock_level_rows``, ``alert_rows``,
+``alert_change_rows``, ``inventory_panes``, ``windows_from_panes``,
+``windowed_inventory_metrics`` (a batch recomputation), ``predict_lead_time_demand``,
+``predict_daily_demand``; on a collected micro-batch (Arrow, pandas): ``batch_tables`` (the same
+table rows), ``panes_of_events`` and ``recommend_stock``. ``InventoryBatchWriter`` is the
+``foreachBatch`` wiring and ``main()`` starts the queries.
 
 One micro-batch, end to end:
 
@@ -26,8 +26,9 @@ One micro-batch, end to end:
    zero and a restock in one batch still open and resolve the CRITICAL alert. Since every key's
    result depends only on the order its events arrived, the results do not depend on how events
    fall into micro-batches.
-4. The writer collects raw events, pane partials, stock levels, alert versions and alert changes
-   with one Spark job (``tagged_union``, ``split_tables``), inserts them with the batch's
+4. The writer collects the state function's rows as Arrow with one Spark job, shapes them into
+   raw events, pane partials, stock levels, alert versions and alert changes in Python
+   (``batch_tables``), inserts them with the batch's
    deduplication token, recomputes the windows the batch touched from their panes,
    and scores the keys that moved with ``stock_optimizer@champion`` and ``demand_forecaster@champion``
    into ``stock_recommendations`` (hot-swapped when an alias moves).
@@ -50,6 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyarrow import feather
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as sf
@@ -91,6 +93,7 @@ from streaming.runtime import (
     run_queries,
     start_query,
     stream_token,
+    to_arrow,
     to_pandas,
 )
 
@@ -125,7 +128,8 @@ FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
 
 # The state function emits one row per event, level, alert version or alert change: its kind, key
 # and the record's fields as JSON (times in epoch milliseconds). Four columns keep the Arrow
-# round trip per key cheap; the JVM parses each kind with its own schema below.
+# round trip per key cheap; each kind is parsed with its own schema below (``batch_tables`` in the
+# job, ``_records`` in a batch recomputation).
 CHANGES_SCHEMA = StructType(
     [
         StructField("kind", StringType(), False),
@@ -917,13 +921,6 @@ def event_rows(changes: DataFrame) -> DataFrame:
     return _records(changes, KIND_EVENT, EVENT_FIELDS)
 
 
-def raw_inventory_rows(events: DataFrame) -> DataFrame:
-    """Events shaped like the ``inventory_events`` table (source 'stream')."""
-    return events.select(
-        *[f.name for f in INVENTORY_EVENT_SCHEMA.fields], sf.lit("stream").alias("source")
-    )
-
-
 def stock_level_rows(changes: DataFrame) -> DataFrame:
     """The latest level of every key a batch moved, shaped like ``stock_levels``."""
     return _records(changes, KIND_LEVEL, LEVEL_FIELDS)
@@ -941,46 +938,61 @@ def alert_change_rows(changes: DataFrame) -> DataFrame:
     return records.select("alert_id", *[c for c in records.columns if c != "alert_id"])
 
 
-def table_rows(changes: DataFrame, slide_minutes: int) -> dict[str, DataFrame]:
-    """The rows a micro-batch writes into each table, by table name."""
-    events = event_rows(changes)
+_ARROW_TYPES = {_TEXT: pa.string(), _INT: pa.int32(), _LONG: pa.int64(), _REAL: pa.float64()}
+
+
+def collected_records(changes: pa.Table, kind: str, fields: StructType) -> pd.DataFrame:
+    """``_records`` on a micro-batch's collected changes (``CHANGES_SCHEMA`` as Arrow): the
+    ``kind`` rows with their JSON fields as columns, typed as collecting ``_records`` would give."""
+    rows = changes.filter(pc.equal(changes["kind"], kind))
+    payloads = [json.loads(payload) for payload in rows["payload"].to_pylist()]
+    columns = {"store_id": rows["store_id"], "product_id": rows["product_id"]}
+    for f in fields.fields:
+        values = pa.array([p.get(f.name) for p in payloads], type=_ARROW_TYPES[f.dataType])
+        columns[f.name] = values.cast(pa.timestamp("ms")) if f.name in _TIME_FIELDS else values
+    return pa.table(columns).to_pandas(coerce_temporal_nanoseconds=True)
+
+
+def panes_of_events(events: pd.DataFrame, slide_minutes: int) -> pd.DataFrame:
+    """``inventory_panes`` of the events a micro-batch already collected (pandas, same columns)."""
+    change = events["quantity_change"].astype("int64")
+    kind = events["event_type"]
+    partials = pd.DataFrame(
+        {
+            "pane_start": events["event_time"].dt.floor(f"{slide_minutes}min"),
+            "store_id": events["store_id"],
+            "product_id": events["product_id"],
+            "units_sold": -change.where(kind == "sale", 0),
+            "units_received": change.where(kind == "restock", 0),
+            "units_shrinkage": -change.where(kind == "shrinkage", 0),
+            "units_adjusted": change.where(kind == "adjustment", 0),
+            "stock_level_sum": events["stock_level"].astype("int64"),
+            "events": np.ones(len(events), dtype="int64"),
+        }
+    )
+    return partials.groupby(["pane_start", "store_id", "product_id"], as_index=False).sum()
+
+
+def batch_tables(changes: pa.Table, slide_minutes: int) -> dict[str, pd.DataFrame]:
+    """The rows a micro-batch writes into each table, by table name, from its collected changes:
+    what ``event_rows``, ``inventory_panes``, ``stock_level_rows``, ``alert_rows`` and
+    ``alert_change_rows`` give in Spark, without a Spark job per table or a plan to build."""
+    events = collected_records(changes, KIND_EVENT, EVENT_FIELDS)
+
+    def alert_id_first(records: pd.DataFrame) -> pd.DataFrame:
+        return records[["alert_id", *[c for c in records.columns if c != "alert_id"]]]
+
     return {
-        "inventory_events": raw_inventory_rows(events),
-        "inventory_panes": inventory_panes(events, slide_minutes),
-        "stock_levels": stock_level_rows(changes),
-        "stock_alerts": alert_rows(changes),
-        "stock_alert_changes": alert_change_rows(changes),
+        "inventory_events": events[[f.name for f in INVENTORY_EVENT_SCHEMA.fields]].assign(
+            source="stream"
+        ),
+        "inventory_panes": panes_of_events(events, slide_minutes),
+        "stock_levels": collected_records(changes, KIND_LEVEL, LEVEL_FIELDS),
+        "stock_alerts": alert_id_first(collected_records(changes, KIND_ALERT, ALERT_FIELDS)),
+        "stock_alert_changes": alert_id_first(
+            collected_records(changes, KIND_CHANGE, CHANGE_FIELDS)
+        ),
     }
-
-
-def tagged_union(frames: dict[str, DataFrame]) -> DataFrame:
-    """The frames as one, to collect with one Spark job: ``table`` names each row's frame and
-    column ``<table>:<column>`` holds that frame's column (null in the other frames' rows)."""
-    tagged = [
-        frame.select(
-            sf.lit(table).alias("table"), *[sf.col(c).alias(f"{table}:{c}") for c in frame.columns]
-        )
-        for table, frame in frames.items()
-    ]
-    union = tagged[0]
-    for frame in tagged[1:]:
-        union = union.unionByName(frame, allowMissingColumns=True)
-    return union
-
-
-def split_tables(rows: pd.DataFrame, frames: dict[str, DataFrame]) -> dict[str, pd.DataFrame]:
-    """A collected ``tagged_union`` back into one pandas frame per table, typed as collecting
-    each frame alone would give (integer columns without nulls stay integers)."""
-    integers = {IntegerType(): "int32", LongType(): "int64"}
-    split = {}
-    for table, frame in frames.items():
-        part = rows.loc[rows["table"] == table, [f"{table}:{c}" for c in frame.columns]]
-        part = part.set_axis(frame.columns, axis=1).reset_index(drop=True)
-        for f in frame.schema.fields:
-            if f.dataType in integers and part[f.name].notna().all():
-                part[f.name] = part[f.name].astype(integers[f.dataType])
-        split[table] = part
-    return split
 
 
 # ---------------------------------------------------------------- window metrics
@@ -1301,12 +1313,7 @@ class InventoryBatchWriter:
             with self.store.session():
                 self.thresholds.refresh(self.store)
             steps.lap("thresholds")
-        changes = batch.persist()  # the stateful step must run once: every table reads it
-        try:
-            frames = table_rows(changes, self.rules.slide_minutes)
-            rows = split_tables(to_pandas(tagged_union(frames)), frames)
-        finally:
-            changes.unpersist()
+        rows = batch_tables(to_arrow(batch), self.rules.slide_minutes)  # one Spark job
         steps.lap("state and collect")
         panes = rows["inventory_panes"]
         if rows["inventory_events"].empty:

@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.testing import assertDataFrameEqual
 
-from common.schemas import event_key
+from common.schemas import INVENTORY_EVENT_SCHEMA, event_key
 from common.settings import Settings
 from common.store import Store
 from streaming.inventory import (
@@ -33,8 +33,10 @@ from streaming.inventory import (
     ThresholdsFile,
     alert_change_rows,
     alert_rows,
+    batch_tables,
     build_queries,
     event_rows,
+    inventory_panes,
     parse_inventory,
     recommend_stock,
     stock_level_rows,
@@ -217,6 +219,35 @@ def test_static_tracking_gives_one_critical_alert_and_the_latest_level(spark: Sp
         ),
     )
     assert event_rows(changes).count() == 9
+    changes.unpersist()
+
+
+@pytest.mark.spark
+def test_the_jobs_tables_from_a_collected_batch_equal_the_spark_transforms(
+    spark: SparkSession,
+) -> None:
+    events = events_frame(spark, drain_events("C1") + metric_events("C2"))
+    changes = track_inventory(events, InventoryRules()).persist()
+    tables = batch_tables(changes.toArrow(), InventoryRules().slide_minutes)
+    spark_events = event_rows(changes)
+    expected = {
+        "inventory_events": spark_events.select(
+            *[f.name for f in INVENTORY_EVENT_SCHEMA.fields], sf.lit("stream").alias("source")
+        ),
+        "inventory_panes": inventory_panes(spark_events, InventoryRules().slide_minutes),
+        "stock_levels": stock_level_rows(changes),
+        "stock_alerts": alert_rows(changes),
+        "stock_alert_changes": alert_change_rows(changes),
+    }
+    assert {table: len(rows) for table, rows in tables.items()} == {
+        "inventory_events": 9,
+        "inventory_panes": 7,  # C1's 10:00, 10:04, 10:20; C2's P1 10:00-10:04 and P2 10:02
+        "stock_levels": 3,
+        "stock_alerts": 1,
+        "stock_alert_changes": 2,  # opened at 10:05, resolved at 10:20
+    }
+    for table, frame in expected.items():
+        pd.testing.assert_frame_equal(sorted_rows(tables[table]), sorted_rows(frame.toPandas()))
     changes.unpersist()
 
 
