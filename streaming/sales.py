@@ -1219,7 +1219,7 @@ class SalesBatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
         steps = StepTimer()
-        rows = to_arrow(storable_rows(batch))  # one Spark job: the batch is read once
+        rows = to_arrow(batch)  # one Spark job: the batch (``storable_rows``) is read once
         if rows.num_rows == 0:
             return
         good = pc.is_null(rows["error"])
@@ -1659,10 +1659,12 @@ def build_queries(
         rules=rules or AnomalyRules.from_settings(settings),
         anomaly_interval_s=anomaly_interval_s,
     )
-    classified = watermark_classified(
-        classify_sales(raw, job, settings.event_max_lead_minutes), delay
+    # Shaped for the store in the query, not in each batch: a batch then plans no projection of
+    # its own over the classification.
+    storable = storable_rows(
+        watermark_classified(classify_sales(raw, job, settings.event_max_lead_minutes), delay)
     )
-    return [start_query(classified, query_name=names["events"], sink=writer, **common)]
+    return [start_query(storable, query_name=names["events"], sink=writer, **common)]
 
 
 def main(

@@ -987,15 +987,15 @@ def classified_batch(
     spark: SparkSession, records: list[dict], kafka_time: dt.datetime
 ) -> DataFrame:
     """``records`` as the sales writer gets them: one micro-batch of Kafka records (one partition,
-    from offset 0, stamped ``kafka_time``), classified and watermarked as the job does."""
+    from offset 0, stamped ``kafka_time``), classified, watermarked and shaped as the job does."""
     from streaming.runtime import watermark_classified
-    from streaming.sales import classify_sales
+    from streaming.sales import classify_sales, storable_rows
 
     raw = spark.createDataFrame(
         [("t", 0, offset, json.dumps(r).encode(), kafka_time) for offset, r in enumerate(records)],
         "topic string, partition int, offset long, value binary, timestamp timestamp",
     )
-    return watermark_classified(classify_sales(raw))
+    return storable_rows(watermark_classified(classify_sales(raw)))
 
 
 @pytest.mark.spark
