@@ -39,39 +39,50 @@ RUN_DATES = views.dates("run_dates")
 
 _STOCK_POSITIONS = """
     SELECT date, store_id, product_id,
-           coalesce(closing_units, carried_units) AS closing,
-           coalesce(opening_units, carried_units, closing) AS opening,
-           coalesce(received_units, 0) AS received,
-           toInt64(least(opening, coalesce(min_units, closing), closing) <= 0) AS stocked_out
+           coalesce(closing_that_day, carried_units) AS closing,
+           coalesce(opening_that_day, carried_units, closing) AS opening,
+           coalesce(received_that_day, 0) AS received,
+           toInt64(least(opening, coalesce(min_that_day, closing), closing) <= 0) AS stocked_out
     FROM (
-        SELECT *, anyLast(closing_units) OVER (
-                   PARTITION BY store_id, product_id ORDER BY date
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS carried_units
+        SELECT store_id, product_id,
+               arrayMap(n -> {first:Date} - 1 + n,
+                   range(toUInt32(dateDiff('day', {first:Date}, {last:Date}) + 2))) AS days,
+               arrayMap(day -> indexOf(moves.1, day), days) AS moved_at,
+               arrayMap(i -> moves[i].2, moved_at) AS opening_by_day,
+               arrayMap(i -> moves[i].3, moved_at) AS closing_by_day,
+               arrayMap(i -> moves[i].4, moved_at) AS min_by_day,
+               arrayMap(i -> moves[i].5, moved_at) AS received_by_day,
+               arrayPopBack(arrayPushFront(
+                   arrayFill(units -> units IS NOT NULL, closing_by_day), NULL)) AS carried_by_day
         FROM (
-            SELECT grid.date AS date, grid.store_id AS store_id, grid.product_id AS product_id,
-                   0 AS is_seed, moved.opening_units AS opening_units,
-                   moved.closing_units AS closing_units, moved.min_units AS min_units,
-                   moved.received_units AS received_units
+            -- Tuples: groupArray would skip a NULL on its own, and the days would shift. Nullable
+            -- units: a day without a movement (index 0) reads NULL, not 0.
+            SELECT store_id, product_id,
+                   groupArray((date, toNullable(opening_units), toNullable(closing_units),
+                               toNullable(min_units), toNullable(received_units))) AS moves
             FROM (
-                SELECT store_id, product_id,
-                       arrayJoin(arrayMap(n -> {first:Date} + n,
-                           range(toUInt32(dateDiff('day', {first:Date}, {last:Date}) + 1)))) AS date
-                FROM (SELECT store_id, product_id FROM stock_before
-                      UNION DISTINCT SELECT store_id, product_id FROM inventory)
-            ) AS grid
-            LEFT JOIN inventory AS moved
-                ON moved.date = grid.date AND moved.store_id = grid.store_id
-                AND moved.product_id = grid.product_id
-            UNION ALL
-            SELECT {first:Date} - 1, store_id, product_id, 1, NULL, closing_units, NULL, NULL
-            FROM stock_before
+                SELECT date, store_id, product_id, opening_units, closing_units, min_units,
+                       received_units
+                FROM inventory
+                UNION ALL
+                SELECT {first:Date} - 1, store_id, product_id, NULL, closing_units, NULL, NULL
+                FROM stock_before
+            )
+            GROUP BY store_id, product_id
         )
     )
-    WHERE is_seed = 0 AND closing IS NOT NULL
+    ARRAY JOIN days AS date, closing_by_day AS closing_that_day,
+               opening_by_day AS opening_that_day, min_by_day AS min_that_day,
+               received_by_day AS received_that_day, carried_by_day AS carried_units
+    WHERE date >= {first:Date} AND closing IS NOT NULL
 """
 """Opening, closing and received units and a stockout flag per day, store and product. Days
 without a stock movement carry the last known closing stock forward (from before the first day
-too); a pair enters the grid from its first known position on."""
+too); a pair enters the grid from its first known position on. Each pair's days are laid out as
+arrays from the day before the first (the closing stock known before it) to the last, and the
+carried stock is the last known closing before each day (``arrayFill``): a pass over arrays, not a
+join of the days with the movements and a window function over the result (half the time at
+300,000 store x product days)."""
 
 
 _SALES_WINDOWS = f"""
