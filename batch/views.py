@@ -1,6 +1,6 @@
 """Reads for the daily batch: the materialized daily views first, the raw tables where they must.
 
-``sales_daily`` and ``inventory_daily`` (common/sql/050_batch.sql) are kept on insert by
+``sales_daily_v2`` and ``inventory_daily`` (common/sql/050_batch.sql) are kept on insert by
 materialized views, so the batch reads small daily aggregates instead of scanning raw events.
 A view counts every inserted row, while the raw tables are deduplicated by ``event_id`` (read with
 FINAL) and the quality gate may quarantine rows. So a day is read from the views only when the
@@ -36,8 +36,8 @@ SELECT
     count() AS line_items,
     sum(toInt64(quantity)) AS units,
     sum(total_amount) AS revenue,
-    uniqExactState(transaction_id) AS transactions,
-    uniqExactState(customer_id) AS customers
+    uniqExactState(cityHash64(transaction_id)) AS transactions,
+    uniqExactState(cityHash64(customer_id)) AS customers
 FROM sales_events
 WHERE toDate(event_time) = {day:Date}
 GROUP BY sale_date, store_id, category, product_id
@@ -59,7 +59,7 @@ GROUP BY movement_date, store_id, product_id
 """
 
 _VIEW_COUNTS = {
-    "sales_events": ("sales_daily", "sale_date", "line_items"),
+    "sales_events": ("sales_daily_v2", "sale_date", "line_items"),
     "inventory_events": ("inventory_daily", "movement_date", "movements"),
 }
 _REBUILD = {"sales_events": _SALES_DAILY_SELECT, "inventory_events": _INVENTORY_DAILY_SELECT}
@@ -221,7 +221,7 @@ def sales_grain_sql(scope: Scope) -> str:
         SELECT sale_date AS date, toString(store_id) AS store_id, toString(category) AS category,
                toString(product_id) AS product_id, toInt64(sum(line_items)) AS line_items,
                toInt64(sum(units)) AS units, toFloat64(sum(revenue)) AS revenue
-        FROM sales_daily
+        FROM sales_daily_v2
         WHERE sale_date BETWEEN {{history_first:Date}} AND {{last:Date}}
           AND NOT has({dates("raw_sales_days")}, sale_date)
         GROUP BY date, store_id, category, product_id
@@ -260,7 +260,7 @@ def basket_counts_sql(scope: Scope) -> str:
     first to the last day (distinct counts do not add up across products, so they are merged
     here from the views' states)."""
     view = _basket_counts_sql(
-        "(SELECT * FROM sales_daily WHERE sale_date BETWEEN {first:Date} AND {last:Date} "  # noqa: S608
+        "(SELECT * FROM sales_daily_v2 WHERE sale_date BETWEEN {first:Date} AND {last:Date} "  # noqa: S608
         f"AND NOT has({dates('raw_sales_days')}, sale_date))",
         "uniqExactMerge(transactions)",
         "uniqExactMerge(customers)",

@@ -87,7 +87,7 @@ def test_repair_rebuilds_the_days_the_views_missed(batch_store, make_world) -> N
         [world.sale(day, 9, "BT-S2", "BT-P3", 4), world.sale(day, 17, "BT-S1", "BT-P2", 1)]
     )
     batch_store.execute(
-        "DELETE FROM sales_daily WHERE sale_date = {day:Date}", views.day_params(day)
+        "DELETE FROM sales_daily_v2 WHERE sale_date = {day:Date}", views.day_params(day)
     )
     assert views.daily_row_counts(batch_store, "sales_events", day, day)["view_rows"].iloc[0] == 0
 
@@ -99,3 +99,29 @@ def test_repair_rebuilds_the_days_the_views_missed(batch_store, make_world) -> N
         ("BT-P3", 4, 20.0),
     ]
     assert views.repair_daily_views(batch_store, day - timedelta(days=1), day) == []
+
+
+def test_the_migration_replaces_the_views_of_id_strings(batch_store) -> None:
+    """A store from before 2026-12-07 kept the distinct counts as states of the id strings in
+    ``sales_daily``: the migration drops that view and its target (the repair above rebuilds the
+    days from the raw table into ``sales_daily_v2``)."""
+    from common.store import migrate
+
+    batch_store.execute(
+        "CREATE TABLE IF NOT EXISTS sales_daily (sale_date Date, store_id String, "
+        "transactions AggregateFunction(uniqExact, String)) ENGINE = AggregatingMergeTree "
+        "ORDER BY (sale_date, store_id)"
+    )
+    batch_store.execute(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS sales_daily_mv TO sales_daily AS "
+        "SELECT toDate(event_time) AS sale_date, store_id, "
+        "uniqExactState(transaction_id) AS transactions FROM sales_events "
+        "GROUP BY sale_date, store_id"
+    )
+    assert views.table_exists(batch_store, "sales_daily_mv")
+
+    migrate(batch_store)
+
+    assert not views.table_exists(batch_store, "sales_daily_mv")
+    assert not views.table_exists(batch_store, "sales_daily")
+    assert views.table_exists(batch_store, "sales_daily_v2")
