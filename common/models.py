@@ -247,8 +247,15 @@ class ChampionModel:
             self._load(version)
             return self._loaded
 
+    def warm_up(self) -> threading.Thread:
+        """Resolve and load the champion on a thread of its own, so that a job's first
+        micro-batch finds it loaded (or waits for the load under way) instead of starting it."""
+        thread = threading.Thread(target=self.current, name=f"warm-up-{self.name}", daemon=True)
+        thread.start()
+        return thread
+
     def close(self) -> None:
-        """Drop the loaded model and forget a pending registry call."""
+        """Drop the loaded model and forget a pending registry call (after a load under way)."""
         with self._lock:
             self._loaded = None
             self._pending = None

@@ -1525,6 +1525,8 @@ def main(
             ChampionModel(STOCK_MODEL, job=JOB, settings=settings),
             ChampionModel(DEMAND_MODEL, job=JOB, settings=settings),
         ]
+        for champion in champions:  # while the query starts and reads its first batch
+            champion.warm_up()
     feature_builder = default_feature_builder()
     if feature_builder is None:
         log.warning("training.features is not installed: stock scoring is off")

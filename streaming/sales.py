@@ -1685,6 +1685,7 @@ def main(
     if not console:
         migrate(open_store(settings))
         champion = ChampionModel(DEMAND_MODEL, job=JOB, settings=settings, probe=default_probes())
+        champion.warm_up()  # while the query starts and reads its first batch
     queries = build_queries(
         spark,
         settings,

@@ -193,3 +193,19 @@ def test_loading_a_model_leaves_nothing_in_the_temp_directory(
     assert "spark" in info.flavors
     frame = spark.createDataFrame([(3.0,)], "signal double")
     assert [round(r.prediction, 6) for r in model.transform(frame).collect()] == [6.0]
+
+
+def test_a_warm_up_loads_the_champion_before_any_batch_asks(spark, services, store) -> None:
+    from mlflow import MlflowClient
+
+    name = f"test_models_{uuid.uuid4().hex[:8]}"
+    version = register_spark_model(toy_pipeline(spark, 1.0), name)
+    MlflowClient(services.mlflow_tracking_uri).set_registered_model_alias(name, "champion", version)
+    champion = ChampionModel(name, job="test-models", store=store, settings=services)
+    assert champion.loaded is None
+
+    champion.warm_up().join(timeout=180)
+
+    assert champion.loaded is not None and champion.loaded.version == version
+    assert champion.current() is champion.loaded  # the first batch loads nothing again
+    assert events(store, name) == [("loaded", version)]
