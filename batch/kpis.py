@@ -8,7 +8,8 @@ category and overall, inside the store: only the KPI rows leave it.
 Definitions (per day and level):
     revenue, units         sums of the sales line items
     transactions           distinct transaction ids; avg_order_value = revenue / transactions
-    unique_customers       distinct known customer ids
+    unique_customers       distinct known customer ids (both merged from the view's states of
+                           64-bit id hashes: see common/sql/050_batch.sql)
     cogs                   units x catalog unit_cost; gross_margin = revenue - cogs
     sell_through           units sold / (opening stock + units received), tracked pairs only
     stockout_rate          store x product days out of stock (stock at 0 at any time of the day)
