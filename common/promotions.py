@@ -59,9 +59,11 @@ def record_change(
 
 
 def recorded_aliases(store: Store) -> dict[tuple[str, str], str | None]:
-    """The version each (model, alias) pointed to at its last recorded change."""
+    """The version each (model, alias) pointed to at its last recorded change (None when that
+    change removed the alias)."""
+    # argMax skips a NULL to_version; in a tuple the NULL is kept.
     frame = store.query_df(
-        "SELECT model_name, alias, argMax(to_version, changed_at) AS to_version "
+        "SELECT model_name, alias, argMax(tuple(to_version), changed_at).1 AS to_version "
         "FROM model_promotions FINAL GROUP BY model_name, alias"
     )
     return {

@@ -1,9 +1,10 @@
 """Gated promotion, forced promotion, rollback and UI alias changes, all recorded in the store.
 
-The tests run in order on the training tests' own registry: the trained challenger becomes the
-first champion and its forecasts are written, a deliberately weak version is refused, forced in
-with a reason, rolled back, and an alias moved directly in the registry (as a person does in the
-MLflow UI) is recorded by sync.
+On the training tests' own registry: the trained challenger becomes the first champion and its
+forecasts are written, a deliberately weak version is refused, forced in with a reason, rolled
+back, and an alias moved directly in the registry (as a person does in the MLflow UI) is recorded
+by sync. Each test first sets the aliases it starts from (``_start_from``), so each runs alone or
+in any order, and looks at the changes recorded after that.
 """
 
 from __future__ import annotations
@@ -50,6 +51,27 @@ def _client():
     return mlflow.MlflowClient()
 
 
+def _start_from(store, *, champion: str | None, challenger: str) -> int:
+    """Set the aliases a test starts from, as a person would in the MLflow UI, and let sync record
+    them; returns how many promotions are recorded by then (the test's own come after)."""
+    client = _client()
+    client.set_registered_model_alias(NAME, CHALLENGER, challenger)
+    if champion is not None:
+        client.set_registered_model_alias(NAME, CHAMPION, champion)
+    elif alias_version(client, NAME, CHAMPION) is not None:
+        client.delete_registered_model_alias(NAME, CHAMPION)
+    sync_promotions(store, models=(NAME,))
+    return len(_promotions(store))
+
+
+def _refusals(store, version: str) -> int:
+    return store.scalar(
+        "SELECT count() FROM model_events WHERE model_name = {m:String} "
+        "AND model_version = {v:String} AND event_type = 'promotion_refused'",
+        {"m": NAME, "v": version},
+    )
+
+
 @pytest.fixture(scope="module")
 def good_version(trained) -> str:
     return trained.models[NAME].registered.version
@@ -89,14 +111,17 @@ def weak_version(spark, training_store, trained, main_window, tracking_server, g
 def test_first_promotion_makes_the_challenger_champion(
     spark, training_store, trained, good_version, tracking
 ):
+    before = _start_from(training_store, champion=None, challenger=good_version)
     decision = promote(spark, training_store, NAME, margin=0.02)
     assert decision.promoted and decision.from_version is None
     assert alias_version(_client(), NAME, CHAMPION) == good_version
     rows = _promotions(training_store)
-    assert list(rows["alias"]) == [CHALLENGER, CHAMPION]
-    assert rows.iloc[0]["to_version"] == good_version and rows.iloc[0]["actor"] == "retail train"
-    assert rows.iloc[1]["to_version"] == good_version and pd.isna(rows.iloc[1]["from_version"])
-    assert rows.iloc[1]["challenger_metric"] == pytest.approx(
+    trained_row = rows[(rows["alias"] == CHALLENGER) & (rows["actor"] == "retail train")]
+    assert good_version in set(trained_row["to_version"])
+    new = rows.iloc[before:]
+    assert list(new["alias"]) == [CHAMPION]
+    assert new.iloc[0]["to_version"] == good_version and pd.isna(new.iloc[0]["from_version"])
+    assert new.iloc[0]["challenger_metric"] == pytest.approx(
         trained.models[NAME].holdout["rmse"], rel=1e-6
     )
 
@@ -104,6 +129,7 @@ def test_first_promotion_makes_the_challenger_champion(
 def test_refresh_writes_the_champions_forecasts_with_intervals(
     spark, training_store, main_window, good_version, tracking
 ):
+    _start_from(training_store, champion=good_version, challenger=good_version)
     written = refresh_forecasts(spark, training_store, NAME, horizon=3)
     frame = training_store.query_df(
         "SELECT * FROM forecasts FINAL WHERE model_version = {v:String} ORDER BY forecast_date",
@@ -128,30 +154,30 @@ def test_refresh_writes_the_champions_forecasts_with_intervals(
 def test_a_worse_challenger_is_refused_and_nothing_changes(
     spark, training_store, good_version, weak_version, tracking
 ):
-    before = _promotions(training_store)
+    before = _start_from(training_store, champion=good_version, challenger=weak_version)
+    refusals = _refusals(training_store, weak_version)
     decision = promote(spark, training_store, NAME, margin=0.02)
     assert not decision.promoted
     assert decision.challenger_rmse > decision.champion_rmse
     assert "refused" in decision.reason
     assert alias_version(_client(), NAME, CHAMPION) == good_version
-    assert len(_promotions(training_store)) == len(before)
-    refused = training_store.scalar(
-        "SELECT count() FROM model_events WHERE model_name = {m:String} "
-        "AND model_version = {v:String} AND event_type = 'promotion_refused'",
-        {"m": NAME, "v": weak_version},
-    )
-    assert refused == 1
+    assert len(_promotions(training_store)) == before
+    assert _refusals(training_store, weak_version) == refusals + 1
 
 
 def test_force_needs_a_reason_and_is_recorded_with_it(
     spark, training_store, good_version, weak_version, tracking
 ):
+    before = _start_from(training_store, champion=good_version, challenger=weak_version)
     with pytest.raises(PromotionError, match="--reason"):
         promote(spark, training_store, NAME, force=True)
+    assert len(_promotions(training_store)) == before
     decision = promote(spark, training_store, NAME, force=True, reason="incident 42 hotfix")
     assert decision.promoted
     assert alias_version(_client(), NAME, CHAMPION) == weak_version
-    last = _promotions(training_store).iloc[-1]
+    new = _promotions(training_store).iloc[before:]
+    assert len(new) == 1
+    last = new.iloc[0]
     assert (last["alias"], last["from_version"], last["to_version"]) == (
         CHAMPION,
         good_version,
@@ -164,10 +190,14 @@ def test_force_needs_a_reason_and_is_recorded_with_it(
 def test_rollback_restores_the_previous_champion(
     training_store, good_version, weak_version, tracking
 ):
+    _start_from(training_store, champion=good_version, challenger=weak_version)
+    before = _start_from(training_store, champion=weak_version, challenger=weak_version)
     decision = rollback(training_store, NAME, reason="forecasts too flat")
     assert (decision.from_version, decision.to_version) == (weak_version, good_version)
     assert alias_version(_client(), NAME, CHAMPION) == good_version
-    last = _promotions(training_store).iloc[-1]
+    new = _promotions(training_store).iloc[before:]
+    assert len(new) == 1
+    last = new.iloc[0]
     assert (last["from_version"], last["to_version"]) == (weak_version, good_version)
     assert last["reason"] == "rollback: forecasts too flat"
 
@@ -175,11 +205,14 @@ def test_rollback_restores_the_previous_champion(
 def test_an_alias_moved_in_the_registry_ui_is_recorded_when_seen(
     training_store, good_version, weak_version, tracking
 ):
+    before = _start_from(training_store, champion=good_version, challenger=weak_version)
     _client().set_registered_model_alias(NAME, CHAMPION, weak_version)  # what the UI's dialog does
     assert sync_promotions(training_store, models=(NAME,)) == [
         (NAME, CHAMPION, good_version, weak_version)
     ]
-    last = _promotions(training_store).iloc[-1]
+    new = _promotions(training_store).iloc[before:]
+    assert len(new) == 1
+    last = new.iloc[0]
     assert (last["actor"], last["from_version"], last["to_version"]) == (
         UI_ACTOR,
         good_version,
