@@ -1069,22 +1069,25 @@ SELECT DISTINCT store_id, product_id FROM (
 )
 """
 
+# Each pair's latest score; a day's model is the one that scored last (versions are not compared:
+# "10" sorts before "9", and a rollback scores with an older version).
 STORE_EXPECTATIONS_SQL = """
 WITH latest AS (
     SELECT store_id, product_id, forecast_date,
         argMax(predicted_units, scored_at) AS units,
         argMax(model_name, scored_at) AS model_name,
-        argMax(model_version, scored_at) AS model_version
+        argMax(model_version, scored_at) AS model_version,
+        max(scored_at) AS last_scored
     FROM demand_scores
     WHERE forecast_date >= {first_date:Date} AND forecast_date <= {last_date:Date}
     GROUP BY store_id, product_id, forecast_date
 )
 SELECT store_id, forecast_date, sum(units) AS expected_units_day,
-    any(model_name) AS model_name, max(model_version) AS model_version
+    argMax(model_name, last_scored) AS model_name, argMax(model_version, last_scored) AS model_version
 FROM latest GROUP BY store_id, forecast_date
 UNION ALL
 SELECT 'ALL' AS store_id, forecast_date, sum(units) AS expected_units_day,
-    any(model_name) AS model_name, max(model_version) AS model_version
+    argMax(model_name, last_scored) AS model_name, argMax(model_version, last_scored) AS model_version
 FROM latest GROUP BY forecast_date
 """
 

@@ -31,6 +31,7 @@ from streaming.sales import (
     JUDGED_WINDOWS_SCHEMA,
     PROFILE_SCHEMA,
     SILENCE_MAX_MINUTES,
+    STORE_EXPECTATIONS_SQL,
     TYPICAL_BASKETS_SQL,
     AnomalyRules,
     detect_sales_anomalies,
@@ -728,6 +729,49 @@ def test_typical_baskets_are_the_root_mean_square_of_each_stores_transactions(st
     assert found.loc["ALL", "revenue"] == pytest.approx(
         math.sqrt((20 * 100 + 10 * 1600 + 29 * 25) / 59)
     )
+
+
+def test_a_days_expectation_sums_each_pairs_latest_score_and_names_the_model_that_scored_last(
+    store,
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    day = dt.date(2017, 1, 1) + dt.timedelta(days=int(tag, 16) % 3000)  # a day of this run's own
+    start = dt.datetime.combine(day, dt.time(8))
+    shop, other = f"A-{tag}", f"B-{tag}"
+
+    def scored(minute: int, store_id: str, product_id: str, units: float, version: str) -> dict:
+        return {
+            "store_id": store_id,
+            "product_id": product_id,
+            "forecast_date": day,
+            "predicted_units": units,
+            "model_name": "demand_forecaster",
+            "model_version": version,
+            "query_name": "tests",
+            "batch_id": minute,
+            "scored_at": start + dt.timedelta(minutes=minute),
+        }
+
+    store.insert_df(
+        "demand_scores",
+        pd.DataFrame(
+            [
+                scored(0, shop, "P1", 4.0, "9"),
+                scored(0, shop, "P2", 6.0, "9"),
+                scored(0, other, "P1", 1.0, "9"),
+                scored(1, shop, "P1", 5.0, "10"),  # promoted: P1 scored again
+                scored(2, other, "P1", 2.0, "8"),  # rolled back to 8
+            ]
+        ),
+    )
+    found = store.query_df(STORE_EXPECTATIONS_SQL, {"first_date": day, "last_date": day})
+    found = found.set_index("store_id")
+    assert found.loc[shop, "expected_units_day"] == pytest.approx(11.0)  # P1 by 10, P2 by 9
+    assert found.loc[shop, "model_version"] == "10"
+    assert found.loc[other, "expected_units_day"] == pytest.approx(2.0)
+    assert found.loc[other, "model_version"] == "8"
+    assert found.loc["ALL", "expected_units_day"] == pytest.approx(13.0)
+    assert found.loc["ALL", "model_version"] == "8"
 
 
 # --- On the real broker ----------------------------------------------------------------------
