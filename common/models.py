@@ -312,6 +312,10 @@ class ChampionModel:
             )
             self._event(self._loaded.version if self._loaded else "", "no_champion", self.alias)
             self._state = "no_champion"
+        if self._seen_version is not None:  # the alias was removed: a change like any move
+            self._seen_version = None
+            if self._record_alias_moves:
+                self._record_alias(None)
         self._loaded = None
 
     def _note(self, state: str, detail: str) -> None:
@@ -321,8 +325,9 @@ class ChampionModel:
             self._event(self._loaded.version if self._loaded else "", state, detail)
             self._state = state
 
-    def _record_alias(self, version: str) -> None:
-        """A move made in the MLflow UI goes to ``model_promotions`` when this job first sees it."""
+    def _record_alias(self, version: str | None) -> None:
+        """A move (or, with None, a removal) made in the MLflow UI goes to ``model_promotions``
+        when this job first sees it."""
         try:
             record_alias_seen(self.store, self.name, self.alias, version, seen_by=self.job)
         except Exception:  # the record must not stop scoring

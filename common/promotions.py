@@ -73,9 +73,10 @@ def recorded_aliases(store: Store) -> dict[tuple[str, str], str | None]:
 
 
 def record_alias_seen(
-    store: Store, model_name: str, alias: str, version: str, seen_by: str
+    store: Store, model_name: str, alias: str, version: str | None, seen_by: str
 ) -> bool:
-    """Record that ``alias`` now points at ``version`` unless that is already the last record.
+    """Record that ``alias`` now points at ``version`` (None: it was removed) unless that is
+    already the last record.
 
     True when a row was written (or deduplicated against a job that saw the same change).
     """

@@ -158,11 +158,15 @@ def test_an_alias_moved_outside_retail_is_recorded_once_by_the_jobs_that_see_it(
         ChampionModel(name, job=job, store=store, settings=services)
         for job in ("sales-stream", "inventory-stream")
     ]
-    for version in (v1, v2, v1):  # as a person would in the MLflow UI
-        client.set_registered_model_alias(name, "champion", version)
+    for version in (v1, v2, v1, None, v1):  # as a person would in the MLflow UI
+        if version is None:
+            client.delete_registered_model_alias(name, "champion")
+        else:
+            client.set_registered_model_alias(name, "champion", version)
         for job in jobs:
-            assert job.current().version == version
-            assert job.current().version == version  # no new record while the alias stays
+            for _ in range(2):  # no new record while the alias stays
+                loaded = job.current()
+                assert (loaded and loaded.version) == version
 
     recorded = store.query_df(
         "SELECT from_version, to_version, actor FROM model_promotions FINAL "
@@ -173,6 +177,8 @@ def test_an_alias_moved_outside_retail_is_recorded_once_by_the_jobs_that_see_it(
         (None, v1),
         (v1, v2),
         (v2, v1),
+        (v1, None),
+        (None, v1),
     ]
     assert set(recorded.actor) == {"mlflow-ui (seen by sales-stream)"}
 
