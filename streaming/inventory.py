@@ -341,6 +341,7 @@ FROM stock_recommendations FINAL
 ORDER BY store_id, product_id
 """
 THRESHOLD_FIELDS = ("model_reorder_point", "model_daily_demand", "model_name", "model_version")
+CASE_PACKS_SQL = "SELECT product_id, case_pack FROM products FINAL"  # orders come in whole packs
 NO_THRESHOLD = (None, None, None, None)
 
 # Thresholds already read by this Python process, by file: (the file's identity, the thresholds).
@@ -1195,14 +1196,15 @@ def recommend_stock(frame: pd.DataFrame, policy: StockPolicy) -> pd.DataFrame:
     """Stock advice from the predicted demand at each key's current level (pandas, per batch).
 
     ``frame``: store_id, product_id, as_of, stock_level, lead_time_days, lead_time_demand,
-    daily_demand (NaN without a demand model), safety_factor and the model name/version columns.
+    daily_demand (NaN without a demand model), safety_factor, the model name/version columns and
+    optionally case_pack (the product's; missing or NaN: 1).
 
     safety_stock = safety_factor x sqrt(lead_time_demand + 1) (the model's residual quantile at the
     service level, scaled like its count residuals); reorder_point = lead_time_demand +
     safety_stock; daily demand = the demand model's, else lead_time_demand / lead_time_days;
     order_up_to = reorder_point + daily demand x review_days; order_quantity = order_up_to - level,
-    rounded up, when the level is at or below the reorder point (else 0); days_of_cover = level /
-    daily demand; stockout ETA = as_of + 24 x days_of_cover hours.
+    rounded up to whole case packs, when the level is at or below the reorder point (else 0);
+    days_of_cover = level / daily demand; stockout ETA = as_of + 24 x days_of_cover hours.
     """
     lead_time_demand = frame["lead_time_demand"].clip(lower=0.0)
     safety_stock = frame["safety_factor"].clip(lower=0.0) * np.sqrt(lead_time_demand + 1)
@@ -1212,7 +1214,9 @@ def recommend_stock(frame: pd.DataFrame, policy: StockPolicy) -> pd.DataFrame:
     order_up_to = reorder_point + daily * policy.review_days
     level = frame["stock_level"].astype(float)
     reorder_now = level <= reorder_point
-    order_quantity = np.where(reorder_now, np.ceil((order_up_to - level).clip(lower=0)), 0)
+    pack = frame["case_pack"].fillna(1).clip(lower=1) if "case_pack" in frame else 1
+    cases = np.ceil((order_up_to - level).clip(lower=0) / pack)
+    order_quantity = np.where(reorder_now, cases * pack, 0)
     days_of_cover = (level / daily).where(daily > 0)
     eta_hours = days_of_cover * 24
     as_of = pd.to_datetime(frame["as_of"])
@@ -1363,6 +1367,7 @@ class InventoryBatchWriter:
             return
         self._scoring_note = ""
         scored = predicted.dropna(subset=["lead_time_demand"])
+        scored = scored.merge(self.store.query_df(CASE_PACKS_SQL), on="product_id", how="left")
         recommendations = recommend_stock(scored, self.policy).assign(
             query_name=self.query_name, batch_id=batch_id
         )

@@ -436,6 +436,31 @@ def test_recommendations_follow_the_documented_formulas() -> None:
     assert (p2.demand_model_version, p1.demand_model_version) == ("5", "")
 
 
+def test_orders_come_in_whole_case_packs() -> None:
+    frame = pd.DataFrame(
+        {
+            "store_id": ["S1"] * 3,
+            "product_id": ["P1", "P2", "P3"],
+            "as_of": [pd.Timestamp("2026-03-02 10:00")] * 3,
+            "forecast_date": [DAY] * 3,
+            "stock_level": [20, 20, 20],
+            "lead_time_days": [2.0] * 3,
+            "lead_time_demand": [24.0] * 3,
+            "daily_demand": [float("nan")] * 3,
+            "safety_factor": [2.0] * 3,
+            "stock_model_name": ["stock_optimizer"] * 3,
+            "stock_model_version": ["3"] * 3,
+            "demand_model_name": [None] * 3,
+            "demand_model_version": [None] * 3,
+            "case_pack": [12, 7, float("nan")],  # P3: a product the catalogue does not know
+        }
+    )
+    advice = recommend_stock(frame, StockPolicy(service_level=0.95, review_days=7))
+    # 98 units short (see above): 9 packs of 12, 14 of 7, and 98 single units.
+    assert advice["order_quantity"].tolist() == [108, 98, 98]
+    assert advice["order_quantity"].dtype == "int64"
+
+
 # ---------------------------------------------------------------- the real broker and store
 
 
@@ -869,8 +894,17 @@ def test_stock_scoring_follows_the_champion_alias(
         query_names=(f"inv_{run}_changes", f"inv_{run}_dead"),
     )
 
+    product = f"P-{run}"
+    store.insert_df(
+        "products",
+        pd.DataFrame(
+            [{"product_id": product, "name": "test", "category": "test", "unit_price": 2.0,
+              "unit_cost": 1.0, "lead_time_days": 2.0, "case_pack": 12, "popularity": 1.0}]
+        ),
+    )  # fmt: skip
+
     def send_and_wait(clock: str, level: int) -> pd.DataFrame:
-        event = movement(f"e{clock}", clock, shop, "P1", "sale", -1, level, 10, 2.0)
+        event = movement(f"e{clock}", clock, shop, product, "sale", -1, level, 10, 2.0)
         produce(job_settings, [encode(event)])
         params = {"store": shop, "as_of": at(clock)}
         wait_for(lambda: not store.query_df(RECOMMENDATION_SQL, params).empty, 240, clock)
@@ -887,6 +921,9 @@ def test_stock_scoring_follows_the_champion_alias(
         second = send_and_wait("10:01", 29)  # the next batch already scores with v2
         assert second.stock_model_version.tolist() == [v2]
         assert second.lead_time_demand[0] == pytest.approx(40.0, abs=1e-6)
+        # Level 29 under the reorder point 40 + 1.645 x sqrt(41): order up to it plus 7 days of
+        # 40 / 2 units, 161.5 short, in whole packs of 12.
+        assert first.order_quantity[0] == 0 and second.order_quantity[0] == 14 * 12
 
         broken = register_broken_version(name)
         client.set_registered_model_alias(name, "champion", broken)
