@@ -166,7 +166,7 @@ def test_an_alias_moved_outside_retail_is_recorded_once_by_the_jobs_that_see_it(
         for job in jobs:
             for _ in range(2):  # no new record while the alias stays
                 loaded = job.current()
-                assert (loaded and loaded.version) == version
+                assert (loaded.version if loaded else None) == version
 
     recorded = store.query_df(
         "SELECT from_version, to_version, actor FROM model_promotions FINAL "
