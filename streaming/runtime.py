@@ -174,14 +174,16 @@ def classify_events(
 ) -> DataFrame:
     """Parse every raw record against ``schema``; ``error`` says why a record is bad, else null.
 
-    With ``max_lead_minutes``, a time field later than the record's Kafka timestamp plus that many
-    minutes is an impossible value too (records with no Kafka timestamp are not judged).
+    A time field outside ``EVENT_ERA`` is an impossible value. With ``max_lead_minutes``, so is a
+    time field later than the record's Kafka timestamp plus that many minutes (records with no
+    Kafka timestamp are not judged).
 
     Output: the schema's fields (``time_fields`` as timestamps), the Kafka coordinates, the raw
     payload (text, or base64 when not UTF-8) with its encoding, ``error`` and ``job``. No
     ``current_timestamp()``: a micro-batch's time is a literal in the generated code, so each
     micro-batch would compile its projections anew (70 ms of a 5,000-event batch's 0.22 s read).
     """
+    checks = [*checks, *[_in_era(name) for name in time_fields]]
     if max_lead_minutes is not None:
         checks = [*checks, *[_not_ahead(name, max_lead_minutes) for name in time_fields]]
     text = sf.col("value").cast("string")
@@ -283,6 +285,10 @@ def classify_events(
     )
 
 
+# Event times outside it are impossible values: a till whose clock was reset sends 1970 (or year
+# 1), which the store's minute panes (DateTime, 1970-2106) cannot hold.
+EVENT_ERA = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+
 # ISO-8601 times Spark's cast does not read: no seconds, or a lowercase 't' or 'z'.
 _MINUTES_ONLY = r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})(Z|[+-]\d{2}(:?\d{2})?)?$"
 
@@ -298,6 +304,15 @@ def iso_timestamp(text: Column) -> Column:
 def _kafka_time_known() -> Column:
     """A record's Kafka timestamp is set (a producer that sends none leaves -1 ms)."""
     return sf.col("kafka_timestamp") > sf.lit(0).cast("timestamp")
+
+
+def _in_era(time_field: str) -> Check:
+    """``time_field`` inside ``EVENT_ERA``."""
+    first, end = EVENT_ERA
+    return Check(
+        f"{time_field} is outside the years {first.year}-{end.year - 1}",
+        (sf.col(time_field) >= sf.lit(first)) & (sf.col(time_field) < sf.lit(end)),
+    )
 
 
 def _not_ahead(time_field: str, max_lead_minutes: int) -> Check:

@@ -175,6 +175,34 @@ def test_an_event_time_far_ahead_of_its_kafka_timestamp_is_a_dead_letter(
 
 
 @pytest.mark.spark
+def test_an_event_time_from_a_reset_clock_is_a_dead_letter_stamped_or_not(
+    spark: SparkSession,
+) -> None:
+    times = {
+        "epoch": "1970-01-01T00:00:00Z",
+        "year one": "0001-01-01T00:00:00Z",
+        "last of 1999": "1999-12-31T23:59:59.999Z",
+        "first of 2000": "2000-01-01T00:00:00Z",
+        "year 2100": "2100-01-01T00:00:00Z",
+    }
+    payloads = [encoded({**GOOD, "event_id": name, "event_time": t}) for name, t in times.items()]
+    stamped = raw_frame(spark, payloads)
+    unstamped = stamped.withColumn("timestamp", sf.lit(dt.datetime(1969, 12, 31, 23, 59, 59)))
+
+    for raw in (stamped, unstamped):
+        classified = classify_events(raw, INVENTORY_EVENT_SCHEMA, job="test-era")
+        errors = {r.event_id: r.error for r in classified.select("event_id", "error").collect()}
+        outside = "event_time is outside the years 2000-2099"
+        assert errors == {
+            "epoch": outside,
+            "year one": outside,
+            "last of 1999": outside,
+            "first of 2000": None,
+            "year 2100": outside,
+        }
+
+
+@pytest.mark.spark
 def test_store_sink_writes_a_replayed_batch_once(spark: SparkSession, settings, store) -> None:
     query = f"test-sink-{uuid.uuid4().hex[:8]}"
     _, dead = parse_events(
