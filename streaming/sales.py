@@ -1206,8 +1206,10 @@ class SalesBatchWriter:
         self.rules = rules
         self._baseline_span = dt.timedelta(minutes=rules.baseline_minutes + WINDOW_MINUTES)
         self.watermark_delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
-        self._scored: ByDay[tuple[str, str, str], bool] = ByDay()  # (store, product, version)
-        self._catalogued: ByDay[str, bool] = ByDay()  # version
+        # What the version that scored last has scored: (store, product, version), and version.
+        self._scored: ByDay[tuple[str, str, str], bool] = ByDay()
+        self._catalogued: ByDay[str, bool] = ByDay()
+        self._scoring_version: str | None = None
         self._newest_day: dt.date | None = None  # of the sales scored
         self._judged_until: dt.datetime | None = None  # see _load_horizon
         self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
@@ -1291,6 +1293,11 @@ class SalesBatchWriter:
         loaded = self.champion.current()  # pinned: this whole batch uses one version
         if loaded is None:
             return
+        if loaded.version != self._scoring_version:
+            # A move or a rollback: the new version scores the day anew, even a version that
+            # scored it before (its rows are no longer each pair's latest).
+            self._scored, self._catalogued = ByDay(), ByDay()
+            self._scoring_version = loaded.version
         keys = scoring_keys(raw)
         sold = list(zip(*(keys[c].to_pylist() for c in keys.column_names), strict=True))
         newest = max(day for *_, day in sold)
@@ -1322,7 +1329,8 @@ class SalesBatchWriter:
             return
         self._scoring_error = ""
         scores = scores.assign(query_name=self.query_name, batch_id=batch_id)
-        self.store.insert_df("demand_scores", scores, dedup_token=token)
+        # A replay scored by another version (the alias moved while the job was down) is written.
+        self.store.insert_df("demand_scores", scores, dedup_token=f"{token}.v{loaded.version}")
         for store_id, product_id, day in todo:
             self._scored.put(day, (store_id, product_id, loaded.version), True)
         for day in new_days:

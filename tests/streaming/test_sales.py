@@ -1718,6 +1718,8 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     send(2, ["P1", "P2"])  # the same pairs again: scored again by the new version
     client.set_registered_model_alias(name, "champion", broken)
     send(3, ["P3"])  # a new pair: still scored, by the last good version
+    client.set_registered_model_alias(name, "champion", v1)
+    send(4, ["P1"])  # a rollback: the older version scores again what it scored before
 
     scores = store.query_df(
         "SELECT batch_id, product_id, model_version, predicted_units FROM demand_scores "
@@ -1733,7 +1735,14 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
             strict=True,
         )
     ) == sorted(
-        [("P1", v1, 10.0), ("P2", v1, 10.0), ("P1", v2, 20.0), ("P2", v2, 20.0), ("P3", v2, 20.0)]
+        [
+            ("P1", v1, 10.0),
+            ("P2", v1, 10.0),
+            ("P1", v2, 20.0),
+            ("P2", v2, 20.0),
+            ("P3", v2, 20.0),
+            ("P1", v1, 10.0),
+        ]
     )
     failed = store.query_df(
         "SELECT model_version, detail FROM model_events WHERE model_name = {n:String} "
@@ -1744,6 +1753,55 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     assert (
         "missing_feature" in failed["detail"][0] and f"keeping version {v2}" in failed["detail"][0]
     )
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_batch_replayed_after_the_alias_moved_is_scored_by_the_new_version(
+    spark, settings, services, store
+) -> None:
+    from mlflow import MlflowClient
+
+    from common.models import ChampionModel
+    from streaming.sales import STORE_EXPECTATIONS_SQL, SalesBatchWriter
+
+    day, tag = dt.date(2026, 3, 16), uuid.uuid4().hex[:6]
+    name = f"test_rescore_{tag}"
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    v1 = register(toy_pipeline(spark, 1.0), name)
+    v2 = register(toy_pipeline(spark, 2.0), name)
+    s1, s2 = f"S1-{tag}", f"S2-{tag}"
+    events = hand_events(day, s1, s2)
+    for event in events:
+        event["event_id"] = f"{event['event_id']}-{tag}"
+    batch = classified_batch(spark, events, dt.datetime(2026, 3, 16, 10, 7))
+
+    def run_batch_0() -> None:
+        """A fresh process of the job (a writer of its own) runs batch 0."""
+        champion = ChampionModel(name, job="sales-test", store=store)
+        writer = SalesBatchWriter(
+            spark,
+            settings,
+            query_name=f"sales-rescore-{tag}",
+            champion=champion,
+            feature_builder=toy_features,
+        )
+        writer(batch, 0)
+
+    def expected() -> dict[str, tuple[str, float]]:
+        rows = store.query_df(STORE_EXPECTATIONS_SQL, {"first_date": day, "last_date": day})
+        rows = rows[rows["store_id"].isin([s1, s2])]
+        return {
+            r.store_id: (r.model_version, round(r.expected_units_day, 6))
+            for r in rows.itertuples()
+        }
+
+    client.set_registered_model_alias(name, "champion", v1)
+    run_batch_0()
+    assert expected() == {s1: (v1, 20.0), s2: (v1, 10.0)}  # P1 and P2 in s1, P3 in s2
+    client.set_registered_model_alias(name, "champion", v2)
+    run_batch_0()  # the job died before Spark committed batch 0, and the alias moved meanwhile
+    assert expected() == {s1: (v2, 40.0), s2: (v2, 20.0)}
 
 
 def backfilled(store, shop: str, sold: dict[str, dt.date], stocked: dict[str, dt.date]) -> None:
