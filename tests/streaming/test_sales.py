@@ -1792,8 +1792,7 @@ def test_a_batch_replayed_after_the_alias_moved_is_scored_by_the_new_version(
         rows = store.query_df(STORE_EXPECTATIONS_SQL, {"first_date": day, "last_date": day})
         rows = rows[rows["store_id"].isin([s1, s2])]
         return {
-            r.store_id: (r.model_version, round(r.expected_units_day, 6))
-            for r in rows.itertuples()
+            r.store_id: (r.model_version, round(r.expected_units_day, 6)) for r in rows.itertuples()
         }
 
     client.set_registered_model_alias(name, "champion", v1)
