@@ -318,6 +318,10 @@ def inventory_checks() -> tuple[Check, ...]:
             "event_id, store_id and product_id must not be blank",
             _ids_present("event_id", "store_id", "product_id"),
         ),
+        Check(
+            f"product_id '{ALL_PRODUCTS}' names a store's overall rows",
+            sf.col("product_id") != ALL_PRODUCTS,
+        ),
     )
 
 

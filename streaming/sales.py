@@ -106,6 +106,7 @@ def sales_checks() -> tuple[Check, ...]:
             "event_id, transaction_id, store_id and product_id must not be blank",
             _ids_present("event_id", "transaction_id", "store_id", "product_id"),
         ),
+        Check(f"store_id '{OVERALL}' names the overall rows", sf.col("store_id") != OVERALL),
     )
 
 

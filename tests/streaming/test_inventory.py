@@ -709,6 +709,21 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+@pytest.mark.spark
+def test_a_product_named_like_a_stores_overall_rows_is_a_dead_letter(spark: SparkSession) -> None:
+    records = [
+        movement("own", "10:00:00", "S1", "P1", "snapshot", 0, 5),
+        movement("overall", "10:00:00", "S1", "ALL", "snapshot", 0, 5),
+    ]
+    raw = spark.createDataFrame(
+        [("t", 0, n, json.dumps(r).encode(), at("10:01:00")) for n, r in enumerate(records)],
+        "topic string, partition int, offset long, value binary, timestamp timestamp",
+    )
+    valid, dead = parse_inventory(raw)
+    assert [r.event_id for r in valid.collect()] == ["own"]
+    assert [r.error for r in dead.collect()] == ["product_id 'ALL' names a store's overall rows"]
+
+
 def static_expectation(spark: SparkSession, settings: Settings) -> DataFrame:
     """The whole topic as one static batch through the same transforms (the batch recomputation)."""
     raw = (

@@ -1081,6 +1081,18 @@ def test_a_replayed_batch_writes_what_its_first_attempt_did(spark, settings, sto
     assertDataFrameEqual(metrics_frame(spark, store_metrics(store, day, tag)), expected)
 
 
+@pytest.mark.spark
+def test_a_store_named_like_the_overall_rows_is_a_dead_letter(spark: SparkSession) -> None:
+    day = dt.date(2026, 3, 14)
+    records = [
+        sale("own", at(day, "10:00:00"), "t1", "S1", "c1", 1, 5.0),
+        sale("overall", at(day, "10:00:00"), "t2", "ALL", "c1", 1, 5.0),
+    ]
+    batch = classified_batch(spark, records, dt.datetime(2026, 3, 14, 10, 1))
+    errors = {r.event_id: r.error for r in batch.select("event_id", "error").collect()}
+    assert errors == {"own": None, "overall": "store_id 'ALL' names the overall rows"}
+
+
 def eager_writer(spark, settings, query_name: str, batch_limit: int):
     """A sales writer that may judge after every batch (no 30-s throttle) but, while it catches
     up on a backlog (batches of half ``batch_limit`` or more), only once an hour."""
