@@ -1501,9 +1501,12 @@ class SalesBatchWriter:
         )
         metrics = since_last_sales(metrics, judge_after, self._baseline_span)
         frame = self.spark.createDataFrame(metrics, JUDGED_WINDOWS_SCHEMA)
+        # A judged window or silence belongs to the day it starts on, which may be before
+        # ``judge_after``'s: a window closing at 00:03 started the day before.
+        reach_back = dt.timedelta(minutes=SILENCE_MAX_MINUTES + WINDOW_MINUTES)
         expectations = self.store.query_df(
             STORE_EXPECTATIONS_SQL,
-            {"first_date": judge_after.date(), "last_date": horizon.date()},
+            {"first_date": (judge_after - reach_back).date(), "last_date": horizon.date()},
         )
         expected = None
         if not expectations.empty:

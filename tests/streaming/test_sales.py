@@ -1326,6 +1326,60 @@ def test_a_batch_judges_the_windows_it_closed_on_both_sides_of_midnight(
     assert pd.Timestamp(judged).tz_localize(None) == newest_closed.replace(tzinfo=None)
 
 
+@pytest.mark.services
+@pytest.mark.spark
+def test_windows_closing_just_after_midnight_are_judged_with_their_days_model(
+    spark, settings, kafka, store, sales_job
+) -> None:
+    """A window that starts before midnight belongs to that day, also when it closes after
+    midnight and is judged in the span that starts there: the model's expectation of its day,
+    which foresaw the rush, keeps the baseline's alarm quiet."""
+    tag = uuid.uuid4().hex[:6]
+    shop, topic = f"S-{tag}", f"sales-eve-{tag}"
+    today = dt.datetime.now(dt.UTC).date()
+    midnight = dt.datetime.combine(today - dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    rush_minute = midnight - dt.timedelta(minutes=2)
+    steady = [
+        sale(f"m{m}-{tag}", midnight + dt.timedelta(minutes=m), f"t{m}", shop, "c1", 1, 10.0)
+        for m in range(-150, 21)
+    ]
+    rush = [sale(f"r{i}-{tag}", rush_minute, f"r{i}", shop, f"c{i}", 1, 10.0) for i in range(25)]
+    # 30 units in any 5 minutes of the eve (without an hourly profile a window is 5/1440 of a
+    # day): what each window holding the rush minute sold.
+    store.insert_df(
+        "demand_scores",
+        pd.DataFrame(
+            [
+                {
+                    "store_id": shop,
+                    "product_id": "P1",
+                    "forecast_date": rush_minute.date(),
+                    "predicted_units": 30.0 * 288,
+                    "model_name": "demand_forecaster",
+                    "model_version": "7",
+                    "query_name": "test",
+                    "batch_id": 0,
+                }
+            ]
+        ),
+    )
+    create_topic(settings, topic)
+    queries = sales_job(topic, anomaly_interval_s=0.0)
+    produce(kafka, topic, [*steady, *rush])
+    drain(queries)
+
+    judged = store.scalar(
+        "SELECT max(judged_until) FROM sales_anomaly_horizon FINAL WHERE query_name = {q:String}",
+        {"q": queries[0].name},
+    )
+    assert pd.Timestamp(judged).tz_localize(None) > midnight.replace(tzinfo=None)
+    flagged = store.query_df(
+        "SELECT window_start, metric FROM sales_anomalies FINAL WHERE store_id = {s:String}",
+        {"s": shop},
+    )
+    assert flagged.empty, flagged
+
+
 def surge_sales(tag: str, shop: str) -> tuple[list[dict], dt.datetime]:
     """A sale of 10.00 every minute from 150 to 15 minutes ago, then 25 more sales in the minute
     40 minutes ago (produced last): the sales and the surge minute. A window holding it has 30
