@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def connector_jars() -> list[Path]:
     return jars
 
 
+def use_utc_clock() -> None:
+    """Make this process's local time UTC (and that of the Python workers it starts).
+
+    PySpark converts a naive datetime (``lit``, rows of ``createDataFrame``) as local time; the
+    platform's naive datetimes are UTC, like its JVM and session.
+    """
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+
+
 def build_spark_session(
     app_name: str,
     settings: Settings | None = None,
@@ -44,6 +55,7 @@ def build_spark_session(
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+    use_utc_clock()
     conf = {
         "spark.sql.session.timeZone": "UTC",
         # A stateful query keeps the number it started with in its checkpoint.

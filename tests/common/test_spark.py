@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 import uuid
 
 import pytest
@@ -19,6 +21,20 @@ def test_the_session_runs_in_utc_with_the_connector(spark):
     assert "spark-sql-kafka-0-10" in spark.conf.get("spark.jars")
     row = spark.sql("SELECT CAST('2026-01-01 00:00:00' AS TIMESTAMP) AS t").first()
     assert row.t.isoformat() == "2026-01-01T00:00:00"
+
+
+def test_a_naive_time_is_utc_whatever_the_hosts_zone(spark, monkeypatch):
+    from common.spark import use_utc_clock
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        use_utc_clock()  # as the session factory does
+        moment = spark.range(1).select(F.lit(dt.datetime(2026, 1, 1, 10)).alias("t"))
+        assert moment.select(F.date_format("t", "HH:mm").alias("hhmm")).first().hhmm == "10:00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_the_contract_requires_the_keys():
