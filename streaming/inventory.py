@@ -561,6 +561,8 @@ def track_movements(
         sold = units_sold(event.event_type, int(event.quantity_change))
         if state is not None and time_ms < state.event_time:
             _remember_sale(state, time_ms, sold, rules)
+            if sold > 0:  # still a sale: it is the last one if none came after it
+                state.last_sale = max(state.last_sale or time_ms, time_ms)
             rows.append(_event_row(event, LATE, detected_at))
             continue
         state = _apply(state, event, time_ms, sold, rules)

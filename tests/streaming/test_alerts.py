@@ -298,6 +298,28 @@ def test_late_events_count_but_never_flip_the_state() -> None:
     ]
 
 
+def test_a_late_sale_still_counts_as_the_products_last_sale() -> None:
+    rules = InventoryRules(alerts=AlertRules(slow_mover_hours=1.0))
+    events = [
+        movement("s1", "10:00:00", "snapshot", 0, 50, reorder_point=5, lead_time_days=0.02),
+        movement("s2", "11:15:00", "snapshot", 0, 50, reorder_point=5, lead_time_days=0.02),
+        # Sent late: older than s2, it is a sale 25 minutes before s4.
+        movement("s3", "11:05:00", "sale", -1, 49, reorder_point=5, lead_time_days=0.02),
+        movement("s4", "11:30:00", "snapshot", 0, 49, reorder_point=5, lead_time_days=0.02),
+    ]
+    rows = run_in_batches(events, (), rules)
+    dispositions = records(rows, KIND_EVENT).set_index("event_id")["disposition"]
+    assert dispositions.to_dict() == {"s1": APPLIED, "s2": APPLIED, "s3": LATE, "s4": APPLIED}
+    # No sale for 75 minutes at s2 opens the alert; the late sale resolves it at s4.
+    changes = records(rows, KIND_CHANGE).query("alert_type == 'slow_mover'")
+    assert list(
+        zip(changes["change"], changes["event_time"].dt.strftime("%H:%M"), strict=True)
+    ) == [
+        ("opened", "11:15"),
+        ("resolved", "11:30"),
+    ]
+
+
 @pytest.mark.parametrize("scenario", ["drain", "decline"])
 def test_results_do_not_depend_on_how_events_fall_into_batches(scenario: str) -> None:
     events = DRAIN if scenario == "drain" else decline()
