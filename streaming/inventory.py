@@ -342,6 +342,7 @@ SELECT store_id, product_id, reorder_point AS model_reorder_point,
     daily_demand AS model_daily_demand, stock_model_name AS model_name,
     stock_model_version AS model_version
 FROM stock_recommendations FINAL
+WHERE {with_model:Bool}
 ORDER BY store_id, product_id
 """
 THRESHOLD_FIELDS = ("model_reorder_point", "model_daily_demand", "model_name", "model_version")
@@ -359,24 +360,27 @@ class ThresholdsFile:
 
     The writer refreshes it from ``stock_recommendations`` at the start of every micro-batch,
     before Spark runs the batch, so each batch sees the recommendations the batches before it
-    wrote (and those of a hot-swapped model). The state function reloads it only when it was
-    replaced. (A Spark data source over the store, joined to the events, did the same for about
-    half a second per micro-batch.)
+    wrote (and those of a hot-swapped model); with no stock champion it holds none. The state
+    function reloads it only when it was replaced. (A Spark data source over the store, joined to
+    the events, did the same for about half a second per micro-batch.)
     """
 
     path: str
 
-    def refresh(self, store: Store) -> None:
-        """Write the store's current thresholds, when they changed (atomically)."""
-        frame = store.query_df(THRESHOLDS_SQL)
+    def refresh(self, store: Store, batch: str, with_model: bool = True) -> None:
+        """The thresholds for the micro-batch whose token is ``batch``: the store's current ones,
+        or none without a model, the file replaced (atomically) only when they changed. A
+        replayed batch (same token) keeps those its first attempt ran with: its recommendations
+        may be in the store already, and the replay must take the same path through the state."""
+        marker = Path(f"{self.path}.batch")
+        if marker.exists() and marker.read_text() == batch:
+            return
+        frame = store.query_df(THRESHOLDS_SQL, {"with_model": with_model})
         table = pa.Table.from_pandas(frame, preserve_index=False)
         target = Path(self.path)
-        if target.exists() and feather.read_table(target).equals(table):
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        feather.write_feather(table, staged)
-        staged.replace(target)
+        if not (target.exists() and feather.read_table(target).equals(table)):
+            _write_atomically(target, lambda staged: feather.write_feather(table, staged))
+        _write_atomically(marker, lambda staged: staged.write_text(batch))
 
     def load(self) -> dict[tuple[str, str], tuple]:
         """The thresholds by (store_id, product_id): THRESHOLD_FIELDS values."""
@@ -393,6 +397,13 @@ class ThresholdsFile:
             loaded = (identity, dict(zip(keys, values, strict=True)))
             _LOADED_THRESHOLDS[self.path] = loaded
         return loaded[1]
+
+
+def _write_atomically(target: Path, write: Callable[[Path], Any]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    write(staged)
+    staged.replace(target)
 
 
 # ---------------------------------------------------------------- per-key state
@@ -1319,9 +1330,10 @@ class InventoryBatchWriter:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
         steps = StepTimer()
+        stock = self._stock_champion()  # pinned: the whole batch uses one version, or none
         if self.thresholds is not None:  # before Spark runs the batch's state function
             with self.store.session():
-                self.thresholds.refresh(self.store)
+                self.thresholds.refresh(self.store, token, with_model=stock is not None)
             steps.lap("thresholds")
         rows = batch_tables(to_arrow(batch), self.rules.slide_minutes)  # one Spark job
         steps.lap("state and collect")
@@ -1341,7 +1353,7 @@ class InventoryBatchWriter:
                 self.store.insert_df(table, rows[table], dedup_token=token)
         steps.lap("store")
         levels = rows["stock_levels"]
-        self._recommend(levels, batch_id, token)
+        self._recommend(levels, batch_id, token, stock)
         steps.lap("scoring")
         log.info(
             "%s batch %d: %d events; %s",
@@ -1351,15 +1363,22 @@ class InventoryBatchWriter:
             steps,
         )
 
-    def _recommend(self, levels: pd.DataFrame, batch_id: int, token: str) -> None:
-        if levels.empty or self.stock_champion is None or self.feature_builder is None:
-            return
-        stock = self.stock_champion.current()  # pinned: the whole batch uses one version
+    def _stock_champion(self) -> LoadedModel | None:
+        """The stock champion to score with, or None (scoring off, or no champion)."""
+        if self.stock_champion is None or self.feature_builder is None:
+            return None
+        stock = self.stock_champion.current()
         if stock is None:
             self._note(
                 "no stock_optimizer@champion: no stock scoring; alerts use each event's reorder "
                 "point and the in-stream demand rate"
             )
+        return stock
+
+    def _recommend(
+        self, levels: pd.DataFrame, batch_id: int, token: str, stock: LoadedModel | None
+    ) -> None:
+        if levels.empty or stock is None:
             return
         demand = self.demand_champion.current() if self.demand_champion else None
         frame = levels.assign(

@@ -383,7 +383,7 @@ def recommendation(store_id: str, reorder_point: float, version: str, scored_at:
     }
 
 
-def test_the_thresholds_file_follows_the_store_and_is_replaced_only_on_change(
+def test_the_thresholds_file_follows_the_store_is_replaced_only_on_change_and_kept_for_a_replay(
     store: Store, tmp_path: Path
 ) -> None:
     store_id = f"TH{uuid.uuid4().hex[:6]}"
@@ -392,16 +392,20 @@ def test_the_thresholds_file_follows_the_store_and_is_replaced_only_on_change(
     store.insert_df(
         "stock_recommendations", pd.DataFrame([recommendation(store_id, 20.0, "1", "10:00")])
     )
-    thresholds.refresh(store)
+    thresholds.refresh(store, "q.s-0")
     assert thresholds.load()[(store_id, "P1")] == (20.0, 4.0, "stock", "1")
     first = os.stat(thresholds.path).st_ino
-    thresholds.refresh(store)
+    thresholds.refresh(store, "q.s-1")
     assert os.stat(thresholds.path).st_ino == first  # unchanged: not rewritten, not reloaded
     store.insert_df(
         "stock_recommendations", pd.DataFrame([recommendation(store_id, 30.0, "2", "10:05")])
     )
-    thresholds.refresh(store)
+    thresholds.refresh(store, "q.s-1")  # batch 1 replayed: what its first attempt ran with
+    assert thresholds.load()[(store_id, "P1")] == (20.0, 4.0, "stock", "1")
+    thresholds.refresh(store, "q.s-2")
     assert thresholds.load()[(store_id, "P1")] == (30.0, 4.0, "stock", "2")
+    thresholds.refresh(store, "q.s-3", with_model=False)  # the champion alias was removed
+    assert thresholds.load() == {}
 
 
 def test_recommendations_follow_the_documented_formulas() -> None:
