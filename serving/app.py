@@ -48,6 +48,7 @@ from serving.state import ServingState
 log = logging.getLogger(__name__)
 
 MAX_DAYS_BACK = 366
+OVERALL = "ALL"  # the store_id of the sales job's overall rows
 SEVERITY_RANK = {s.value: rank for rank, s in enumerate(Severity)}
 ANOMALY_SEVERITY_RANK = {s.value: rank for rank, s in enumerate(AnomalySeverity)}
 MAX_ANOMALY_HOURS = 168
@@ -198,20 +199,20 @@ async def answer_forecast(
     origin = _origin(stored) or data.forecast_origin or dt.datetime.now(dt.UTC).date()
     start = start or origin
     last_allowed = origin + dt.timedelta(days=limit - 1)
-    dates = [start + dt.timedelta(days=i) for i in range(horizon)]
     if start < origin - dt.timedelta(days=MAX_DAYS_BACK):
         raise invalid(
             "query", "start",
             f"{start} is more than {MAX_DAYS_BACK} days before the forecast origin {origin}",
             start,
         )  # fmt: skip
-    if dates[-1] > last_allowed:
+    if (last_allowed - start).days < horizon - 1:  # not start + horizon: it may pass 9999-12-31
         raise invalid(
             "query", "start",
-            f"the last day asked, {dates[-1]}, is past {last_allowed}: forecasts reach at most "
+            f"{horizon} days from {start} go past {last_allowed}: forecasts reach at most "
             f"{limit} days from the forecast origin {origin}",
             start,
         )  # fmt: skip
+    dates = [start + dt.timedelta(days=i) for i in range(horizon)]
     champion = state.champion(state.demand_model)
     missing = [d for d in dates if d not in stored]
     scored = {}
@@ -364,8 +365,10 @@ def advice_from_forecasts(
     lead_time = product.lead_time_days if product else (stock.lead_time_days if stock else None)
     if not lead_time or lead_time <= 0:
         raise HTTPException(404, f"no lead time known for product_id {product_id!r}")
-    today = stock.as_of.date() if stock and stock.as_of else min(stored)
-    ahead = [f for d, f in stored.items() if d >= today] or list(stored.values())
+    # From the newest forecast run's first day (older runs' days stay stored), or the day of the
+    # stock level if that is later.
+    today = max(_origin(stored), stock.as_of.date() if stock and stock.as_of else dt.date.min)
+    ahead = [f for d, f in sorted(stored.items()) if d >= today] or list(stored.values())
     advice = compute_reorder_advice(
         [f.predicted_units for f in ahead],
         champion.quantiles,
@@ -442,7 +445,11 @@ async def sales_anomalies(
     critical first, newest first within a severity, filtered by store (``ALL``: the overall
     row) or severity."""
     data = snapshot(state)
-    if store_id is not None and all(a["store_id"] != store_id for a in data.recent_anomalies):
+    if (
+        store_id is not None
+        and store_id != OVERALL
+        and all(a["store_id"] != store_id for a in data.recent_anomalies)
+    ):
         check_ids(data, store_id, None)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
     chosen = [

@@ -13,6 +13,7 @@ from serving_world import (
     ORIGIN,
     QUANTILES,
     forecast_rows,
+    products_frame,
     wait_until,
 )
 
@@ -103,6 +104,7 @@ KNOWN = {"store_id": "<store>", "product_id": "<product>"}
         ("/forecast", {**KNOWN, "start": "2025-02-30"}, 422, ["start"]),
         ("/forecast", {**KNOWN, "start": "2025-05-01"}, 422, ["start", "28 days"]),
         ("/forecast", {**KNOWN, "start": "2023-01-01"}, 422, ["start", "366 days"]),
+        ("/forecast", {**KNOWN, "start": "9999-12-31", "horizon": 2}, 422, ["start", "28 days"]),
         ("/alerts", {"severity": "URGENT"}, 422, ["severity"]),
         ("/reorder-advice", {**KNOWN, "service_level": 0.93}, 422, ["service_level", "0.95"]),
         ("/models/no_such_model", {}, 404, ["no_such_model"]),
@@ -236,6 +238,32 @@ def test_reorder_advice_is_computed_from_the_forecasts_without_a_recommendation(
     assert (advice["demand_model_version"], advice["service_level"]) == ("1", 0.95)
 
 
+def test_computed_reorder_advice_starts_from_the_newest_forecast_run(
+    serving_client, serving_store, world
+):
+    """A product without a stock level: its advice is sized on the latest run's forecasts, not on
+    the days an older run left in the store (the store keeps one row per day)."""
+    product = f"PR{uuid.uuid4().hex[:6]}"
+    serving_store.insert_df("products", products_frame(world).assign(product_id=product))
+
+    def run(origin: dt.date, units: float) -> pd.DataFrame:
+        rows = forecast_rows(world, "1", 1.0).assign(product_id=product, predicted_units=units)
+        return rows.assign(forecast_date=[origin + dt.timedelta(days=n) for n in range(len(rows))])
+
+    serving_store.insert_df("forecasts", run(ORIGIN - dt.timedelta(days=10), 50.0))
+    serving_store.insert_df("forecasts", run(ORIGIN, 5.0))
+
+    def advice() -> dict:
+        answer = serving_client.get(
+            "/reorder-advice", params={"store_id": world.store_id, "product_id": product}
+        )
+        return answer.status_code == 200 and answer.json()
+
+    sized = wait_until(advice, 30, "the new product's advice")
+    assert sized["source"] == "forecasts" and sized["stock_level"] is None
+    assert sized["lead_time_demand"] == pytest.approx(5.0 * 2.5)  # 2.5 days of lead time
+
+
 def test_alerts_lists_the_open_alerts_most_severe_first(serving_client, serving_store, world):
     def alert(alert_id, severity, status, updated):
         return {
@@ -299,12 +327,14 @@ def test_sales_anomalies_lists_the_recent_windows_and_silences_most_severe_first
         anomaly(world.store_id, "units", "critical", "30h"),  # older than a day
         anomaly("ALL", "units", "warning", "30min", "below"),
     ]
-    serving_store.insert_df("sales_anomalies", pd.DataFrame(rows))
 
     def listed(**params) -> dict:
         answer = serving_client.get("/sales-anomalies", params=params)
         assert answer.status_code == 200, answer.text
         return answer.json()
+
+    assert listed(store_id="ALL")["count"] == 0  # the overall rows exist before any is flagged
+    serving_store.insert_df("sales_anomalies", pd.DataFrame(rows))
 
     day = wait_until(
         lambda: (b := listed(store_id=world.store_id))["count"] == 2 and b, 30, "the anomalies"
