@@ -62,8 +62,9 @@ class World:
 
     @property
     def key(self) -> str:
-        """Names this world in generator_state: seed and sizes."""
-        return f"seed{self.seed}-s{self.n_stores}-p{self.n_products}-c{len(self.customers)}"
+        """Names this world in generator_state and in its insert tokens: prefix, seed and sizes."""
+        sizes = f"s{self.n_stores}-p{self.n_products}-c{len(self.customers)}"
+        return f"{self.prefix}seed{self.seed}-{sizes}"
 
     @property
     def pair_store(self) -> np.ndarray:

@@ -75,6 +75,21 @@ def test_rerun_with_the_same_seed_rewrites_identical_rows(store, counts):
     assert distinct == counts["sales_events"]
 
 
+def test_worlds_that_differ_only_by_prefix_are_both_written(store):
+    tiny = {"n_stores": 1, "n_products": 3, "n_customers": 10}
+    written = {
+        prefix: backfill(store, 2, 7, start_date=START, prefix=prefix, **tiny)["sales_events"]
+        for prefix in ("gpa", "gpb")
+    }
+    stored = {
+        prefix: store.scalar(
+            "SELECT count() FROM sales_events WHERE store_id LIKE {p:String}", {"p": f"{prefix}%"}
+        )
+        for prefix in written
+    }
+    assert stored == written and written["gpa"] > 0
+
+
 def test_balance_holds_in_the_store(store, counts):
     broken = _scalar(
         store,
