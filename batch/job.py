@@ -160,9 +160,11 @@ def _check_raw_day(
     stores: pd.DataFrame,
 ) -> _CheckedDay:
     from expectations.policy import decide
+    from expectations.suites import volume_parameters
 
     frames = {name: views.raw_events(store, table, day) for name, table in views.RAW_TABLES.items()}
-    volume = _volume_frame(store, day, frames)
+    holiday = views.is_holiday(store, day)
+    volume = _volume_frame(store, day, frames).assign(is_holiday=holiday)
     fresh_after = datetime.combine(day + timedelta(days=1), time(), UTC) - timedelta(
         hours=settings.batch_freshness_hours
     )
@@ -173,6 +175,7 @@ def _check_raw_day(
             zip(products["product_id"], products["category"], strict=True)
         ),
         "sales_fresh_after": fresh_after.isoformat(),
+        **volume_parameters(holiday),
     }
     outcomes = gate.check_raw(day, frames["sales"], frames["inventory"], volume, parameters)
     decision = decide(day, frames, outcomes, settings.batch_quarantine_max_percent)

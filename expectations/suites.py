@@ -177,15 +177,24 @@ def inventory_suite() -> gx.ExpectationSuite:
     return gx.ExpectationSuite(name=INVENTORY_SUITE, expectations=expectations)
 
 
+def volume_parameters(holiday: bool) -> dict[str, float]:
+    """The floors of a day's sales: none on a holiday, when stores may close or sell little."""
+    if holiday:
+        return {"sales_rows_min": 0, "sales_volume_floor": 0.0}
+    return {"sales_rows_min": 1, "sales_volume_floor": VOLUME_RATIO_FLOOR}
+
+
 def volume_suite() -> gx.ExpectationSuite:
     """One row per day: row counts against the trailing 7-day mean, and the newest event time."""
     expectations: list[gxe.Expectation] = [
         gxe.ExpectColumnValuesToBeBetween(
-            column="sales_rows", min_value=1, meta=_meta(CRITICAL, "missing day")
+            column="sales_rows",
+            min_value=_param("sales_rows_min"),
+            meta=_meta(CRITICAL, "missing day"),
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="sales_volume_ratio",
-            min_value=VOLUME_RATIO_FLOOR,
+            min_value=_param("sales_volume_floor"),
             meta=_meta(CRITICAL, "volume against trailing average"),
         ),
         gxe.ExpectColumnValuesToBeBetween(

@@ -262,6 +262,23 @@ def test_a_critical_failure_publishes_nothing_and_keeps_earlier_results(
     ], results.to_string()
 
 
+def test_a_holiday_that_sells_little_is_published(batch_settings, batch_store, make_world) -> None:
+    holiday = date(2019, 12, 25)
+    world = make_world("holiday")
+    world.history(holiday)
+    world.insert_sales([world.sale(holiday, 22, "BT-S1", "BT-P1", 1)])  # a third of a usual day
+    (ordinary,) = run_batch(batch_settings, holiday, holiday)
+    assert ordinary.status == FAILED  # as an ordinary day, its volume collapsed
+    calendar = {"date": holiday, "is_holiday": 1, "holiday_name": "Christmas Day", "day_of_week": 3}
+    batch_store.insert_df("calendar", pd.DataFrame([calendar]))
+
+    (marked,) = run_batch(batch_settings, holiday, holiday)
+
+    assert marked.status == PUBLISHED
+    kpis = published_kpis(batch_store, holiday).set_index(KEY)
+    assert kpis.loc[("overall", "ALL", "ALL"), "units"] == 1
+
+
 def test_the_range_to_run_defaults_to_yesterday() -> None:
     day = date(2024, 2, 29)
     assert resolve_days(day, None, None) == (day, day)

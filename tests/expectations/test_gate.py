@@ -11,7 +11,7 @@ import pytest
 
 from expectations.gate import KPI_CHECKPOINT, RAW_CHECKPOINT, DataQualityGate
 from expectations.policy import decide, label
-from expectations.suites import CRITICAL, KPI_COLUMNS, WARNING
+from expectations.suites import CRITICAL, KPI_COLUMNS, WARNING, volume_parameters
 
 DAY = date(2020, 3, 2)
 PARAMETERS = {
@@ -19,6 +19,7 @@ PARAMETERS = {
     "product_ids": ["P1", "P2"],
     "product_categories": [("P1", "fruit"), ("P2", "bakery")],
     "sales_fresh_after": "2020-03-02T18:00:00+00:00",
+    **volume_parameters(holiday=False),
 }
 
 
@@ -192,6 +193,17 @@ def test_a_missing_day_is_critical(gate) -> None:
     assert missing.check == "missing day"
     assert not decision.passed
     assert decision.quarantine.empty
+
+
+def test_a_holiday_may_sell_little_or_nothing(gate) -> None:
+    holiday = {**PARAMETERS, **volume_parameters(holiday=True)}
+    for rows, ratio in ((0, 0.0), (2, 0.2)):
+        sales = sales_frame(CLEAN_SALES[:rows])
+        outcomes = gate.check_raw(
+            DAY, sales, inventory_frame([5]), volume_frame(rows, ratio, _at(21)), holiday
+        )
+        decision = decide(DAY, {"sales": sales, "inventory": inventory_frame([5])}, outcomes, 5.0)
+        assert decision.passed, [label(o) for o in outcomes if not o.success]
 
 
 def test_consecutive_days_are_each_validated(gate) -> None:
