@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from common.models import load_spark_model, model_uri
 from common.promotions import SEEN_REASON, record_change, recorded_aliases
 from common.store import Store
-from training.data import HistoryWindow, load_daily_history
+from training.data import HistoryWindow, load_daily_history, resolve_window
 from training.features import FEATURE_HISTORY_DAYS, add_demand_features
 from training.models import MODEL_NAMES, model_spec
 from training.registry import ALIASES, CHALLENGER, CHAMPION, alias_version
@@ -86,9 +86,11 @@ def holdout_rmse(
 ) -> dict[str, float]:
     """RMSE of each version of ``model_name`` on the same labelled rows of ``holdout``."""
     spec = model_spec(model_name)
+    # Labels may look past the holdout, but not past the newest day with events: beyond it the
+    # daily grid would count days that have not happened as days without sales.
     window = HistoryWindow(
         holdout.start - dt.timedelta(days=FEATURE_HISTORY_DAYS),
-        holdout.end + dt.timedelta(days=int(max_lead_days(store))),
+        min(holdout.end + dt.timedelta(days=int(max_lead_days(store))), resolve_window(store).end),
     )
     rows = (
         add_demand_features(load_daily_history(spark, store, window))

@@ -16,13 +16,14 @@ import pytest
 from training_world import PRODUCTS, SILENT_PRODUCT, STORES, tracking_at
 
 from common.promotions import record_change
-from training.data import load_daily_history
+from training.data import HistoryWindow, load_daily_history
 from training.features import add_demand_features
 from training.forecast import refresh_forecasts
 from training.models import add_training_target, build_pipeline, model_spec
 from training.promote import (
     UI_ACTOR,
     PromotionError,
+    holdout_rmse,
     promote,
     rollback,
     sync_promotions,
@@ -106,6 +107,21 @@ def weak_version(spark, training_store, trained, main_window, tracking_server, g
             )
     record_change(training_store, NAME, CHALLENGER, good_version, weak.version, "tests", "weak")
     return weak.version
+
+
+def test_promotion_judges_the_stock_model_on_the_rows_training_held_out(
+    spark, training_store, trained, tracking_server
+) -> None:
+    """Right after training the store's events end with the holdout: a lead-time label that
+    would look past them is as unknown to the promotion as it was to training, so the challenger
+    scores its own holdout RMSE."""
+    report = trained.models["stock_optimizer"]
+    version = report.registered.version
+    fold = trained.plan.holdout
+    holdout = HistoryWindow(fold.validation_start, fold.validation_end)
+    with tracking_at(tracking_server):
+        scores = holdout_rmse(spark, training_store, "stock_optimizer", [version], holdout)
+    assert scores[version] == pytest.approx(report.holdout["rmse"], rel=1e-6)
 
 
 def test_first_promotion_makes_the_challenger_champion(
