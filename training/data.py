@@ -99,7 +99,8 @@ WHERE date BETWEEN {start:Date} AND {end:Date}
 def resolve_window(
     store: Store, start: dt.date | None = None, end: dt.date | None = None
 ) -> HistoryWindow:
-    """The requested window, with open ends taken from the first and last event in the store."""
+    """The requested window, with open ends taken from the first event in the store and the last
+    whole day: the day of its last event, or yesterday (UTC) while today's events still arrive."""
     bounds = store.query_df(_EVENT_RANGE)
     first, last = bounds.iloc[0]["first_day"], bounds.iloc[0]["last_day"]
     if pd.isna(first) or pd.Timestamp(first).year <= 1970:
@@ -107,12 +108,16 @@ def resolve_window(
             "the store holds no sales or inventory events: generate or load history first "
             "(`retail generate backfill --days 120`)"
         )
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     window = HistoryWindow(
         start or pd.Timestamp(first).date(),
-        end or pd.Timestamp(last).date(),
+        end or min(pd.Timestamp(last).date(), yesterday),
     )
     if window.end < window.start:
-        raise TrainingDataError(f"the window {window.start}..{window.end} is empty")
+        raise TrainingDataError(
+            f"the window {window.start}..{window.end} is empty"
+            + ("" if end else " (today's events are not a whole day yet)")
+        )
     return window
 
 

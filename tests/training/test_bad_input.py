@@ -25,6 +25,36 @@ def test_an_empty_store_says_to_load_history_first(tmp_path):
         resolve_window(empty)
 
 
+def test_todays_events_are_not_a_whole_day_of_history(tmp_path):
+    import pandas as pd
+
+    from common.store import migrate
+    from common.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(tmp_path / "chdb")
+    migrate(store)
+    today = dt.datetime.now(dt.UTC).date()
+
+    def sell_on(day: dt.date) -> None:
+        sale = {
+            "event_id": f"e-{day}", "event_time": pd.Timestamp(day) + pd.Timedelta(hours=1),
+            "transaction_id": f"t-{day}", "store_id": "S1", "customer_id": None,
+            "product_id": "P1", "category": "dairy", "quantity": 1, "unit_price": 2.0,
+            "discount": 0.0, "total_amount": 2.0, "payment_method": "card", "channel": "store",
+        }  # fmt: skip
+        store.insert_df("sales_events", pd.DataFrame([sale]))
+
+    sell_on(today)
+    with pytest.raises(TrainingDataError, match="today's events are not a whole day yet"):
+        resolve_window(store)
+    sell_on(today - dt.timedelta(days=2))
+    window = resolve_window(store)
+    assert (window.start, window.end) == (
+        today - dt.timedelta(days=2),
+        today - dt.timedelta(days=1),
+    )
+
+
 def test_a_window_without_events_is_refused(spark, training_store, world):
     config = TrainingConfig(start=dt.date(2023, 1, 1), end=dt.date(2023, 6, 30), **TINY_CONFIG)
     with pytest.raises(TrainingDataError, match="no sales or inventory events between 2023-01-01"):
