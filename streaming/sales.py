@@ -48,6 +48,7 @@ from common.store import Store, open_store
 from streaming.runtime import (
     CONSOLE,
     DEAD_LETTER_COLUMNS,
+    WATERMARK_TIME,
     ByDay,
     Check,
     StepTimer,
@@ -134,12 +135,14 @@ RAW_SALES_COLUMNS = SALES_EVENT_SCHEMA.fieldNames()  # sales_events.source defau
 
 def storable_rows(classified: DataFrame) -> DataFrame:
     """One frame holding both what ``sales_events`` and ``dead_letters`` need, so that a batch is
-    collected once: the event's fields, ``error``, and the dead-letter columns, which only bad
-    records carry (``watermark_classified`` already kept the raw payload of bad records only)."""
+    collected once: the event's fields, ``error``, the dead-letter columns, which only bad
+    records carry (``watermark_classified`` already kept the raw payload of bad records only),
+    and ``WATERMARK_TIME``, how far the event moves the job's clock."""
     bad = sf.col("error").isNotNull()
     return classified.select(
         *[f.name for f in SALES_EVENT_SCHEMA.fields if f.name != "on_promotion"],
         sf.coalesce(sf.col("on_promotion").cast("int"), sf.lit(0)).alias("on_promotion"),
+        WATERMARK_TIME,
         "error",
         sf.when(bad, sf.col("kafka_topic")).alias("topic"),
         *[
@@ -1213,7 +1216,8 @@ class SalesBatchWriter:
         self._scoring_version: str | None = None
         self._newest_day: dt.date | None = None  # of the sales scored
         self._judged_until: dt.datetime | None = None  # see _load_horizon
-        self._latest_event_time: dt.datetime | None = None  # of the events this writer stored
+        # The newest event time this writer stored, none later than its record's Kafka timestamp.
+        self._latest_event_time: dt.datetime | None = None
         self._history: tuple[dt.date, StoreHistory] | None = None  # of the newest judged day
         self._scoring_error = ""
         self.anomaly_interval_s = anomaly_interval_s
@@ -1231,6 +1235,9 @@ class SalesBatchWriter:
         good = pc.is_null(rows["error"])
         dead = rows.filter(pc.invert(good)).select(DEAD_LETTER_COLUMNS)
         raw = rows.filter(good).select(RAW_SALES_COLUMNS)
+        # A till whose clock runs ahead moves the job's clock (what has closed) only as far as
+        # the broker's: in a backlog, windows whose events are still in the topic stay open.
+        clock = pc.max(rows.filter(good)[WATERMARK_TIME]).as_py()
         if dead.num_rows:
             self.store.insert_df("dead_letters", dead, dedup_token=token)
         if raw.num_rows == 0:
@@ -1256,7 +1263,7 @@ class SalesBatchWriter:
             steps.lap("windows")
         self._score_demand(raw, batch_id, token)
         steps.lap("scoring")
-        latest = _naive_utc(span["max"].as_py())
+        latest = _naive_utc(clock)
         self._latest_event_time = max(latest, self._latest_event_time or latest)
         if self._judge_when_due(self._catching_up(rows.num_rows, latest)):
             steps.lap("anomalies")

@@ -1159,6 +1159,43 @@ def test_a_job_keeping_up_with_live_sales_judges_its_full_batches(spark, setting
     assert closed - dt.timedelta(minutes=65) < pd.Timestamp(judged).tz_convert(None) <= closed
 
 
+@pytest.mark.spark
+def test_a_till_clock_ahead_in_a_backlog_does_not_close_the_windows_still_to_come(
+    spark, settings, store
+) -> None:
+    """Long after the fact (a backlog), a till 5 hours ahead moves what has closed only as far as
+    its record's Kafka timestamp: the windows of the events still to come are judged once they
+    came, not as a silence before."""
+    from streaming.sales import HORIZON_SQL
+
+    day, tag = dt.date(2026, 3, 22), uuid.uuid4().hex[:6]
+    shop = f"S-{tag}"
+
+    def at_minute(m: int) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(10), tzinfo=dt.UTC) + dt.timedelta(minutes=m)
+
+    def minutes(first: int, last: int) -> list[dict]:
+        return [
+            sale(f"m{m}-{tag}", at_minute(m), f"t{m}", shop, "c1", 1, 10.0)
+            for m in range(first, last)
+        ]
+
+    ahead = sale(f"ahead-{tag}", at_minute(300), "t-ahead", shop, "c1", 1, 10.0)
+    writer = eager_writer(spark, settings, f"sales-skew-{tag}", 10_000)  # never a backlog
+    broker_time = at_minute(61).replace(tzinfo=None)
+    writer(classified_batch(spark, [*minutes(0, 60), ahead], broker_time), 0)
+
+    judged = pd.Timestamp(store.scalar(HORIZON_SQL, {"query": writer.query_name})).tz_convert(None)
+    assert judged <= broker_time - dt.timedelta(minutes=settings.sales_watermark_minutes)
+    writer(classified_batch(spark, minutes(60, 120), at_minute(121).replace(tzinfo=None)), 1)
+    flagged = store.query_df(
+        "SELECT window_start, metric FROM sales_anomalies FINAL WHERE store_id = {s:String} "
+        "AND window_start < {ahead:DateTime}",
+        {"s": shop, "ahead": at_minute(295).replace(tzinfo=None)},
+    )
+    assert flagged.empty, flagged
+
+
 @pytest.mark.services
 @pytest.mark.spark
 def test_a_batch_of_anonymous_sales_only_is_stored_with_no_customers(
