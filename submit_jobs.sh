@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
+SELF=$ROOT/$(basename "$0")  # $0 may be relative to the directory the script was called from
 PY=$ROOT/.venv/bin/python
 [ -x "$PY" ] || { echo "The environment is missing: run 'make setup' first." >&2; exit 1; }
 export PYSPARK_PYTHON=$PY PYSPARK_DRIVER_PYTHON=$PY
@@ -43,7 +44,7 @@ submit() {  # submit <args of the retail CLI...>
   master=$(setting spark_master)
   # The session factory's driver heap and JVM options: spark-submit starts the JVM before it runs.
   read -r memory options < <("$PY" -c "import common.spark as s; print(s.DRIVER_MEMORY, s.JVM_OPTIONS)")
-  jars=$(ls "$ROOT"/.jvm/spark-kafka/*.jar 2>/dev/null | paste -sd, -)
+  jars=$(ls "$ROOT"/.jvm/spark-kafka/*.jar 2>/dev/null | paste -sd, - || true)
   [ -n "$jars" ] || { echo "The Spark Kafka connector is missing: run 'make setup'." >&2; exit 1; }
   "$SPARK_HOME/bin/spark-submit" --master "$master" --deploy-mode client \
     --driver-memory "$memory" --driver-java-options "$options" \
@@ -58,7 +59,7 @@ start_background() {  # start_background <job> <retail args...>
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "$job is already running (pid $(cat "$pidfile"))"; return 0
   fi
-  setsid nohup "$0" --foreground "$@" >"$LOG_DIR/$job.log" 2>&1 &
+  setsid nohup "$SELF" --foreground "$@" >"$LOG_DIR/$job.log" 2>&1 &
   echo $! >"$pidfile"
   echo "$job submitted (pid $!, log $LOG_DIR/$job.log)"
 }
@@ -110,6 +111,12 @@ case "${1:-}" in
       fi
     done
     dir=$(setting checkpoint_root)
+    for kept in "$ROOT" "$DATA_DIR"; do  # neither they nor a folder holding them is deleted
+      case "$kept/" in "$dir"/*)
+        echo "CHECKPOINT_DIR=$dir holds $kept: not deleting it; point CHECKPOINT_DIR at the checkpoints alone" >&2
+        exit 1 ;;
+      esac
+    done
     rm -rf "$dir" && echo "removed checkpoints under $dir" ;;
-  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,10p' "$SELF" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

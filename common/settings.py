@@ -26,7 +26,10 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     """Every knob of the platform. Field names map to upper-case environment variables."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # An empty variable is an unset one (CHECKPOINT_DIR= must not mean the working directory).
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     spark_master: str = Field("local[*]", description="local[*], local[N] or spark://host:port")
     spark_shuffle_partitions: int = Field(

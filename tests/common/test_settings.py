@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,15 @@ def test_defaults_are_the_local_stack(monkeypatch):
     assert settings.uses_embedded_store
     assert settings.sales_topic == "sales_events" and settings.inventory_topic == "inventory_events"
     assert settings.checkpoint_root == (settings.data_root / "checkpoints")
+
+
+def test_an_empty_variable_is_an_unset_one(monkeypatch):
+    for name in ("CHECKPOINT_DIR", "DATA_DIR", "CLICKHOUSE_URL", "SPARK_MASTER"):
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert settings.data_dir == Path("data") and settings.spark_master == "local[*]"
+    assert settings.checkpoint_root == Path("data", "checkpoints").resolve()  # not the cwd
+    assert settings.uses_embedded_store
 
 
 @pytest.mark.parametrize(

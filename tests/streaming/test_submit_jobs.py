@@ -147,3 +147,20 @@ def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
         {"s": shop},
     )
     assert (int(counts.rows[0]), int(counts.ids[0])) == (events, events)
+
+
+def test_clean_deletes_the_checkpoints_but_never_the_store_or_the_project(tmp_path) -> None:
+    (tmp_path / "store").write_text("the embedded store lives in DATA_DIR")
+    checkpoints = tmp_path / "checkpoints" / "sales-stream"
+    checkpoints.mkdir(parents=True)
+    env = {**os.environ, "DATA_DIR": str(tmp_path)}
+    for holder in (tmp_path, PROJECT_ROOT.parent):
+        refused = submit_jobs({**env, "CHECKPOINT_DIR": str(holder)}, "clean")
+        assert refused.returncode == 1, refused.stdout
+        assert "not deleting it" in refused.stderr
+    assert (tmp_path / "store").exists() and checkpoints.exists()
+
+    cleaned = submit_jobs({**env, "CHECKPOINT_DIR": str(tmp_path / "checkpoints")}, "clean")
+
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not (tmp_path / "checkpoints").exists() and (tmp_path / "store").exists()
