@@ -35,7 +35,7 @@ def _print_counts(title: str, counts: dict) -> None:
 @generate_app.command()
 def backfill(
     days: int = typer.Option(..., "--days", min=1, help="days of history to simulate"),
-    seed: int = typer.Option(42, "--seed", help="the world's seed: same seed, same events"),
+    seed: int = typer.Option(42, "--seed", min=0, help="the world's seed: same seed, same events"),
     scale: float = typer.Option(
         1.0, "--scale", min=0.01, help="multiplies 5 stores x 40 products x 2500 customers"
     ),
@@ -88,7 +88,7 @@ def backfill(
 def stream(
     rate: float = typer.Option(..., "--rate", min=0.001, help="records per second to send"),
     seconds: float = typer.Option(..., "--seconds", min=0.001, help="how long to stream"),
-    seed: int = typer.Option(42, "--seed", help="the world's seed (continues its backfill)"),
+    seed: int = typer.Option(42, "--seed", min=0, help="the world's seed (continues its backfill)"),
     scale: float = typer.Option(1.0, "--scale", min=0.01, help="world size, as for backfill"),
     speedup: float | None = typer.Option(
         None,
@@ -117,8 +117,15 @@ def stream(
     workers: int = typer.Option(
         1, "--workers", min=1, help="sender processes, each with its own producer and partitions"
     ),
+    stores: int | None = typer.Option(
+        None, "--stores", min=1, help="override the number of stores, as for backfill"
+    ),
+    products: int | None = typer.Option(
+        None, "--products", min=1, help="override the number of products, as for backfill"
+    ),
 ) -> None:
-    """Send live sales and inventory events to Kafka, continuing the backfilled world."""
+    """Send live sales and inventory events to Kafka, continuing the backfilled world (the same
+    seed, scale and sizes name it)."""
     from tqdm import tqdm
 
     from common.settings import get_settings
@@ -155,12 +162,14 @@ def stream(
                 faults,
                 speedup,
                 scale=scale,
+                n_stores=stores,
+                n_products=products,
                 workers=workers,
                 manifest_path=manifest,
                 store=store,
                 on_progress=bar.update,
             )
-    except (StreamError, StoreError) as exc:
+    except (StreamError, StoreError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     _print_counts("stream", counts)

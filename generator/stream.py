@@ -389,6 +389,11 @@ def produce(
         raise ValueError("speedup must be positive")
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    if workers > settings.kafka_partitions:
+        raise ValueError(
+            f"workers ({workers}) must not exceed the topics' partitions (KAFKA_PARTITIONS="
+            f"{settings.kafka_partitions}): each worker sends the records of its own partitions"
+        )
     faults = faults or FaultRates()
     world = build_world(
         seed,
@@ -585,18 +590,21 @@ class _Run:
                         info = self._key(key_text)
                     key, p_sales, p_inventory, key_crc = info
                     partition = p_inventory if topic_index else p_sales
-                    if shares > 1 and partition % shares != mine:
-                        continue
                     now = time.monotonic()
-                    if now >= deadline:
+                    if now >= deadline:  # before the share: a worker may own no record at all
                         partial = result.day
                         break
+                    if shares > 1 and partition % shares != mine:
+                        continue
                     gate = start + sent * interval
                     if speedup is not None:
                         gate = max(gate, start + (sim_ms - sim_start_ms) / 1000.0 / speedup)
                     if gate > now + 0.002:
                         time.sleep(min(gate, deadline) - now)
                         now = time.monotonic()
+                        if now >= deadline:  # its time (simulated, with speedup) is yet to come
+                            partial = result.day
+                            break
                     if self.held and self.held[0][0] <= now:
                         self._release_late(now)
                     if speedup is None:

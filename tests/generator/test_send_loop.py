@@ -146,6 +146,24 @@ def test_fault_records_are_listed_with_their_acknowledged_position():
         assert (topic, key.decode()) == (entry["topic"], entry["key"])
 
 
+def test_a_worker_whose_share_holds_no_record_stops_at_the_deadline():
+    world = build_world(5, **SIZES)
+    run = _Run(FakeProducer(), TOPICS, [[0, 1, 2], [0, 1, 2]], 5, FaultRates(), 1e9, None, None)
+    run.share = (3, 4)  # partitions p with p % 4 == 3: none of the three
+    _, partial = run.stream(Simulator(world), initial_state(world, dt.date(2025, 6, 2)), 0.3)
+    assert partial is not None and sum(t.records for t in run.tallies) == 0
+
+
+def test_with_a_speedup_nothing_is_sent_ahead_of_the_deadline():
+    """Half a wall second at one simulated second per second reaches 00:00:00.5 of the day, before
+    any store opens: no record is due yet, so none is sent (stamped hours ahead)."""
+    world = build_world(5, **SIZES)
+    producer = FakeProducer()
+    run = _Run(producer, TOPICS, [[0, 1, 2], [0, 1, 2]], 5, FaultRates(), 1e9, 1.0, None)
+    run.stream(Simulator(world), initial_state(world, dt.date(2025, 6, 2)), 0.5)
+    assert producer.records == []
+
+
 class _Metadata:
     def __init__(self, topics: dict) -> None:
         self.topics = topics

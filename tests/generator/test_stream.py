@@ -249,6 +249,11 @@ def test_faults_seen_equal_the_manifest(produced):
     assert out_of_order >= 0.8 * len(held_long)
 
 
+def test_more_workers_than_partitions_is_a_clear_error(settings):
+    with pytest.raises(ValueError, match="must not exceed the topics' partitions"):
+        produce(settings, 100.0, 1.0, 7, workers=settings.kafka_partitions + 1)
+
+
 def test_no_broker_is_a_clear_error():
     from generator.stream import connect_producer
 
