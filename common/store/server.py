@@ -39,6 +39,8 @@ class ServerStore:
                 database=database,
                 secure=url.scheme == "https",
                 connect_timeout=5,
+                tz_mode="aware",  # UTC timestamps come back tz-aware, as from the embedded store
+                autogenerate_session_id=False,  # threads share the client; no query needs a session
             )
         except Exception as exc:
             raise StoreError(
@@ -61,7 +63,14 @@ class ServerStore:
         self._run(self._client.command, sql, parameters=dict(params or {}))
 
     def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        return self._run(self._client.query_df, sql, parameters=dict(params or {}))
+        """As the embedded store answers: numpy/object dtypes (None for NULL), aware UTC times,
+        and an empty result with its columns (which clickhouse-connect's frame would lack)."""
+        frame = self._run(
+            self._client.query_df, sql, parameters=dict(params or {}), use_extended_dtypes=False
+        )
+        if len(frame.columns) == 0:
+            frame = self.query_arrow(sql, params).to_pandas()
+        return frame
 
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         return self._run(self._client.query_arrow, sql, parameters=dict(params or {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import multiprocessing
 import os
 import subprocess
@@ -277,3 +278,43 @@ def test_an_idle_process_hands_the_store_to_another_that_asks(tmp_path):
 
 def test_open_store_picks_the_embedded_store_by_default(settings):
     assert isinstance(open_store(settings), EmbeddedStore) == (settings.clickhouse_url is None)
+
+
+_SERVER_STORE_CHECK = """
+import json, sys
+from clickhouse_connect.driver._chdbclient import ChdbClient
+from common.store import migrate
+from common.store.server import ServerStore
+
+# clickhouse-connect's in-process chDB client: the same result handling as its HTTP client,
+# set up (tz_mode) as ServerStore.from_settings sets up the HTTP one.
+store = ServerStore(ChdbClient(sys.argv[1], tz_mode="aware"), "in-process")
+version = migrate(store)  # a fresh store: its schema_migrations is empty at first
+empty = store.query_df("SELECT event_type, event_time FROM model_events")
+row = store.query_df(
+    "SELECT toDateTime64('2024-01-01 10:00:00.5', 3, 'UTC') AS t, "
+    "CAST(NULL AS Nullable(String)) AS nothing, 'x' AS text"
+)
+print(json.dumps({
+    "version": version,
+    "empty_columns": list(empty.columns),
+    "zone": str(row["t"].dt.tz),
+    "null": row["nothing"][0] is None,
+    "text": str(row["text"].dtype),
+}))
+"""
+
+
+def test_a_server_store_migrates_fresh_and_answers_like_the_embedded_one(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVER_STORE_CHECK, str(tmp_path / "server")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["version"] >= 1
+    assert answer["empty_columns"] == ["event_type", "event_time"]
+    assert (answer["zone"], answer["null"], answer["text"]) == ("UTC", True, "object")
