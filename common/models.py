@@ -334,6 +334,8 @@ class ChampionModel:
             log.exception("could not record the alias change of %s to %s", self.name, version)
 
     def _event(self, version: str, event_type: str, detail: str) -> None:
+        for secret in self.settings.secrets():  # a registry error may quote its URL's password
+            detail = detail.replace(secret, "***")
         try:
             record_model_event(self.store, self.job, self.name, version, event_type, detail)
         except Exception:  # the event log must not stop scoring

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +17,27 @@ _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]+:\d{1,5}$")
 
 
 _SECRET_VARIABLES = {"CLICKHOUSE_PASSWORD", "API_TOKEN"}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password it may hold (``scheme://user:password@host``) shown as ***."""
+    try:
+        password = urlparse(url).password
+    except ValueError:
+        return url
+    return url.replace(f":{password}@", ":***@", 1) if password else url
+
+
+def _url_passwords(*urls: str | None) -> list[str]:
+    passwords = []
+    for url in urls:
+        try:
+            password = urlparse(url or "").password
+        except ValueError:
+            continue
+        if password:
+            passwords += [password, unquote(password)]
+    return passwords
 
 
 class SettingsError(ValueError):
@@ -165,6 +186,11 @@ class Settings(BaseSettings):
         if value is None or value.strip() == "":
             return None
         parsed = urlparse(value)
+        if parsed.username or parsed.password:
+            raise ValueError(
+                "holds credentials: put the user in CLICKHOUSE_USER and the password in "
+                "CLICKHOUSE_PASSWORD"
+            )
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(
                 "expected http(s)://host[:port][/database], or unset for embedded chDB"
@@ -202,7 +228,8 @@ class Settings(BaseSettings):
         values = [self.clickhouse_password.get_secret_value()]
         if self.api_token is not None:
             values.append(self.api_token.get_secret_value())
-        return [v for v in values if v]
+        values += _url_passwords(self.mlflow_tracking_uri)  # a server behind basic auth
+        return list(dict.fromkeys(v for v in values if v))
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -213,7 +240,11 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             variable = str(error["loc"][0]).upper() if error["loc"] else "settings"
-            shown = "'***'" if variable in _SECRET_VARIABLES else repr(error.get("input"))
+            shown = (
+                "'***'"
+                if variable in _SECRET_VARIABLES
+                else repr(redact_url(str(error.get("input"))))
+            )
             problems.append(f"{variable}={shown}: {error['msg']}")
         raise SettingsError("Bad configuration: " + "; ".join(problems)) from None
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
 
-from common.settings import Settings
+from common.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -622,7 +622,7 @@ class _MlflowServer(_Daemon):
     def external(self) -> str | None:
         if _mlflow_is_local(self.settings):
             return None
-        return f"MLFLOW_TRACKING_URI={self.settings.mlflow_tracking_uri} is not a local server"
+        return f"MLFLOW_TRACKING_URI={redact_url(self.settings.mlflow_tracking_uri)} is not a local server"
 
     def _executable(self) -> Path:
         beside = Path(sys.executable).parent / "mlflow"
@@ -886,7 +886,7 @@ def up(settings: Settings, cluster: bool = False) -> None:
     ):
         logger.warning(
             "MLFLOW_TRACKING_URI=%s does not use MLFLOW_PORT=%d: clients will not find the server",
-            settings.mlflow_tracking_uri,
+            redact_url(settings.mlflow_tracking_uri),
             settings.mlflow_port,
         )
     daemons = [daemon for daemon in daemons if not daemon.external()]

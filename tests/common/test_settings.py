@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from common.broker import check_broker
-from common.logs import RedactSecrets
-from common.settings import Settings, SettingsError, load_settings
+from common.logs import RedactingFormatter
+from common.settings import Settings, SettingsError, load_settings, redact_url
 
 
 def test_defaults_are_the_local_stack(monkeypatch):
@@ -85,7 +85,23 @@ def test_an_unreachable_broker_fails_within_seconds(settings):
     assert time.monotonic() - started < 10
 
 
-def test_log_records_are_redacted():
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "password is %s", ("hunter2",), None)
-    RedactSecrets(["hunter2"]).filter(record)
-    assert record.getMessage() == "password is ***"
+def test_log_lines_are_redacted_tracebacks_too():
+    try:
+        raise RuntimeError("auth with hunter2 failed")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "password is %s", ("hunter2",), sys.exc_info()
+        )
+    line = RedactingFormatter("%(message)s", ["hunter2"]).format(record)
+    assert "password is ***" in line and "auth with *** failed" in line
+    assert "hunter2" not in line
+
+
+def test_a_password_in_a_url_is_a_secret_and_never_shown(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://ops:S3cr%2Ft@mlflow.example:443")
+    settings = load_settings()
+    assert {"S3cr%2Ft", "S3cr/t"} <= set(settings.secrets())
+    assert redact_url(settings.mlflow_tracking_uri) == "https://ops:***@mlflow.example:443"
+    with pytest.raises(SettingsError, match="CLICKHOUSE_USER") as refused:
+        load_settings(clickhouse_url="http://admin:pa55@clickhouse:8123/retail")
+    assert "pa55" not in str(refused.value)
