@@ -82,8 +82,13 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     api_token: SecretStr | None = None
     store_lock_timeout_s: float = Field(120.0, gt=0)
+    # At most 500,000: a batch's store insert then stays one block (ClickHouse splits an insert
+    # at 1,048,576 rows or 256 MiB, and a replay could split it differently under one token).
     max_offsets_per_trigger: int | None = Field(
-        50_000, ge=1, description="records per micro-batch at most (bounds a backlog's batches)"
+        50_000,
+        ge=1,
+        le=500_000,
+        description="records per micro-batch at most (bounds a backlog's batches)",
     )
     starting_offsets: str = Field("earliest", pattern=r"^(earliest|latest|\{.*\})$")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")

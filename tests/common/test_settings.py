@@ -50,6 +50,7 @@ def test_an_empty_variable_is_an_unset_one(monkeypatch):
         ("CLICKHOUSE_URL", "clickhouse//localhost:8123"),
         ("CLICKHOUSE_URL", "http://localhost:port"),
         ("KAFKA_PARTITIONS", "zero"),
+        ("MAX_OFFSETS_PER_TRIGGER", "2000000"),
     ],
 )
 def test_a_bad_value_names_the_variable(monkeypatch, variable, value):
