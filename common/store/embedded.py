@@ -304,15 +304,16 @@ class EmbeddedStore:
 
 
 def _bindable(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """ClickHouse reads a String parameter with escape sequences; escape backslashes so that the
-    value arrives verbatim (``a\\'b`` would otherwise become ``a'b``). A list of strings (an
-    ``Array(String)`` parameter) goes in ClickHouse's quoted text form, which chDB does not build."""
+    """ClickHouse reads a String parameter as escaped text (TSV); escape backslashes, newlines
+    and tabs so that the value arrives verbatim (``a\\'b`` would otherwise become ``a'b``, and a
+    newline is refused). A list of strings (an ``Array(String)`` parameter) goes in ClickHouse's
+    quoted text form, which chDB does not build."""
     return {name: _bindable_value(value) for name, value in (params or {}).items()}
 
 
 def _bindable_value(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace("\\", "\\\\")
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         quoted = (v.replace("\\", "\\\\").replace("'", "\\'") for v in value)
         return "[" + ",".join(f"'{v}'" for v in quoted) + "]"

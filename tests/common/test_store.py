@@ -86,8 +86,13 @@ def test_query_binds_values_and_stores_injection_strings_verbatim(store):
     assert "model_events" in set(store.query_df("SHOW TABLES")["name"])
 
 
+@pytest.mark.parametrize("text", ["line\nbreak", "tab\tbed", "back\\slash", "it's", "\\n"])
+def test_a_string_binds_verbatim_whatever_its_characters(store, text):
+    assert store.query_df("SELECT {s:String} AS s", {"s": text})["s"][0] == text
+
+
 def test_a_list_of_strings_binds_as_an_array_verbatim(store):
-    values = ["S1", "it's", "back\\slash", "a,b", "[x]", ""]
+    values = ["S1", "it's", "back\\slash", "a,b", "[x]", "", "line\nbreak", "tab\tbed"]
     got = store.query_df(
         "SELECT {ids:Array(String)} AS ids, has({ids:Array(String)}, {one:String}) AS found",
         {"ids": values, "one": "it's"},
