@@ -1766,6 +1766,14 @@ def register(model, name: str) -> str:
     return str(info.registered_model_version)
 
 
+def toy_versions(spark: SparkSession, settings, name: str, *slopes: float):
+    """``name`` registered with a toy version per slope: (name, the registry client, versions)."""
+    from mlflow import MlflowClient
+
+    versions = [register(toy_pipeline(spark, slope), name) for slope in slopes]
+    return name, MlflowClient(settings.mlflow_tracking_uri), versions
+
+
 def toy_features(spark: SparkSession, store, keys: DataFrame, day: dt.date) -> DataFrame:
     """The toy models' input: the keys, the day and signal = 10."""
     return keys.select(
@@ -1791,15 +1799,11 @@ def sell_one_basket(
 def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_used(
     spark, settings, services, store, sales_job
 ) -> None:
-    from mlflow import MlflowClient
 
     from common.models import ChampionModel, check_transform
 
     day, tag = dt.date(2026, 3, 13), uuid.uuid4().hex[:6]
-    name = f"test_demand_{tag}"
-    client = MlflowClient(settings.mlflow_tracking_uri)
-    v1 = register(toy_pipeline(spark, 1.0), name)
-    v2 = register(toy_pipeline(spark, 2.0), name)
+    name, client, (v1, v2) = toy_versions(spark, settings, f"test_demand_{tag}", 1.0, 2.0)
     broken = register(toy_pipeline(spark, 3.0, feature="missing_feature"), name)
     client.set_registered_model_alias(name, "champion", v1)
     empty_features = toy_features(
@@ -1863,16 +1867,12 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
 def test_a_batch_replayed_after_the_alias_moved_is_scored_by_the_new_version(
     spark, settings, services, store
 ) -> None:
-    from mlflow import MlflowClient
 
     from common.models import ChampionModel
     from streaming.sales import STORE_EXPECTATIONS_SQL, SalesBatchWriter
 
     day, tag = dt.date(2026, 3, 16), uuid.uuid4().hex[:6]
-    name = f"test_rescore_{tag}"
-    client = MlflowClient(settings.mlflow_tracking_uri)
-    v1 = register(toy_pipeline(spark, 1.0), name)
-    v2 = register(toy_pipeline(spark, 2.0), name)
+    name, client, (v1, v2) = toy_versions(spark, settings, f"test_rescore_{tag}", 1.0, 2.0)
     s1, s2 = f"S1-{tag}", f"S2-{tag}"
     events = hand_events(day, s1, s2)
     for event in events:
