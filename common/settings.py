@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -183,7 +184,26 @@ class Settings(BaseSettings):
         hosts = [h.strip() for h in value.split(",") if h.strip()]
         if not hosts or not all(_HOST_PORT.match(h) for h in hosts):
             raise ValueError("expected a comma-separated list of host:port")
+        if any(int(h.rsplit(":", 1)[1]) > 65535 for h in hosts):
+            raise ValueError("a port is at most 65535")
         return ",".join(hosts)
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _check_tracking_uri(cls, value: str) -> str:
+        if _HOST_PORT.match(value.split("/", 1)[0]):
+            raise ValueError(f"the scheme is missing: http://{value}")
+        return value
+
+    @field_validator("starting_offsets")
+    @classmethod
+    def _check_starting_offsets(cls, value: str) -> str:
+        if value.startswith("{"):
+            try:
+                json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc.msg}): Spark's per-partition offsets") from None
+        return value
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -51,6 +51,9 @@ def test_an_empty_variable_is_an_unset_one(monkeypatch):
         ("CLICKHOUSE_URL", "http://localhost:port"),
         ("KAFKA_PARTITIONS", "zero"),
         ("MAX_OFFSETS_PER_TRIGGER", "2000000"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost:99999"),
+        ("MLFLOW_TRACKING_URI", "localhost:5000"),
+        ("STARTING_OFFSETS", '{"sales_events": {"0": 5}'),
     ],
 )
 def test_a_bad_value_names_the_variable(monkeypatch, variable, value):
