@@ -290,13 +290,28 @@ async def reorder_advice(
     """Reorder point, safety stock, order quantity and stockout ETA.
 
     From the inventory job's ``stock_recommendations`` row when there is one (and no other
-    service level or review period is asked); otherwise computed from the stored forecasts, the
-    demand champion's conformal quantile, the stock level and the lead time (see docs/serving.md).
+    service level or review period is asked) and it is for the latest stock level (or nothing
+    else can be computed); otherwise computed from the stored forecasts, the demand champion's
+    conformal quantile, the stock level and the lead time (see docs/serving.md).
     """
     data = snapshot(state)
     check_ids(data, store_id, product_id)
-    row = data.recommendations.get((store_id, product_id))
-    if row is not None and review_days is None and service_level in (None, row["service_level"]):
+    key = (store_id, product_id)
+    row = data.recommendations.get(key)
+    stock = data.stock_levels.get(key)
+    # The level moved since the job scored it (scoring is off, failing, or has no champion).
+    outdated = (
+        row is not None
+        and stock is not None
+        and stock.as_of is not None
+        and (row["as_of"] < stock.as_of)
+    )
+    if (
+        row is not None
+        and review_days is None
+        and service_level in (None, row["service_level"])
+        and not (outdated and data.forecasts.get(key))
+    ):
         return advice_from_row(row, data)
     return advice_from_forecasts(state, data, store_id, product_id, service_level, review_days)
 

@@ -264,6 +264,53 @@ def test_computed_reorder_advice_starts_from_the_newest_forecast_run(
     assert sized["lead_time_demand"] == pytest.approx(5.0 * 2.5)  # 2.5 days of lead time
 
 
+def test_a_recommendation_older_than_the_stock_level_gives_way_to_computed_advice(
+    serving_client, serving_store, world
+):
+    """The inventory job stopped scoring (no champion) while the level kept moving: its last
+    recommendation no longer fits, so the advice is computed for the current level."""
+    product = f"PS{uuid.uuid4().hex[:6]}"
+    serving_store.insert_df("products", products_frame(world).assign(product_id=product))
+    serving_store.insert_df("forecasts", forecast_rows(world, "1", 1.0).assign(product_id=product))
+    recommended = pd.Timestamp("2025-03-14 18:00")
+    row = {
+        "store_id": world.store_id, "product_id": product, "as_of": recommended,
+        "forecast_date": ORIGIN, "stock_level": 3, "lead_time_days": 2.5,
+        "lead_time_demand": 7.5, "daily_demand": 3.0, "safety_stock": 2.5,
+        "reorder_point": 10.0, "order_up_to": 31.0, "order_quantity": 30, "reorder_now": 1,
+        "days_of_cover": 1.0, "eta_hours": 24.0, "stockout_eta": None, "service_level": 0.95,
+        "stock_model_name": world.stock_model, "stock_model_version": "4",
+        "demand_model_name": world.demand_model, "demand_model_version": "1",
+        "query_name": "test", "batch_id": 1,
+    }  # fmt: skip
+    serving_store.insert_df("stock_recommendations", pd.DataFrame([row]))
+
+    def level_at(moment: pd.Timestamp, units: int) -> None:
+        level = {
+            "store_id": world.store_id, "product_id": product, "stock_level": units,
+            "event_time": moment, "reorder_point": 4, "lead_time_days": 2.5, "unit_cost": 1.2,
+            "effective_reorder_point": 4.0, "demand_per_hour": None, "eta_hours": None,
+            "threshold_source": "event", "model_name": "", "model_version": "",
+            "last_event_id": "e", "last_event_type": "restock", "updated_at": moment,
+        }  # fmt: skip
+        frame = pd.DataFrame([level]).astype({"demand_per_hour": "float64", "eta_hours": "float64"})
+        serving_store.insert_df("stock_levels", frame)
+
+    def advice_with(level: int) -> dict:
+        answer = serving_client.get(
+            "/reorder-advice", params={"store_id": world.store_id, "product_id": product}
+        ).json()
+        return answer.get("stock_level") == level and answer
+
+    level_at(recommended, 3)
+    current = wait_until(lambda: advice_with(3), 30, "the recommendation")
+    assert current["source"] == "stock_recommendations"
+    level_at(recommended + pd.Timedelta(hours=2), 200)  # restocked, not scored
+    moved = wait_until(lambda: advice_with(200), 30, "the advice at the new level")
+    assert moved["source"] == "forecasts"
+    assert (moved["reorder_now"], moved["order_quantity"]) == (False, 0)
+
+
 def test_alerts_lists_the_open_alerts_most_severe_first(serving_client, serving_store, world):
     def alert(alert_id, severity, status, updated):
         return {
