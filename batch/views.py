@@ -146,10 +146,11 @@ def latest_event_time(store: Store, raw_table: str, day: date) -> pd.Timestamp |
 
 def is_holiday(store: Store, day: date) -> bool:
     """The calendar marks ``day`` as a holiday (a day it does not hold is not one)."""
-    marked = store.scalar(
-        "SELECT max(is_holiday) FROM calendar FINAL WHERE date = {day:Date}", day_params(day)
+    return bool(
+        store.scalar(
+            "SELECT max(is_holiday) FROM calendar FINAL WHERE date = {day:Date}", day_params(day)
+        )
     )
-    return bool(marked) and not pd.isna(marked)
 
 
 def first_view_day(store: Store, raw_table: str) -> date | None:

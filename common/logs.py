@@ -7,19 +7,24 @@ import logging
 from common.settings import Settings
 
 
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 class RedactingFormatter(logging.Formatter):
     """Format a record, then replace every configured secret value in the whole line (message,
     traceback and stack alike) with ***."""
 
     def __init__(self, fmt: str, secrets: list[str]) -> None:
         super().__init__(fmt)
-        self._secrets = [s for s in secrets if s]
+        self._secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(super().format(record), self._secrets)
 
 
 def configure_logging(settings: Settings) -> None:

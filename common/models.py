@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from common.logs import redact
 from common.promotions import record_alias_seen
 from common.settings import Settings, get_settings
 from common.store import Store, open_store
@@ -334,8 +335,7 @@ class ChampionModel:
             log.exception("could not record the alias change of %s to %s", self.name, version)
 
     def _event(self, version: str, event_type: str, detail: str) -> None:
-        for secret in self.settings.secrets():  # a registry error may quote its URL's password
-            detail = detail.replace(secret, "***")
+        detail = redact(detail, self.settings.secrets())  # an error may quote its URL's password
         try:
             record_model_event(self.store, self.job, self.name, version, event_type, detail)
         except Exception:  # the event log must not stop scoring

@@ -37,6 +37,7 @@ SALES_EVENT_SCHEMA = StructType(
 )
 
 INVENTORY_EVENT_TYPES = ("sale", "restock", "adjustment", "shrinkage", "snapshot")
+OVERALL = "ALL"  # the store_id of the rows over all stores (sales_metrics, anomalies)
 
 INVENTORY_EVENT_SCHEMA = StructType(
     [

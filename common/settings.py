@@ -20,25 +20,18 @@ _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]+:\d{1,5}$")
 _SECRET_VARIABLES = {"CLICKHOUSE_PASSWORD", "API_TOKEN"}
 
 
-def redact_url(url: str) -> str:
-    """``url`` with the password it may hold (``scheme://user:password@host``) shown as ***."""
+def _url_password(url: str) -> str | None:
+    """The password ``url`` holds (``scheme://user:password@host``), as written in it."""
     try:
-        password = urlparse(url).password
-    except ValueError:
-        return url
+        return urlparse(url).password
+    except ValueError:  # not a URL (a bad port, say)
+        return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password it may hold shown as ***."""
+    password = _url_password(url)
     return url.replace(f":{password}@", ":***@", 1) if password else url
-
-
-def _url_passwords(*urls: str | None) -> list[str]:
-    passwords = []
-    for url in urls:
-        try:
-            password = urlparse(url or "").password
-        except ValueError:
-            continue
-        if password:
-            passwords += [password, unquote(password)]
-    return passwords
 
 
 class SettingsError(ValueError):
@@ -253,7 +246,9 @@ class Settings(BaseSettings):
         values = [self.clickhouse_password.get_secret_value()]
         if self.api_token is not None:
             values.append(self.api_token.get_secret_value())
-        values += _url_passwords(self.mlflow_tracking_uri)  # a server behind basic auth
+        password = _url_password(self.mlflow_tracking_uri)  # a server behind basic auth
+        if password:
+            values += [password, unquote(password)]
         return list(dict.fromkeys(v for v in values if v))
 
 

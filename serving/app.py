@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from common.schemas import OVERALL
 from common.settings import Settings, get_settings
 from serving.advice import compute_reorder_advice
 from serving.registry import ChampionInfo
@@ -48,7 +49,6 @@ from serving.state import ServingState
 log = logging.getLogger(__name__)
 
 MAX_DAYS_BACK = 366
-OVERALL = "ALL"  # the store_id of the sales job's overall rows
 SEVERITY_RANK = {s.value: rank for rank, s in enumerate(Severity)}
 ANOMALY_SEVERITY_RANK = {s.value: rank for rank, s in enumerate(AnomalySeverity)}
 MAX_ANOMALY_HOURS = 168

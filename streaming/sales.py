@@ -42,7 +42,7 @@ from common.models import (
     check_signature,
     use_tracking_server,
 )
-from common.schemas import SALES_EVENT_SCHEMA
+from common.schemas import OVERALL, SALES_EVENT_SCHEMA
 from common.settings import Settings, get_settings
 from common.store import Store, open_store
 from streaming.runtime import (
@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 
 JOB = "sales-stream"
 DEMAND_MODEL = "demand_forecaster"
-OVERALL = "ALL"
 PANE_MINUTES = 1
 WINDOW_MINUTES = 5
 MINUTES_PER_DAY = 24 * 60
@@ -1210,7 +1209,8 @@ class SalesBatchWriter:
         self.rules = rules
         self._baseline_span = dt.timedelta(minutes=rules.baseline_minutes + WINDOW_MINUTES)
         self.watermark_delay = dt.timedelta(minutes=settings.sales_watermark_minutes)
-        # What the version that scored last has scored: (store, product, version), and version.
+        # What the version that scored last has scored, by day: (store, product, version) pairs
+        # and the catalogue's version; emptied when the version changes (_score_demand).
         self._scored: ByDay[tuple[str, str, str], bool] = ByDay()
         self._catalogued: ByDay[str, bool] = ByDay()
         self._scoring_version: str | None = None
