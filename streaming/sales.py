@@ -1161,16 +1161,20 @@ def _minute_floor(moment: dt.datetime) -> dt.datetime:
 
 
 def first_of_each_event(rows: pa.Table) -> pa.Table:
-    """``rows`` with each ``event_id`` kept once: its first row (Kafka order within a batch)."""
+    """``rows`` with each repeat dropped: the first row (Kafka order within a batch) of each
+    ``event_id`` and UTC day, the rule ``SalesBatchWriter._new_events`` applies across batches."""
     if pc.count_distinct(rows["event_id"]).as_py() == rows.num_rows:
         return rows
-    positions = pa.array(np.arange(rows.num_rows))
-    firsts = (
-        pa.table({"event_id": rows["event_id"], "position": positions})
-        .group_by("event_id", use_threads=False)
-        .aggregate([("position", "min")])["position_min"]
+    keys = pa.table(
+        {
+            "event_id": rows["event_id"],
+            "day": pc.cast(rows["event_time"], pa.date32()),
+            "position": pa.array(np.arange(rows.num_rows)),
+        }
     )
-    return rows.take(pc.take(firsts, pc.sort_indices(firsts)))
+    firsts = keys.group_by(["event_id", "day"], use_threads=False).aggregate([("position", "min")])
+    positions = firsts["position_min"]
+    return rows.take(pc.take(positions, pc.sort_indices(positions)))
 
 
 def scoring_keys(raw: pa.Table) -> pa.Table:
@@ -1280,18 +1284,23 @@ class SalesBatchWriter:
         """The events of ``raw`` that ``sales_events`` does not hold yet. A repeat is the same
         ``event_id`` on the same UTC day, whenever it arrives; rows this batch wrote itself (an
         earlier attempt of a replayed batch, same ``token``) do not count as repeats, so that a
-        replay writes exactly what its first attempt did."""
-        days = pc.unique(pc.cast(raw["event_time"], pa.date32())).to_pylist()
-        known = self.store.known_keys(
-            "sales_events",
-            "event_id",
-            raw["event_id"],
-            "toDate(event_time) IN {days:Array(Date)} AND ingest_token != {token:String}",
-            {"days": [day.isoformat() for day in days], "token": token},
-        )
-        if len(known) == 0:
-            return raw
-        return raw.filter(pc.invert(pc.is_in(raw["event_id"], value_set=known)))
+        replay writes exactly what its first attempt did. One lookup per day of the batch."""
+        days = pc.cast(raw["event_time"], pa.date32())
+        repeats = pa.repeat(False, raw.num_rows)
+        for day in pc.unique(days).to_pylist():
+            of_day = pc.equal(days, day)
+            known = self.store.known_keys(
+                "sales_events",
+                "event_id",
+                raw["event_id"].filter(of_day),
+                "toDate(event_time) = {day:Date} AND ingest_token != {token:String}",
+                {"day": day.isoformat(), "token": token},
+            )
+            if len(known):
+                repeats = pc.or_(
+                    repeats, pc.and_(of_day, pc.is_in(raw["event_id"], value_set=known))
+                )
+        return raw.filter(pc.invert(repeats))
 
     def _score_demand(self, raw: pa.Table, batch_id: int, token: str) -> None:
         """Score, with the current version, every store's catalogue at the first sale of a day, and

@@ -1082,6 +1082,40 @@ def test_a_replayed_batch_writes_what_its_first_attempt_did(spark, settings, sto
 
 
 @pytest.mark.spark
+def test_an_event_id_on_two_days_is_stored_alike_however_the_batches_split(spark, settings, store):
+    """A repeat is the same event_id on the same UTC day: however the batches split, the same rows."""
+    from streaming.sales import SalesBatchWriter
+
+    day, next_day = dt.date(2026, 3, 20), dt.date(2026, 3, 21)
+    kafka_time = dt.datetime(2026, 3, 21, 10, 0)
+
+    def stored_with(split: list[list[int]]) -> list[tuple]:
+        tag = uuid.uuid4().hex[:6]
+        events = [
+            sale(f"x-{tag}", at(day, "10:00:00"), "t1", f"S1-{tag}", "c1", 1, 5.0),
+            sale(f"y-{tag}", at(next_day, "09:00:00"), "t2", f"S1-{tag}", "c2", 2, 8.0),
+            sale(f"x-{tag}", at(next_day, "09:30:00"), "t3", f"S1-{tag}", "c3", 3, 9.0),
+            sale(f"z-{tag}", at(day, "10:05:00"), "t4", f"S1-{tag}", "c4", 4, 12.0),
+        ]
+        writer = SalesBatchWriter(spark, settings, query_name=f"sales-days-{tag}")
+        for batch_id, positions in enumerate(split):
+            records = [events[p] for p in positions]
+            writer(classified_batch(spark, records, kafka_time), batch_id)
+        rows = store.query_df(
+            "SELECT replaceAll(event_id, {t:String}, '') AS id, toString(toDate(event_time)) AS day, "
+            "quantity FROM sales_events WHERE store_id = {s:String} ORDER BY day, id",
+            {"t": f"-{tag}", "s": f"S1-{tag}"},
+        )
+        return list(rows.itertuples(index=False, name=None))
+
+    first, second = day.isoformat(), next_day.isoformat()
+    expected = [("x", first, 1), ("z", first, 4), ("x", second, 3), ("y", second, 2)]
+    assert stored_with([[0], [1], [2], [3]]) == expected
+    assert stored_with([[0, 1, 2, 3]]) == expected
+    assert stored_with([[0], [3, 2, 1]]) == expected  # x of the first day is stored by then
+
+
+@pytest.mark.spark
 def test_a_store_named_like_the_overall_rows_is_a_dead_letter(spark: SparkSession) -> None:
     day = dt.date(2026, 3, 14)
     records = [
