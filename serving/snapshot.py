@@ -61,11 +61,11 @@ FROM products FINAL
 STOCK_LEVELS_SQL = """
 SELECT store_id, product_id, stock_level, event_time AS observed_at, lead_time_days
 FROM stock_levels FINAL
-"""
-LATEST_INVENTORY_SQL = """
-SELECT store_id, product_id, argMax(stock_level, event_time) AS stock_level,
-       max(event_time) AS observed_at, argMax(lead_time_days, event_time) AS lead_time_days
+UNION ALL
+SELECT store_id, product_id, argMax(stock_level, event_time), max(event_time),
+       argMax(lead_time_days, event_time)
 FROM inventory_events
+WHERE (store_id, product_id) NOT IN (SELECT store_id, product_id FROM stock_levels FINAL)
 GROUP BY store_id, product_id
 """
 RECOMMENDATIONS_SQL = """
@@ -295,6 +295,13 @@ def table_readers() -> list[TableReader]:
     ]
 
 
+def reader_sources(reader: TableReader) -> tuple[str, ...]:
+    """The tables whose parts decide whether ``reader`` reads again."""
+    return (
+        ("stock_levels", "inventory_events") if reader.table == "stock_levels" else (reader.table,)
+    )
+
+
 @dataclass(frozen=True)
 class StoreRead:
     """One look at the store: the tables whose parts changed, as Arrow tables (cheap to pickle)."""
@@ -312,9 +319,9 @@ def read_changed_frames(
     """Read every serving table whose parts changed since ``fingerprints`` (one store session).
 
     A table that is missing or fails to read is named in ``errors`` (and read again next time);
-    a store that cannot be reached at all raises. ``stock_levels`` falls back to the latest
-    ``inventory_events`` row per key while the inventory job has written no levels yet (a store
-    filled by the backfill alone).
+    a store that cannot be reached at all raises. A pair the inventory job has not written a
+    level for yet (one known from the backfill alone) has the level of its latest
+    ``inventory_events`` row.
     """
     read = StoreRead(checked_at=dt.datetime.now(dt.UTC))
     with store.session():
@@ -324,15 +331,14 @@ def read_changed_frames(
             if reader.table not in existing:
                 read.errors[reader.table] = "missing: run `retail migrate`"
                 continue
-            source, sql = reader.table, reader.sql
-            if reader.table == "stock_levels" and not parts.get("stock_levels"):
-                source, sql = "inventory_events", LATEST_INVENTORY_SQL
-            fingerprint = f"{source}:{parts.get(source, '')}"
+            fingerprint = "|".join(
+                f"{source}:{parts.get(source, '')}" for source in reader_sources(reader)
+            )
             if fingerprints.get(reader.table) == fingerprint:
                 continue
             try:
-                params = {"model": demand_model} if "{model" in sql else None
-                read.tables[reader.table] = store.query_arrow(sql, params)
+                params = {"model": demand_model} if "{model" in reader.sql else None
+                read.tables[reader.table] = store.query_arrow(reader.sql, params)
             except Exception as exc:
                 read.errors[reader.table] = f"{type(exc).__name__}: {exc}"[:300]
                 continue

@@ -76,7 +76,9 @@ def test_a_merge_of_parts_is_no_change_and_an_insert_or_a_delete_is(serving_stor
     assert deleted.read_at["products"] == merged.read_at["products"]
 
 
-def test_stock_levels_fall_back_to_the_latest_inventory_event(serving_settings, world):
+def test_pairs_the_inventory_job_has_not_seen_keep_their_latest_inventory_event(
+    serving_settings, world
+):
     from common.settings import load_settings
     from common.store import migrate, open_store
 
@@ -110,3 +112,28 @@ def test_stock_levels_fall_back_to_the_latest_inventory_event(serving_settings, 
     assert level.as_of == dt.datetime(2025, 3, 10, 10, tzinfo=dt.UTC)
     assert level.lead_time_days == 3.0
     assert store_id in data.known_stores
+
+    # The inventory job starts and writes the level of another pair: the backfilled pair keeps
+    # its level from the events, the job's pair has the job's.
+    streamed = {
+        "store_id": store_id,
+        "product_id": "P-streamed",
+        "stock_level": 40,
+        "event_time": pd.Timestamp("2025-03-11 09:00"),
+        "reorder_point": 4,
+        "lead_time_days": 2.0,
+        "unit_cost": 1.0,
+        "effective_reorder_point": 4.0,
+        "threshold_source": "static",
+        "model_name": "",
+        "model_version": "",
+        "last_event_id": f"{store_id}-streamed",
+        "last_event_type": "restock",
+        "updated_at": pd.Timestamp("2025-03-11 09:00"),
+    }
+    store.insert_df("stock_levels", pd.DataFrame([streamed]))
+    later = read_changed_tables(store, data, world.demand_model)
+
+    assert later.stock_levels[(store_id, world.product_id)].stock_level == 7
+    assert later.stock_levels[(store_id, "P-streamed")].stock_level == 40
+    assert later.stock_levels[(store_id, "P-streamed")].lead_time_days == 2.0
