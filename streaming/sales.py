@@ -40,6 +40,7 @@ from common.models import (
     LoadedModel,
     Probe,
     check_signature,
+    check_transform,
     use_tracking_server,
 )
 from common.schemas import OVERALL, SALES_EVENT_SCHEMA
@@ -1146,13 +1147,25 @@ def default_feature_builder() -> FeatureBuilder | None:
     return build_scoring_features
 
 
-def default_probes() -> list[Probe]:
-    """Reject a champion whose signature asks for columns the feature builder does not make."""
+def default_probes(
+    spark: SparkSession, store: Store, feature_builder: FeatureBuilder | None
+) -> list[Probe]:
+    """Reject a champion whose signature asks for columns the feature builder does not make, or
+    whose pipeline cannot transform the rows it makes (Spark resolves the columns and types when
+    it plans: a model logged without a signature is checked too)."""
+    probes: list[Probe] = []
     try:
         from training.features import model_input_columns
     except ImportError:
-        return []
-    return [check_signature([*model_input_columns(DEMAND_MODEL), "store_id", "product_id", "date"])]
+        return probes
+    probes.append(
+        check_signature([*model_input_columns(DEMAND_MODEL), "store_id", "product_id", "date"])
+    )
+    if feature_builder is not None:
+        no_keys = spark.createDataFrame([], "store_id string, product_id string")
+        today = dt.datetime.now(dt.UTC).date()
+        probes.append(check_transform(feature_builder(spark, store, no_keys, today)))
+    return probes
 
 
 def _minute_floor(moment: dt.datetime) -> dt.datetime:
@@ -1714,8 +1727,10 @@ def main(
     if feature_builder is None:
         log.warning("training.features is not installed: demand scoring is off")
     if not console:
-        migrate(open_store(settings))
-        champion = ChampionModel(DEMAND_MODEL, job=JOB, settings=settings, probe=default_probes())
+        store = open_store(settings)
+        migrate(store)
+        probes = default_probes(spark, store, feature_builder)
+        champion = ChampionModel(DEMAND_MODEL, job=JOB, settings=settings, probe=probes)
         champion.warm_up()  # while the query starts and reads its first batch
     queries = build_queries(
         spark,

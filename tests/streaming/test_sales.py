@@ -1834,18 +1834,17 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     spark, settings, services, store, sales_job
 ) -> None:
 
-    from common.models import ChampionModel, check_transform
+    from common.models import ChampionModel
+    from streaming.sales import default_probes
 
     day, tag = dt.date(2026, 3, 13), uuid.uuid4().hex[:6]
     name, client, (v1, v2) = toy_versions(spark, settings, f"test_demand_{tag}", 1.0, 2.0)
+    # Logged without a signature, like the toy versions: only transforming the features that the
+    # job makes shows it cannot score. The job's own probes find it.
     broken = register(toy_pipeline(spark, 3.0, feature="missing_feature"), name)
     client.set_registered_model_alias(name, "champion", v1)
-    empty_features = toy_features(
-        spark, store, spark.createDataFrame([], "store_id string, product_id string"), day
-    )
-    champion = ChampionModel(
-        name, job="sales-test", store=store, probe=check_transform(empty_features)
-    )
+    probes = default_probes(spark, store, toy_features)
+    champion = ChampionModel(name, job="sales-test", store=store, probe=probes)
     topic = f"sales-alias-{tag}"
     create_topic(settings, topic)
     queries = sales_job(topic, champion=champion, feature_builder=toy_features)
