@@ -72,6 +72,7 @@ JOB = "sales-stream"
 DEMAND_MODEL = "demand_forecaster"
 PANE_MINUTES = 1
 WINDOW_MINUTES = 5
+MICROS = 1_000_000  # panes sum revenue in whole millionths: exact, and amounts below a cent count
 MINUTES_PER_DAY = 24 * 60
 ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
 CATCH_UP_INTERVAL_S = 300.0  # ... and, while full batches lag this far (a backlog), this often
@@ -156,8 +157,8 @@ def storable_rows(classified: DataFrame) -> DataFrame:
 def sales_panes(events: DataFrame) -> DataFrame:
     """1-minute pane partials per store and overall (``store_id`` 'ALL').
 
-    Columns: pane_start, store_id, revenue_cents (sum of total_amount in whole cents, so sums are
-    exact), units, line_items, transaction_ids and customer_ids (distinct, in no particular order;
+    Columns: pane_start, store_id, revenue_micros (sum of total_amount in whole millionths, so
+    sums are exact and keep amounts below a cent), units, line_items, transaction_ids and customer_ids (distinct, in no particular order;
     anonymous customers are not counted).
     """
     lines = events.select(
@@ -165,13 +166,13 @@ def sales_panes(events: DataFrame) -> DataFrame:
         "store_id",
         "transaction_id",
         "customer_id",
-        sf.round(sf.col("total_amount") * 100).cast("long").alias("revenue_cents"),
+        sf.round(sf.col("total_amount") * MICROS).cast("long").alias("revenue_micros"),
         sf.col("quantity").cast("long").alias("units"),
     )
     panes = lines.groupingSets(
         [["pane_start", "store_id"], ["pane_start"]], "pane_start", "store_id"
     ).agg(
-        sf.sum("revenue_cents").alias("revenue_cents"),
+        sf.sum("revenue_micros").alias("revenue_micros"),
         sf.sum("units").alias("units"),
         sf.count(sf.lit(1)).alias("line_items"),
         sf.collect_set("transaction_id").alias("transaction_ids"),
@@ -183,7 +184,7 @@ def sales_panes(events: DataFrame) -> DataFrame:
         sf.when(sf.col("is_overall") == 1, sf.lit(OVERALL))
         .otherwise(sf.col("store_id"))
         .alias("store_id"),
-        "revenue_cents",
+        "revenue_micros",
         "units",
         "line_items",
         "transaction_ids",
@@ -194,7 +195,7 @@ def sales_panes(events: DataFrame) -> DataFrame:
 PANE_COLUMNS = [
     "pane_start",
     "store_id",
-    "revenue_cents",
+    "revenue_micros",
     "units",
     "line_items",
     "transaction_ids",
@@ -202,15 +203,15 @@ PANE_COLUMNS = [
 ]
 
 
-def whole_cents(amounts: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Amounts in whole cents, half up: Spark's ``round(amount * 100)`` for amounts >= 0."""
-    scaled = amounts.to_numpy(zero_copy_only=False).astype("float64") * 100
+def whole_micros(amounts: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Amounts in whole millionths, half up: Spark's ``round(amount * MICROS)`` for amounts >= 0."""
+    scaled = amounts.to_numpy(zero_copy_only=False).astype("float64") * MICROS
     floor = np.floor(scaled)
     return pa.array((floor + (scaled - floor >= 0.5)).astype("int64"))
 
 
 _PANE_AGGREGATES = [
-    ("revenue_cents", "sum"),
+    ("revenue_micros", "sum"),
     ("units", "sum"),
     ("units", "count"),
     ("transaction_id", "distinct", pc.CountOptions(mode="only_valid")),
@@ -230,7 +231,7 @@ def panes_of_rows(rows: pa.Table) -> pa.Table:
             "store_id": rows["store_id"],
             "transaction_id": rows["transaction_id"],
             "customer_id": rows["customer_id"],
-            "revenue_cents": whole_cents(rows["total_amount"]),
+            "revenue_micros": whole_micros(rows["total_amount"]),
             "units": pc.cast(rows["quantity"], pa.int64()),
         }
     )
@@ -245,7 +246,7 @@ def panes_of_rows(rows: pa.Table) -> pa.Table:
         pa.concat_tables(panes)
         .rename_columns(
             {
-                "revenue_cents_sum": "revenue_cents",
+                "revenue_micros_sum": "revenue_micros",
                 "units_sum": "units",
                 "units_count": "line_items",
                 "transaction_id_distinct": "transaction_ids",
@@ -256,8 +257,8 @@ def panes_of_rows(rows: pa.Table) -> pa.Table:
     )
 
 
-def _window_metrics(frame: DataFrame, revenue_cents: Column) -> DataFrame:
-    revenue = (revenue_cents / 100).alias("revenue")
+def _window_metrics(frame: DataFrame, revenue_micros: Column) -> DataFrame:
+    revenue = (revenue_micros / MICROS).alias("revenue")
     return frame.select(
         "window_start",
         (sf.col("window_start") + sf.make_dt_interval(mins=sf.lit(WINDOW_MINUTES))).alias(
@@ -289,7 +290,7 @@ def windows_from_panes(panes: DataFrame) -> DataFrame:
         "window_start", sf.col("pane_start") - sf.make_dt_interval(mins=sf.col("offset"))
     )
     combined = spread.groupBy("window_start", "store_id").agg(
-        sf.sum("revenue_cents").alias("revenue_cents"),
+        sf.sum("revenue_micros").alias("revenue_micros"),
         sf.size(sf.array_distinct(sf.flatten(sf.collect_list("transaction_ids")))).alias(
             "transactions"
         ),
@@ -297,7 +298,7 @@ def windows_from_panes(panes: DataFrame) -> DataFrame:
         sf.sum("units").alias("units"),
         sf.sum("line_items").alias("line_items"),
     )
-    return _window_metrics(combined, sf.col("revenue_cents"))
+    return _window_metrics(combined, sf.col("revenue_micros"))
 
 
 def windowed_sales_metrics(events: DataFrame) -> DataFrame:
@@ -316,14 +317,14 @@ def sliding_window_metrics(events: DataFrame) -> DataFrame:
         "store_id",
         "transaction_id",
         "customer_id",
-        sf.round(sf.col("total_amount") * 100).cast("long").alias("revenue_cents"),
+        sf.round(sf.col("total_amount") * MICROS).cast("long").alias("revenue_micros"),
         sf.col("quantity").cast("long").alias("units"),
     )
     # One aggregation (a rollup), so that it also runs as a single streaming aggregation.
     combined = (
         lines.rollup("w", "store_id")
         .agg(
-            sf.sum("revenue_cents").alias("revenue_cents"),
+            sf.sum("revenue_micros").alias("revenue_micros"),
             sf.size(sf.collect_set("transaction_id")).alias("transactions"),
             sf.size(sf.collect_set("customer_id")).alias("customers"),
             sf.sum("units").alias("units"),
@@ -341,7 +342,7 @@ def sliding_window_metrics(events: DataFrame) -> DataFrame:
         .drop("store_id")
         .withColumnRenamed("store_key", "store_id")
     )
-    return _window_metrics(combined, sf.col("revenue_cents"))
+    return _window_metrics(combined, sf.col("revenue_micros"))
 
 
 def score_demand(features: DataFrame, loaded: LoadedModel, date_column: str = "date") -> DataFrame:
@@ -1040,7 +1041,7 @@ SELECT
     window_start,
     window_start + toIntervalMinute({window_minutes:UInt32}) AS window_end,
     store_id,
-    sum(revenue_cents) / 100 AS revenue,
+    sum(revenue_micros) / {micros:UInt32} AS revenue,
     uniqExactArray(transaction_ids) AS transactions,
     uniqExactArray(customer_ids) AS customers,
     sum(units) AS units,
@@ -1131,6 +1132,7 @@ def refresh_windows(
         REFRESH_WINDOWS_SQL,
         {
             "window_minutes": WINDOW_MINUTES,
+            "micros": MICROS,
             "first_pane": first_pane,
             "last_pane": last_pane,
             "store_ids": store_ids,

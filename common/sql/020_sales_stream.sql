@@ -2,13 +2,13 @@
 -- scores and the job's anomaly horizon. Raw events go to the core table sales_events.
 --
 -- sales_panes holds one partial row per micro-batch and 1-minute pane (per store and 'ALL'): sums
--- of revenue (in cents, so sums are exact and independent of how events fall into batches),
+-- of revenue (in millionths, so sums are exact and independent of how events fall into batches),
 -- units and line items, and the distinct transaction and customer ids seen. Panes combine into
 -- windows with sum() and uniqExactArray(): exact, whatever the batching.
 CREATE TABLE IF NOT EXISTS sales_panes (
     pane_start DateTime('UTC'),
     store_id LowCardinality(String),
-    revenue_cents Int64,
+    revenue_micros Int64,
     units Int64,
     line_items Int64,
     transaction_ids Array(String),
@@ -18,6 +18,10 @@ CREATE TABLE IF NOT EXISTS sales_panes (
 PARTITION BY toYYYYMM(pane_start)
 ORDER BY (pane_start, store_id)
 SETTINGS non_replicated_deduplication_window = 10000;
+
+-- Until 2026-12-07 panes summed whole cents (revenue_cents), so an amount below a cent was lost;
+-- the panes written then read as millionths.
+ALTER TABLE sales_panes ADD COLUMN IF NOT EXISTS revenue_micros Int64 DEFAULT revenue_cents * 10000;
 
 -- 5-minute windows sliding by 1 minute, per store and overall (store_id 'ALL'). A window touched
 -- again by a later batch is recomputed from its panes and replaces the earlier row: read with FINAL.

@@ -153,7 +153,7 @@ def test_array_columns_insert_when_every_array_in_the_frame_is_empty(store):
         {
             "pane_start": pd.to_datetime(["2026-01-05 08:00", "2026-01-05 08:01"]),
             "store_id": [store_id, store_id],
-            "revenue_cents": [250, 100],
+            "revenue_micros": [2_500_000, 1_000_000],
             "units": [2, 1],
             "line_items": [1, 1],
             "transaction_ids": [["t1"], ["t2"]],

@@ -189,8 +189,8 @@ def test_panes_of_a_collected_batch_equal_the_spark_panes(spark: SparkSession) -
     day = dt.date(2026, 3, 3)
     events = [
         *hand_events(day, "S1", "S2"),
-        sale("r1", at(day, "10:03:00"), "t9", "S1", None, 1, 0.125),  # half a cent: up
-        sale("r2", at(day, "10:03:01"), "t9", "S1", "c9", 1, 2.675),  # 267.4999...: down
+        sale("r1", at(day, "10:03:00"), "t9", "S1", None, 1, 0.0000125),  # half a millionth
+        sale("r2", at(day, "10:03:01"), "t9", "S1", "c9", 1, 2.675),  # 2.67499999999999982...
         sale("r3", at(day, "10:03:02"), "t9", "S1", "c9", 3, 1e6 - 0.005),
     ]
     frame = events_frame(spark, events)
@@ -204,6 +204,30 @@ def test_panes_of_a_collected_batch_equal_the_spark_panes(spark: SparkSession) -
         sorted_ids(spark.createDataFrame(by_arrow.to_pandas(), by_spark.schema)),
         sorted_ids(by_spark),
     )
+
+
+@pytest.mark.spark
+def test_revenue_keeps_amounts_below_a_cent(spark, settings, store) -> None:
+    """The contract's total_amount is quantity x unit_price x (1 - discount), not rounded: 3 at
+    3.99 with 15% off is 10.1745. Revenue sums it exactly (before 2026-12-07: 10.17)."""
+    from streaming.sales import SalesBatchWriter
+
+    day, tag = dt.date(2026, 3, 22), uuid.uuid4().hex[:6]
+    shop = f"S1-{tag}"
+    events = [
+        sale(f"m1-{tag}", at(day, "10:00:10"), "t1", shop, "c1", 3, 3 * 3.99 * (1 - 0.15)),
+        sale(f"m2-{tag}", at(day, "10:00:20"), "t2", shop, "c2", 1, 0.285),
+    ]
+    expected = [10.4595] * 5  # the five windows holding 10:00
+
+    by_spark = windowed_sales_metrics(events_frame(spark, events)).where(sf.col("store_id") == shop)
+    assert [r.revenue for r in by_spark.orderBy("window_start").collect()] == pytest.approx(
+        expected, rel=1e-12
+    )
+    batch = classified_batch(spark, events, dt.datetime(2026, 3, 22, 10, 1))
+    SalesBatchWriter(spark, settings, query_name=f"sales-micros-{tag}")(batch, 0)
+    stored = store_metrics(store, day, tag).query("store_id == @shop").sort_values("window_start")
+    assert list(stored["revenue"]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_scoring_keys_are_the_distinct_store_product_and_utc_day_of_a_batch() -> None:
