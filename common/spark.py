@@ -49,7 +49,8 @@ def build_spark_session(
     settings: Settings | None = None,
     extra_conf: dict[str, str] | None = None,
 ) -> SparkSession:
-    """Build (or return the running) SparkSession for ``app_name`` on ``SPARK_MASTER``."""
+    """Build (or return the running) SparkSession for ``app_name`` on ``SPARK_MASTER`` (under
+    spark-submit, on its ``--master``)."""
     settings = settings or get_settings()
     # Spark's Python workers must run this interpreter, or they will not find pandas and the project.
     os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -77,7 +78,11 @@ def build_spark_session(
     if jars:
         conf["spark.jars"] = ",".join(str(j) for j in jars)
     conf.update(extra_conf or {})
-    builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # Under spark-submit (which starts the JVM and hands it over through this variable) the
+        # master is spark-submit's `--master`: set here, it would silently replace it.
+        builder = builder.master(settings.spark_master)
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

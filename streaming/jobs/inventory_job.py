@@ -1,8 +1,11 @@
 """The inventory job as a plain ``spark-submit`` application.
 
-    spark-submit --master spark://host:7077 streaming/jobs/inventory_job.py [--available-now] [--console]
+    PYSPARK_PYTHON=.venv/bin/python .venv/bin/spark-submit --master spark://host:7077 \\
+        --jars "$(ls .jvm/spark-kafka/*.jar | paste -sd,)" \\
+        streaming/jobs/inventory_job.py [--available-now] [--console]
 
-The session factory adds the Kafka connector and the settings come from the environment, as for
+The Kafka connector must be on the driver's class path from the start (``--jars``); the job runs
+on spark-submit's ``--master``, and the other settings come from the environment, as for
 ``retail stream inventory``. Without the project installed, ship it with ``--py-files`` (submit_jobs.sh
 does) or run from the checkout.
 """

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
@@ -21,6 +26,39 @@ def test_the_session_runs_in_utc_with_the_connector(spark):
     assert "spark-sql-kafka-0-10" in spark.conf.get("spark.jars")
     row = spark.sql("SELECT CAST('2026-01-01 00:00:00' AS TIMESTAMP) AS t").first()
     assert row.t.isoformat() == "2026-01-01T00:00:00"
+
+
+def test_under_spark_submit_the_session_runs_on_its_master(tmp_path):
+    """A plain `spark-submit --master X job.py` runs on X, whatever SPARK_MASTER says."""
+    from common.spark import PROJECT_ROOT
+
+    job, result = tmp_path / "master_job.py", tmp_path / "master.txt"
+    job.write_text(
+        "import sys\n"
+        "from common.spark import build_spark_session\n"
+        "spark = build_spark_session('master-test')\n"
+        "open(sys.argv[1], 'w').write(spark.sparkContext.master)\n"
+        "spark.stop()\n"
+    )
+    spark_home = Path(next(iter(importlib.util.find_spec("pyspark").submodule_search_locations)))
+    env = os.environ | {
+        "SPARK_HOME": str(spark_home),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "SPARK_MASTER": "local[2]",
+    }
+    submit = [str(spark_home / "bin" / "spark-submit"), "--master", "local[1]"]
+    completed = subprocess.run(
+        [*submit, "--conf", "spark.ui.enabled=false", str(job), str(result)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert result.read_text() == "local[1]"
 
 
 def test_a_naive_time_is_utc_whatever_the_hosts_zone(spark, monkeypatch):
