@@ -6,7 +6,7 @@
 #   ./submit_jobs.sh batch [--date D]  run the daily batch (foreground)
 #   ./submit_jobs.sh status            the local stack, the running jobs and the cluster's applications
 #   ./submit_jobs.sh stop              stop the streaming jobs started here (SIGTERM: graceful)
-#   ./submit_jobs.sh clean             delete the streaming checkpoints (jobs must be stopped)
+#   ./submit_jobs.sh clean             delete the streaming jobs' checkpoints (jobs must be stopped)
 # The project's code ships with each job (--py-files), so workers without the project still run it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -111,12 +111,9 @@ case "${1:-}" in
       fi
     done
     dir=$(setting checkpoint_root)
-    for kept in "$ROOT" "$DATA_DIR"; do  # neither they nor a folder holding them is deleted
-      case "$kept/" in "$dir"/*)
-        echo "CHECKPOINT_DIR=$dir holds $kept: not deleting it; point CHECKPOINT_DIR at the checkpoints alone" >&2
-        exit 1 ;;
-      esac
-    done
-    rm -rf "$dir" && echo "removed checkpoints under $dir" ;;
+    # Only the jobs' own folders: CHECKPOINT_DIR may be a shared mount, DATA_DIR or a parent of both.
+    for job in $("$PY" -c "import streaming.sales as s, streaming.inventory as i; print(s.JOB, i.JOB)"); do
+      rm -rf "${dir:?}/$job" && echo "removed the checkpoints of $job under $dir"
+    done ;;
   *) sed -n '2,10p' "$SELF" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

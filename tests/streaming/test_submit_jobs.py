@@ -149,18 +149,20 @@ def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
     assert (int(counts.rows[0]), int(counts.ids[0])) == (events, events)
 
 
-def test_clean_deletes_the_checkpoints_but_never_the_store_or_the_project(tmp_path) -> None:
+def test_clean_deletes_the_jobs_checkpoints_and_nothing_else(tmp_path) -> None:
+    """CHECKPOINT_DIR may be a shared mount, DATA_DIR itself or a folder holding the project."""
     (tmp_path / "store").write_text("the embedded store lives in DATA_DIR")
-    checkpoints = tmp_path / "checkpoints" / "sales-stream"
-    checkpoints.mkdir(parents=True)
-    env = {**os.environ, "DATA_DIR": str(tmp_path)}
-    for holder in (tmp_path, PROJECT_ROOT.parent):
-        refused = submit_jobs({**env, "CHECKPOINT_DIR": str(holder)}, "clean")
-        assert refused.returncode == 1, refused.stdout
-        assert "not deleting it" in refused.stderr
-    assert (tmp_path / "store").exists() and checkpoints.exists()
+    (tmp_path / "other-team").mkdir()
+    (tmp_path / "other-team" / "file.txt").write_text("not ours")
+    jobs = [tmp_path / job / "query" / "offsets" for job in ("sales-stream", "inventory-stream")]
+    for folder in jobs:
+        folder.mkdir(parents=True)
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "CHECKPOINT_DIR": str(tmp_path)}
 
-    cleaned = submit_jobs({**env, "CHECKPOINT_DIR": str(tmp_path / "checkpoints")}, "clean")
+    cleaned = submit_jobs(env, "clean")
 
     assert cleaned.returncode == 0, cleaned.stderr
-    assert not (tmp_path / "checkpoints").exists() and (tmp_path / "store").exists()
+    assert not (tmp_path / "sales-stream").exists() and not (tmp_path / "inventory-stream").exists()
+    assert (tmp_path / "store").read_text() == "the embedded store lives in DATA_DIR"
+    assert (tmp_path / "other-team" / "file.txt").read_text() == "not ours"
+    assert "removed the checkpoints of sales-stream" in cleaned.stdout
