@@ -693,7 +693,9 @@ class _SparkDaemon(_Daemon):
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         _write_log4j2(self.conf_dir / "log4j2.properties", ["org.apache.spark.deploy"])
         defaults = self.conf_dir / "spark-defaults.conf"
-        defaults.write_text("spark.master.rest.enabled false\n")  # no fixed REST port 6066
+        # No fixed REST port 6066. An application that sets no spark.cores.max takes one core, not
+        # every core of the cluster: the two streaming jobs (and training) run side by side.
+        defaults.write_text("spark.master.rest.enabled false\nspark.deploy.defaultCores 1\n")
         spark_home = _spark_home()
         argv = [
             str(spark_home / "bin" / "spark-class"),

@@ -63,3 +63,28 @@ def test_secrets_come_only_from_the_environment():
         if ("PASSWORD" in line or "TOKEN" in line) and not line.lstrip().startswith("#"):
             value = line.split(":", 1)[1].strip()
             assert value.startswith("${") or value.startswith("&") or value == "", line
+
+
+def test_the_platform_commands_can_run_in_their_containers():
+    """Each command parses as its CLI has it, the API listens beyond its container, and the
+    Spark worker sees CHECKPOINT_DIR as the drivers do."""
+    from typer.testing import CliRunner
+
+    from common.cli import app
+
+    for name in ("migrate", "generator", "api"):
+        command = SERVICES[name]["command"]
+        assert command[0] == "retail", name
+        parsed = CliRunner().invoke(app, [*command[1:], "--help"])
+        assert parsed.exit_code == 0, (name, parsed.output)
+    generate = SERVICES["generator"]["command"]
+    assert float(generate[generate.index("--seconds") + 1]) > 0
+    serve = SERVICES["api"]["command"]
+    assert serve[serve.index("--host") + 1] == "0.0.0.0"
+    checkpoints = SERVICES["sales-stream"]["environment"]["CHECKPOINT_DIR"]
+    worker_mounts = [v.split(":")[1] for v in SERVICES["spark-worker"]["volumes"]]
+    assert any(checkpoints.startswith(mount) for mount in worker_mounts)
+    assert (
+        "spark.deploy.defaultCores=1"
+        in SERVICES["spark-master"]["environment"]["SPARK_MASTER_OPTS"]
+    )

@@ -160,7 +160,8 @@ def test_spark_submit_runs_a_job_on_the_standalone_cluster(
             total = context.parallelize(range(1000), 4).map(lambda x: x).sum()
             with open(sys.argv[1], "w") as out:
                 app = context.applicationId
-                json.dump({"total": total, "master": context.master, "app": app}, out)
+                cores = context.defaultParallelism  # the cores the cluster gave the app
+                json.dump({"total": total, "master": context.master, "app": app, "cores": cores}, out)
             spark.stop()
             """
         )
@@ -198,6 +199,7 @@ def test_spark_submit_runs_a_job_on_the_standalone_cluster(
     outcome = json.loads(result.read_text())
     assert outcome["total"] == sum(range(1000)) == 499500
     assert outcome["master"] == master
+    assert outcome["cores"] == 1  # of the worker's 2: a second application gets the other
     url = f"http://127.0.0.1:{running.spark_master_ui_port}/json/"
     with urllib.request.urlopen(url, timeout=5) as response:
         state = json.load(response)
