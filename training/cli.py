@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.settings import get_settings
+from common.settings import Settings, get_settings
 
 console = Console()
 MODEL_CHOICES = ("demand_forecaster", "stock_optimizer")
@@ -47,6 +48,9 @@ def train(
     from training.train import ModelQualityError, TrainingConfig, report_summary, train_models
 
     settings = get_settings()
+    warning = local_registry_warning(settings.mlflow_tracking_uri, os.environ)
+    if warning:
+        console.print(f"[yellow]{warning}[/yellow]")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     config = TrainingConfig(
         start=_date(start, "--start"),
@@ -69,6 +73,20 @@ def train(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     _print_training(report_summary(report))
+
+
+def local_registry_warning(tracking_uri: str, environ: dict[str, str]) -> str | None:
+    """What to say when `mlflow run` (it sets MLFLOW_RUN_ID) hands training a local store: without
+    MLFLOW_TRACKING_URI in the caller's shell, MLflow uses sqlite:///mlflow.db in the folder."""
+    if not environ.get("MLFLOW_RUN_ID") or tracking_uri.split(":", 1)[0] not in {"sqlite", "file"}:
+        return None
+    server = Settings.model_fields["mlflow_tracking_uri"].default
+    return (
+        f"MLflow tracking URI {tracking_uri}: the models are registered in this local store, not "
+        f"on the tracking server that the streaming jobs, `retail promote` and the MLflow UI use "
+        f"({server} by default). To register them there: "
+        f"MLFLOW_TRACKING_URI={server} mlflow run . -e train"
+    )
 
 
 def promote(

@@ -86,3 +86,15 @@ def test_mlflow_run_train_registers_both_models(tmp_path, tracking_server):
         ]
         assert all("rmse" in t.data.metrics for t in trials)
         assert "data_snapshot.json" in {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_training_under_mlflow_run_with_a_local_store_says_where_the_models_go():
+    from training.cli import local_registry_warning
+
+    local = "sqlite:////work/mlflow.db"  # `mlflow run` without MLFLOW_TRACKING_URI in the shell
+    warning = local_registry_warning(local, {"MLFLOW_RUN_ID": "abc"})
+    assert warning is not None
+    assert local in warning
+    assert "MLFLOW_TRACKING_URI=http://localhost:5000 mlflow run . -e train" in warning
+    assert local_registry_warning("http://localhost:5000", {"MLFLOW_RUN_ID": "abc"}) is None
+    assert local_registry_warning(local, {}) is None  # `retail train` pointed there on purpose
