@@ -1035,8 +1035,8 @@ def detect_store_silences(
 
 
 REFRESH_WINDOWS_SQL = """
-INSERT INTO sales_metrics (window_start, window_end, store_id, revenue, transactions, customers,
-    units, line_items, avg_basket, units_per_transaction)
+INSERT INTO sales_metrics_versions (window_start, window_end, store_id, revenue, transactions,
+    customers, units, line_items, avg_basket, units_per_transaction)
 SELECT
     window_start,
     window_start + toIntervalMinute({window_minutes:UInt32}) AS window_end,
@@ -1050,17 +1050,16 @@ SELECT
     if(transactions > 0, units / transactions, 0) AS units_per_transaction
 FROM sales_panes
 ARRAY JOIN arrayMap(k -> pane_start - toIntervalMinute(k), range({window_minutes:UInt32})) AS window_start
-WHERE pane_start >= {first_pane:DateTime('UTC')} - toIntervalMinute({window_minutes:UInt32} - 1)
-  AND pane_start <= {last_pane:DateTime('UTC')} + toIntervalMinute({window_minutes:UInt32} - 1)
-  AND window_start >= {first_pane:DateTime('UTC')} - toIntervalMinute({window_minutes:UInt32} - 1)
-  AND window_start <= {last_pane:DateTime('UTC')}
+WHERE pane_start >= {first_pane:DateTime('UTC')} AND pane_start <= {last_pane:DateTime('UTC')}
+  AND has({panes:Array(DateTime('UTC'))}, pane_start)
+  AND has({window_starts:Array(DateTime('UTC'))}, window_start)
   AND has({store_ids:Array(String)}, store_id)
 GROUP BY window_start, store_id
 """
 
 WINDOWS_FOR_JUDGING_SQL = """
 SELECT window_start, store_id, revenue, units, transactions
-FROM sales_metrics FINAL
+FROM sales_metrics
 WHERE window_start >= {first_start:DateTime('UTC')} AND window_end <= {judge_until:DateTime('UTC')}
 """
 
@@ -1123,18 +1122,23 @@ HORIZON_SQL = (  # NULL for a new query (plain max() of no rows is 1970-01-01 in
 )
 
 
-def refresh_windows(
-    store: Store, first_pane: dt.datetime, last_pane: dt.datetime, store_ids: list[str]
-) -> None:
+def refresh_windows(store: Store, pane_starts: list[dt.datetime], store_ids: list[str]) -> None:
     """Recompute the 5-minute windows of ``store_ids`` (a batch's stores and 'ALL') that contain
-    a pane in [first_pane, last_pane]; the windows of other stores did not change."""
+    one of ``pane_starts`` (the batch's panes), from all their panes. Only those: a batch with
+    one event from days ago rewrites that event's windows and its own, not the days between."""
+    span = dt.timedelta(minutes=WINDOW_MINUTES - PANE_MINUTES)
+    steps = [dt.timedelta(minutes=k) for k in range(0, WINDOW_MINUTES, PANE_MINUTES)]
+    window_starts = sorted({pane - step for pane in pane_starts for step in steps})
+    panes = sorted({start + step for start in window_starts for step in steps})
     store.execute(
         REFRESH_WINDOWS_SQL,
         {
             "window_minutes": WINDOW_MINUTES,
             "micros": MICROS,
-            "first_pane": first_pane,
-            "last_pane": last_pane,
+            "first_pane": min(pane_starts) - span,
+            "last_pane": max(pane_starts) + span,
+            "panes": [f"{pane:%Y-%m-%d %H:%M:%S}" for pane in panes],  # as text: chDB binds it
+            "window_starts": [f"{start:%Y-%m-%d %H:%M:%S}" for start in window_starts],
             "store_ids": store_ids,
         },
     )
@@ -1265,25 +1269,25 @@ class SalesBatchWriter:
         received = raw.num_rows
         raw = self._new_events(first_of_each_event(raw), token)
         steps.lap("dedup")
+        # Repeats show how far the tills' clocks have come too, whichever batch they fall into.
+        latest = _naive_utc(clock)
+        self._latest_event_time = max(latest, self._latest_event_time or latest)
         if raw.num_rows == 0:
             log.info("%s batch %d: all %d events were repeats", self.query_name, batch_id, received)
             return
         panes = panes_of_rows(raw)
         steps.lap("panes")
-        span = pc.min_max(raw["event_time"])
-        first, last = (_minute_floor(span[end].as_py()) for end in ("min", "max"))
         stored = raw.append_column("ingest_token", pa.repeat(token, raw.num_rows))
         with self.store.session():
             # Unique by event_id already: first of each in the batch, none the store holds.
             self.store.insert_df("sales_events", stored, dedup_token=token, unique_rows=True)
             steps.lap("events")
             self.store.insert_df("sales_panes", panes, dedup_token=token)
-            refresh_windows(self.store, first, last, pc.unique(panes["store_id"]).to_pylist())
+            pane_starts = [_naive_utc(p) for p in pc.unique(panes["pane_start"]).to_pylist()]
+            refresh_windows(self.store, pane_starts, pc.unique(panes["store_id"]).to_pylist())
             steps.lap("windows")
         self._score_demand(raw, batch_id, token)
         steps.lap("scoring")
-        latest = _naive_utc(clock)
-        self._latest_event_time = max(latest, self._latest_event_time or latest)
         if self._judge_when_due(self._catching_up(rows.num_rows, latest)):
             steps.lap("anomalies")
         log.info(
@@ -1332,20 +1336,26 @@ class SalesBatchWriter:
             self._scoring_version = loaded.version
         keys = scoring_keys(raw)
         sold = list(zip(*(keys[c].to_pylist() for c in keys.column_names), strict=True))
-        newest = max(day for *_, day in sold)
-        self._newest_day = max(newest, self._newest_day or newest)
-        # The newest days only: a late sale of an older day scores its own pair.
-        first_current = self._newest_day - dt.timedelta(days=SCORED_DAYS_KEPT - 1)
+        days = [day for *_, day in sold]
+        previous = self._newest_day
+        self._newest_day = max(max(days), previous or max(days))
+        # Every day of the batch from the day before the newest day known before it (every day of
+        # a first batch) gets its catalogue: one batch or one a day, the same days. A late sale of
+        # an older day scores its own pair.
+        kept = dt.timedelta(days=SCORED_DAYS_KEPT - 1)
+        first_current = (previous or min(days)) - kept
         new_days = sorted(
             {
                 day
-                for *_, day in sold
+                for day in days
                 if day >= first_current and not self._catalogued.get(day, loaded.version)
             }
         )
         catalogued = [
             day
-            for day in (first_current + dt.timedelta(days=n) for n in range(SCORED_DAYS_KEPT))
+            for day in (
+                self._newest_day - kept + dt.timedelta(days=n) for n in range(SCORED_DAYS_KEPT)
+            )
             if self._catalogued.get(day, loaded.version)
         ]
         try:

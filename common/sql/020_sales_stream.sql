@@ -24,8 +24,11 @@ SETTINGS non_replicated_deduplication_window = 10000;
 ALTER TABLE sales_panes ADD COLUMN IF NOT EXISTS revenue_micros Int64 DEFAULT revenue_cents * 10000;
 
 -- 5-minute windows sliding by 1 minute, per store and overall (store_id 'ALL'). A window touched
--- again by a later batch is recomputed from its panes and replaces the earlier row: read with FINAL.
-CREATE TABLE IF NOT EXISTS sales_metrics (
+-- again by a later batch is recomputed from its panes and its new row replaces the earlier one:
+-- the job writes every version to sales_metrics_versions, and sales_metrics is the latest of each
+-- window, so a plain SELECT needs no FINAL. (Until 2026-12-07 the versions table was named
+-- sales_metrics; `retail migrate` renames it, keeping its rows.)
+CREATE TABLE IF NOT EXISTS sales_metrics_versions (
     window_start DateTime('UTC'),
     window_end DateTime('UTC'),
     store_id LowCardinality(String),
@@ -41,6 +44,11 @@ CREATE TABLE IF NOT EXISTS sales_metrics (
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (window_start, store_id)
 SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE VIEW IF NOT EXISTS sales_metrics AS
+SELECT window_start, window_end, store_id, revenue, transactions, customers, units, line_items,
+       avg_basket, units_per_transaction, computed_at
+FROM sales_metrics_versions FINAL;
 
 -- Closed store windows whose revenue or units deviate from the robust rolling baseline (median and
 -- MAD of the preceding windows) and, when a champion model exists, from its expectation.

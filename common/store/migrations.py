@@ -21,10 +21,18 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+# Tables a later release gave a new name, (old, new): a view of the old name now reads them.
+# A store that still holds the old table has it renamed before the files run, keeping its rows.
+RENAMED_TABLES = [("sales_metrics", "sales_metrics_versions")]
+
+_TABLE_ENGINES_SQL = "SELECT name, engine FROM system.tables WHERE database = currentDatabase()"
+
+
 def migrate(store: Store) -> int:
     """Apply every migration file (each is idempotent); return the schema version now in force."""
     with store.session():
         store.execute(_VERSIONS_DDL)
+        _rename_old_tables(store)
         applied = set(store.query_df("SELECT name FROM schema_migrations FINAL")["name"])
         version = 0
         for name, text in sql_files():
@@ -37,6 +45,14 @@ def migrate(store: Store) -> int:
                 store.insert_df("schema_migrations", row)
                 log.info("applied migration %s", name)
         return version
+
+
+def _rename_old_tables(store: Store) -> None:
+    engines = dict(store.query_df(_TABLE_ENGINES_SQL).itertuples(index=False, name=None))
+    for old, new in RENAMED_TABLES:
+        if engines.get(old, "View") != "View" and new not in engines:
+            store.execute(f"RENAME TABLE {old} TO {new}")
+            log.info("renamed table %s to %s", old, new)
 
 
 def schema_version(store: Store) -> int:

@@ -53,6 +53,37 @@ def test_migrate_adds_columns_that_came_after_a_table_was_created(store):
     assert "late_rows" in columns()
 
 
+def test_migrate_turns_the_old_sales_metrics_table_into_a_view_keeping_its_rows(store):
+    """Until 2026-12-07 sales_metrics was the versioned table itself: a plain SELECT returned
+    every version of a window. The store is put back in that shape, then migrated."""
+    columns = "window_start, window_end, store_id, revenue, transactions, customers, units, "
+    columns += "line_items, avg_basket, units_per_transaction"
+    shop = f"old-{uuid.uuid4().hex[:8]}"
+    store.execute("DROP VIEW sales_metrics")
+    store.execute("RENAME TABLE sales_metrics_versions TO sales_metrics")
+    for revenue in (10.0, 12.5):  # two versions of one window, the later one wins
+        store.execute(
+            f"INSERT INTO sales_metrics ({columns}) VALUES ('2026-01-05 08:00:00', "  # noqa: S608
+            "'2026-01-05 08:05:00', {s:String}, {r:Float64}, 1, 1, 1, 1, {r:Float64}, 1)",
+            {"s": shop, "r": revenue},
+        )
+
+    migrate(store)
+
+    engines = store.query_df(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
+        "AND name IN ('sales_metrics', 'sales_metrics_versions') ORDER BY name"
+    )
+    assert list(engines.itertuples(index=False, name=None)) == [
+        ("sales_metrics", "View"),
+        ("sales_metrics_versions", "ReplacingMergeTree"),
+    ]
+    rows = store.query_df(
+        "SELECT revenue FROM sales_metrics WHERE store_id = {s:String}", {"s": shop}
+    )
+    assert list(rows["revenue"]) == [12.5]
+
+
 def test_known_keys_finds_which_keys_a_table_holds_however_many_are_asked(store):
     job = f"keys-{uuid.uuid4().hex[:8]}"
     odd = "x'); DROP TABLE model_events; --\\"

@@ -207,6 +207,80 @@ def test_panes_of_a_collected_batch_equal_the_spark_panes(spark: SparkSession) -
 
 
 @pytest.mark.spark
+def test_a_late_event_rewrites_its_own_windows_and_not_those_between(spark, settings, store):
+    from streaming.sales import SalesBatchWriter
+
+    day, tag = dt.date(2026, 3, 23), uuid.uuid4().hex[:6]
+    shop = f"S1-{tag}"
+    writer = SalesBatchWriter(spark, settings, query_name=f"sales-between-{tag}")
+    batches = [
+        [sale(f"a-{tag}", at(day, "10:00:00"), "t1", shop, "c1", 1, 1.0)],
+        [sale(f"b-{tag}", at(day, "12:00:00"), "t2", shop, "c2", 1, 2.0)],
+        [  # late for 10:00, and new at 14:00: 12:00's windows did not change
+            sale(f"c-{tag}", at(day, "10:00:30"), "t3", shop, "c3", 1, 4.0),
+            sale(f"d-{tag}", at(day, "14:00:00"), "t4", shop, "c4", 1, 8.0),
+        ],
+    ]
+    for batch_id, events in enumerate(batches):
+        writer(classified_batch(spark, events, at(day, "14:00:05").replace(tzinfo=None)), batch_id)
+
+    versions = store.query_df(
+        "SELECT toHour(window_end - 1) AS hour, count() AS rows FROM sales_metrics_versions "
+        "WHERE store_id = {s:String} GROUP BY hour ORDER BY hour",
+        {"s": shop},
+    )
+    assert list(versions.itertuples(index=False, name=None)) == [(10, 10), (12, 5), (14, 5)]
+    latest = store_metrics(store, day, tag).query("store_id == @shop")
+    assert latest.groupby(latest["window_start"].dt.hour)["revenue"].max().to_dict() == {
+        9: 5.0,  # the windows from 09:56 hold 10:00:00 and 10:00:30
+        10: 5.0,
+        11: 2.0,
+        12: 2.0,
+        13: 8.0,
+        14: 8.0,
+    }
+
+
+@pytest.mark.spark
+def test_repeats_move_the_clock_whichever_batch_they_fall_into(spark, settings, store) -> None:
+    """A restarted job (a new checkpoint) reads sales it stored before (repeats) after new ones:
+    what has closed is the same whether the repeats share the new sales' batch or not."""
+    from streaming.sales import SalesBatchWriter
+
+    day, tag = dt.date(2026, 3, 24), uuid.uuid4().hex[:6]
+    shop, kafka_time = f"S1-{tag}", dt.datetime(2026, 3, 24, 12, 31)
+
+    def line(minute: int, label: str) -> dict:
+        moment = at(day, "10:00:00") + dt.timedelta(minutes=minute)
+        return sale(f"{label}{minute}-{tag}", moment, f"t{minute}", shop, "c1", 1, 1.0)
+
+    stored_before = [line(m, "before") for m in range(120, 151, 5)]
+    first_run = SalesBatchWriter(spark, settings, query_name=f"sales-first-{tag}")
+    first_run(classified_batch(spark, stored_before, kafka_time), 0)
+
+    def judged_until(split: list[list[dict]], name: str) -> pd.Timestamp:
+        writer = SalesBatchWriter(spark, settings, query_name=f"sales-{name}-{tag}")
+        for batch_id, records in enumerate(split):
+            writer(classified_batch(spark, records, kafka_time), batch_id)
+        writer.finish()
+        return pd.Timestamp(
+            store.scalar(
+                "SELECT max(judged_until) FROM sales_anomaly_horizon FINAL "
+                "WHERE query_name = {q:String}",
+                {"q": writer.query_name},
+            )
+        ).tz_localize(None)
+
+    closed = dt.datetime(2026, 3, 24, 12, 30) - dt.timedelta(
+        minutes=settings.sales_watermark_minutes
+    )
+    together = [line(m, "together") for m in range(0, 61, 5)]  # new: each split's own ids
+    assert judged_until([together + stored_before], "together") == closed
+    apart = [line(m, "apart") for m in range(0, 61, 5)]
+    assert judged_until([apart, stored_before], "apart") == closed
+
+
+@pytest.mark.spark
 def test_revenue_keeps_amounts_below_a_cent(spark, settings, store) -> None:
     """The contract's total_amount is quantity x unit_price x (1 - discount), not rounded: 3 at
     3.99 with 15% off is 10.1745. Revenue sums it exactly (before 2026-12-07: 10.17)."""
@@ -865,10 +939,10 @@ def stop(queries) -> None:
 
 def store_metrics(store, day: dt.date, tag: str) -> pd.DataFrame:
     """The stored windows of the test's stores (ids ending in ``-tag``) and the overall row of
-    ``day`` (each test owns its own day)."""
+    ``day`` (each test owns its own day), read as a user would: a plain SELECT, no FINAL."""
     return store.query_df(
         "SELECT window_start, window_end, store_id, revenue, transactions, customers, units, "
-        "line_items, avg_basket, units_per_transaction FROM sales_metrics FINAL "
+        "line_items, avg_basket, units_per_transaction FROM sales_metrics "
         "WHERE toDate(window_end - 1) >= {day:Date} AND toDate(window_start) <= {day:Date} "
         "AND (endsWith(store_id, {suffix:String}) OR store_id = 'ALL')",
         {"day": day, "suffix": f"-{tag}"},
@@ -1275,7 +1349,7 @@ def test_a_batch_of_anonymous_sales_only_is_stored_with_no_customers(
     )
     assert stored == len(anonymous)
     windows = store.query_df(
-        "SELECT transactions, customers FROM sales_metrics FINAL WHERE store_id = {s:String}",
+        "SELECT transactions, customers FROM sales_metrics WHERE store_id = {s:String}",
         {"s": shop},
     )
     assert len(windows) == 5  # the 10:00 pane is in five 5-minute windows
@@ -1850,6 +1924,50 @@ def sell_one_basket(
         [sale(f"{basket}-{p}", moment, basket, shop, "c", 1, 1.0, p) for p in products],
     )
     drain(queries)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_every_day_of_a_batch_gets_its_catalogue_scored(spark, settings, services, store) -> None:
+    """A backlog batch holding three days scores each day's catalogue, as three batches do
+    (before 2026-12-07 its oldest day had only the pairs it sold)."""
+    from common.models import ChampionModel
+    from streaming.sales import SalesBatchWriter
+
+    before, tag = dt.date(2026, 4, 10), uuid.uuid4().hex[:6]
+    days = [before + dt.timedelta(days=n) for n in (1, 2, 3)]
+    kafka_time = dt.datetime.combine(days[-1], dt.time(10, 1))
+    name, client, (version,) = toy_versions(spark, settings, f"test_catalogue_{tag}", 1.0)
+    client.set_registered_model_alias(name, "champion", version)
+
+    def scored(split: list[list[int]], label: str) -> list[tuple[str, str]]:
+        shop = f"S-{label}-{tag}"
+        history = [  # the catalogue: three products sold the day before
+            sale(f"h{p}-{shop}", at(before, "10:00:00"), f"h{p}", shop, "c", 1, 1.0, p)
+            for p in ("P1", "P2", "P3")
+        ]
+        past = SalesBatchWriter(spark, settings, query_name=f"sales-past-{label}-{tag}")
+        past(classified_batch(spark, history, kafka_time), 0)
+        sales = [sale(f"{d}-{shop}", at(d, "10:00:00"), f"t{d}", shop, "c", 1, 1.0) for d in days]
+        writer = SalesBatchWriter(
+            spark,
+            settings,
+            query_name=f"sales-{label}-{tag}",
+            champion=ChampionModel(name, job="sales-test", store=store),
+            feature_builder=toy_features,
+        )
+        for batch_id, positions in enumerate(split):
+            writer(classified_batch(spark, [sales[p] for p in positions], kafka_time), batch_id)
+        rows = store.query_df(
+            "SELECT DISTINCT toString(forecast_date) AS day, product_id FROM demand_scores "
+            "WHERE store_id = {s:String} ORDER BY day, product_id",
+            {"s": shop},
+        )
+        return list(rows.itertuples(index=False, name=None))
+
+    expected = [(d.isoformat(), p) for d in days for p in ("P1", "P2", "P3")]
+    assert scored([[0], [1], [2]], "apart") == expected
+    assert scored([[0, 1, 2]], "together") == expected
 
 
 @pytest.mark.services
