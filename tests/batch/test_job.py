@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -285,7 +285,7 @@ def test_the_range_to_run_defaults_to_yesterday() -> None:
     assert resolve_days(None, day, None) == (day, day)
     assert resolve_days(None, day, day + timedelta(days=2)) == (day, day + timedelta(days=2))
     first, last = resolve_days(None, None, None)
-    assert first == last and first < date.today()
+    assert first == last == datetime.now(UTC).date() - timedelta(days=1)  # yesterday in UTC
     with pytest.raises(BatchError, match="before"):
         resolve_days(None, day, day - timedelta(days=1))
     with pytest.raises(BatchError, match="either"):

@@ -1130,6 +1130,7 @@ def classified_batch(
 ) -> DataFrame:
     """``records`` as the sales writer gets them: one micro-batch of Kafka records (one partition,
     from offset 0, stamped ``kafka_time``), classified, watermarked and shaped as the job does."""
+    from common.settings import Settings
     from streaming.runtime import watermark_classified
     from streaming.sales import classify_sales, storable_rows
 
@@ -1137,7 +1138,8 @@ def classified_batch(
         [("t", 0, offset, json.dumps(r).encode(), kafka_time) for offset, r in enumerate(records)],
         "topic string, partition int, offset long, value binary, timestamp timestamp",
     )
-    return storable_rows(watermark_classified(classify_sales(raw)))
+    lead = Settings.model_fields["event_max_lead_minutes"].default  # the job's default check
+    return storable_rows(watermark_classified(classify_sales(raw, max_lead_minutes=lead)))
 
 
 @pytest.mark.spark
@@ -1150,7 +1152,7 @@ def test_a_replayed_batch_writes_what_its_first_attempt_did(spark, settings, sto
     for event in events:
         event["event_id"] = f"{event['event_id']}-{tag}"
     records = [*events, events[1]]  # e2 twice in the batch
-    batch = classified_batch(spark, records, dt.datetime(2026, 3, 12, 10, 7))
+    batch = classified_batch(spark, records, dt.datetime(2026, 3, 14, 10, 7))
     writer = SalesBatchWriter(spark, settings, query_name=f"sales-replay-{tag}")
 
     def stored() -> tuple[int, int, int]:
