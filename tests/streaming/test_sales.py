@@ -1227,6 +1227,50 @@ def test_a_store_named_like_the_overall_rows_is_a_dead_letter(spark: SparkSessio
     assert errors == {"own": None, "overall": "store_id 'ALL' names the overall rows"}
 
 
+@pytest.mark.spark
+def test_impossible_money_and_blank_ids_are_dead_letters(spark: SparkSession) -> None:
+    day = dt.date(2026, 3, 14)
+    good = sale("good", at(day, "10:00:00"), "t1", "S1", "c1", 2, 9.0)
+    cases = {
+        "price-zero": {"unit_price": 0.0},
+        "price-huge": {"unit_price": 2e6},
+        "discount-whole": {"discount": 1.0},
+        "discount-negative": {"discount": -0.1},
+        "total-negative": {"total_amount": -1.0},
+        "total-huge": {"total_amount": 2e9},
+        "total-nan": {"total_amount": float("nan")},
+        "total-infinite": {"total_amount": float("inf")},
+        "blank-transaction": {"transaction_id": "  "},
+        "blank-product": {"product_id": ""},
+        "discount-edge": {"discount": 0.0},  # valid: no discount
+        "price-edge": {"unit_price": 1e6},  # valid: the highest price
+    }
+    records = [good, *({**good, "event_id": name, **change} for name, change in cases.items())]
+    batch = classified_batch(spark, records, dt.datetime(2026, 3, 14, 10, 1))
+    errors = {r.event_id: r.error for r in batch.select("event_id", "error").collect()}
+
+    price, discount = "unit_price must be > 0 and <= 1e6", "discount must be in [0, 1)"
+    total, blank = (
+        "total_amount must be between 0 and 1e9",
+        "event_id, transaction_id, store_id and product_id must not be blank",
+    )
+    assert errors == {
+        "good": None,
+        "price-zero": price,
+        "price-huge": price,
+        "discount-whole": discount,
+        "discount-negative": discount,
+        "total-negative": total,
+        "total-huge": total,
+        "total-nan": total,
+        "total-infinite": total,
+        "blank-transaction": blank,
+        "blank-product": blank,
+        "discount-edge": None,
+        "price-edge": None,
+    }
+
+
 def eager_writer(spark, settings, query_name: str, batch_limit: int):
     """A sales writer that may judge after every batch (no 30-s throttle) but, while it catches
     up on a backlog (batches of half ``batch_limit`` or more), only once an hour."""
