@@ -346,6 +346,21 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.3)
 
 
+def stop_once(until: Callable[[], bool], what: str) -> threading.Event:
+    """An event set once ``until`` holds, or when waiting for it fails: the query then ends
+    either way, and the test's own assertions say what went wrong instead of a hang."""
+    stop = threading.Event()
+
+    def wait() -> None:
+        try:
+            wait_for(until, 180, what)
+        finally:
+            stop.set()
+
+    threading.Thread(target=wait, daemon=True).start()
+    return stop
+
+
 @pytest.mark.services
 @pytest.mark.spark
 def test_queries_record_progress_and_stop_between_batches(
@@ -368,11 +383,7 @@ def test_queries_record_progress_and_stop_between_batches(
             seen.append(batch.count())
 
     query = valid_events_query(spark, tuned, topic, job, count_rows)
-    stop = threading.Event()
-    threading.Thread(
-        target=lambda: (wait_for(lambda: sum(seen) == 40, 180, "all rows"), stop.set()),
-        daemon=True,
-    ).start()
+    stop = stop_once(lambda: sum(seen) == 40, "all rows")
 
     run_queries(spark, [query], job=job, settings=tuned, stop=stop)
 
@@ -415,8 +426,23 @@ def test_a_query_without_events_is_warned_about_once_until_they_come_again(
     stack.ensure_topics(
         settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic})
     )
-    seen: list[int] = []
     observed: dict[str, list[str]] = {}
+
+    class CountingSink:
+        """Counts each batch's rows, and the polls that find its query waiting (``idle``)."""
+
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+            self.idle_polls = 0
+
+        def __call__(self, batch: DataFrame, _: int) -> None:
+            self.seen.append(batch.count())
+
+        def idle(self) -> None:
+            self.idle_polls += 1
+
+    sink = CountingSink()
+    seen = sink.seen
 
     def logged(level: int, text: str) -> list[str]:
         return [
@@ -437,7 +463,10 @@ def test_a_query_without_events_is_warned_about_once_until_they_come_again(
             produce(kafka, topic, [encoded({**GOOD, "event_id": f"a{i}"}) for i in range(3)])
             wait_for(lambda: sum(seen) == 3, 180, "the first events")
             wait_for(quiet_after_events, 60, "the warning about the quiet feed")
-            time.sleep(1.5)  # three more polls of the quiet query
+            polls = sink.idle_polls
+            wait_for(
+                lambda: sink.idle_polls >= polls + 3, 60, "three more polls of the quiet query"
+            )
             observed["warned"], observed["back"] = quiet_after_events(), back()
             produce(kafka, topic, [encoded({**GOOD, "event_id": f"b{i}"}) for i in range(2)])
             wait_for(lambda: sum(seen) == 5, 60, "the events that come again")
@@ -446,9 +475,7 @@ def test_a_query_without_events_is_warned_about_once_until_they_come_again(
         finally:
             stop.set()  # a scenario that failed ends the query too: its assertions then say why
 
-    query = valid_events_query(
-        spark, settings, topic, job, lambda batch, _: seen.append(batch.count())
-    )
+    query = valid_events_query(spark, settings, topic, job, sink)
     stop = threading.Event()
     caplog.set_level(logging.INFO, logger="streaming.runtime")
     threading.Thread(target=feed_stops_and_comes_back, daemon=True).start()
@@ -489,10 +516,7 @@ def test_a_stop_under_steady_input_lands_between_batches_and_loses_nothing(
 
     def run(sink: Callable[[DataFrame, int], None], until: Callable[[], bool]) -> None:
         query = valid_events_query(spark, tuned, topic, job, sink)
-        stop = threading.Event()
-        threading.Thread(
-            target=lambda: (wait_for(until, 180, "the batches"), stop.set()), daemon=True
-        ).start()
+        stop = stop_once(until, "the batches")
         queries = run_queries(spark, [query], job=job, settings=tuned, stop=stop)
         assert not queries[0].isActive and queries[0].exception() is None
 
