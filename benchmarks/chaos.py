@@ -364,9 +364,9 @@ def _wrote_or_ended(job: StreamJob, settings: Settings, rows_before: int) -> boo
 def kill_restart(stack: Stack, sizes: Sizes, seed: int = 11) -> ChaosResult:
     """Rounds of: start the job, produce, SIGKILL or SIGTERM it; then drain and reconcile.
 
-    Even rounds kill right after a batch reached the store (between the store write and the
-    checkpoint commit: the replay must not add it twice); odd rounds at a random moment after the
-    queries started (often mid-batch, before the write)."""
+    Even rounds SIGKILL the job right after a batch reached the store (between the store write
+    and the checkpoint commit: the replay must not add it twice); odd rounds SIGKILL or SIGTERM it
+    at a random moment after the queries started (often mid-batch, before the write)."""
     settings = scenario_settings(stack, "kill")
     rng = random.Random(seed)
     job = StreamJob(settings, settings.data_root / "logs" / "kill-restart.log")
@@ -388,13 +388,14 @@ def kill_restart(stack: Stack, sizes: Sizes, seed: int = 11) -> ChaosResult:
                     sizes.batch_timeout_s,
                     "a batch to reach the store",
                 )
-                moment = "after write"
+                moment = "after write" if job.process.poll() is None else "after the job ended"
             except TimeoutError:
                 moment = "no write yet"
             time.sleep(rng.uniform(0.0, 1.5))
+            signum = signal.SIGKILL
         else:
             time.sleep(rng.uniform(0.5, sizes.round_seconds + 3.0))
-        signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
+            signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
         job.signal(signum)
         code = job.wait()
         kills.append(f"{signal.Signals(signum).name} {moment} -> exit {code}")

@@ -13,7 +13,10 @@ pytestmark = [pytest.mark.reliability, pytest.mark.services, pytest.mark.spark]
 
 def test_kill_and_restart_rounds_lose_and_duplicate_nothing(chaos_stack, sizes) -> None:
     result = chaos.kill_restart(chaos_stack, sizes)
-    assert len(result.details["kills"]) == sizes.kill_rounds
+    kills = result.details["kills"]
+    assert len(kills) == sizes.kill_rounds
+    # The crash that matters: after a batch's store write, before its checkpoint commit.
+    assert any(kill.startswith("SIGKILL after write") for kill in kills), kills
     assert result.events > 0
     assert (result.lost, result.duplicated) == (0, 0), result.details
     assert result.details["stored_rows"] == result.details["pane_line_items"] == result.events
