@@ -147,6 +147,7 @@ async def ready(state: State) -> JSONResponse:
         registry_reachable=all(c.status in ("ok", "no_champion") for c in champions),
         champions=champions,
         forecast_rows_by_version=data.forecast_versions,
+        forecast_origin=data.forecast_origin,
         forecast_refresh=dict(state.forecast_refresh),
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if state.ready else 503)

@@ -44,6 +44,9 @@ class Readiness(BaseModel):
     registry_reachable: bool
     champions: list[ChampionStatus]
     forecast_rows_by_version: dict[str, int]
+    forecast_origin: dt.date | None = Field(
+        None, description="the first day of the newest stored forecasts (their horizon day 1)"
+    )
     forecast_refresh: dict[str, str | int | dt.datetime | None] = {}
 
 

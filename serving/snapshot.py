@@ -68,6 +68,9 @@ FROM inventory_events
 WHERE (store_id, product_id) NOT IN (SELECT store_id, product_id FROM stock_levels FINAL)
 GROUP BY store_id, product_id
 """
+# Answered from the parts' min/max index (no scan): when the newest sale is on a day after the
+# forecasts' first day, they are out of date (ServingState rolls them forward).
+LATEST_SALE_SQL = "SELECT max(event_time) AS latest FROM sales_events"
 RECOMMENDATIONS_SQL = """
 SELECT store_id, product_id, as_of, forecast_date, stock_level, lead_time_days,
        lead_time_demand, daily_demand, safety_stock, reorder_point, order_up_to, order_quantity,
@@ -142,6 +145,7 @@ class ServingData:
     open_alerts: tuple[Mapping[str, Any], ...] = ()
     recent_anomalies: tuple[Mapping[str, Any], ...] = ()
     promoted_at: Mapping[tuple[str, str], dt.datetime] = field(default_factory=dict)
+    latest_sale_at: dt.datetime | None = None
     read_at: Mapping[str, dt.datetime] = field(default_factory=dict)
     fingerprints: Mapping[str, str] = field(default_factory=dict)
     table_errors: Mapping[str, str] = field(default_factory=dict)
@@ -233,6 +237,11 @@ def stock_levels_by_key(frame: pd.DataFrame) -> dict[Key, StockLevel]:
     }
 
 
+def latest_moment(frame: pd.DataFrame) -> dt.datetime | None:
+    """The one value of a ``max(...)`` query (1970-01-01 on an empty table)."""
+    return to_datetime(frame.iat[0, 0]) if len(frame) else None
+
+
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as plain dicts: timestamps as UTC datetimes, NaN/NaT as None, ids as str."""
     rows = []
@@ -292,6 +301,7 @@ def table_readers() -> list[TableReader]:
             "sales_anomalies", RECENT_ANOMALIES_SQL, "recent_anomalies", lambda f: tuple(records(f))
         ),
         TableReader("model_promotions", PROMOTIONS_SQL, "promoted_at", promotions_by_version),
+        TableReader("sales_events", LATEST_SALE_SQL, "latest_sale_at", latest_moment),
     ]
 
 

@@ -11,7 +11,9 @@ When the demand model's champion moves, the forecasts of the new version normall
 ``SERVING_REFRESH_AFTER_S`` after the API first saw the move (and ``SERVING_REFRESH_FORECASTS``
 is on), the API recomputes them itself with ``training.forecast.refresh_forecasts``, once per
 version per that interval; until then it answers with the forecasts it has, stamped with the
-version that made them.
+version that made them. With the same setting on, it also rolls them forward: once sales are
+stored on a day after the forecasts' first day (the next day has begun), it recomputes them
+from the day after the last whole day, once per such day.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class ServingState:
         self._refresher = refresher or self._refresh_with_training
         self._champion_seen: dict[str, float] = {}
         self._refresh_tried: dict[str, float] = {}
+        self._rolled_for: dict[str, dt.date] = {}  # version -> the sale day it was rolled for
         self._refresh_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -149,30 +152,57 @@ class ServingState:
         if before != [w.info for w in self.watchers.values()]:
             freeze_long_lived_objects()
 
-    def refresh_forecasts_if_missing(self) -> None:
-        """Start a forecast refresh when the champion's forecasts stayed missing (see module)."""
+    def refresh_forecasts_when_due(self) -> None:
+        """Start a forecast refresh when the champion's forecasts stayed missing, or when sales
+        came on a day after their first day (see module)."""
         champion = self.champion(self.demand_model)
         running = self._refresh_thread is not None and self._refresh_thread.is_alive()
         if not self.settings.serving_refresh_forecasts or champion is None or running:
             return
-        if not self.ready or champion.version in self.data.forecast_versions:
+        if not self.ready:
             return
-        now = time.monotonic()
-        wait = self.settings.serving_refresh_after_s
-        seen = self._champion_seen.setdefault(champion.version, now)
-        tried = self._refresh_tried.get(champion.version)
-        if now - seen < wait or (tried is not None and now - tried < max(wait, 60.0)):
+        if champion.version in self.data.forecast_versions:
+            reason = self._roll_forward_reason(champion.version)
+        else:
+            reason = self._missing_reason(champion.version)
+        if reason is None:
             return
-        self._refresh_tried[champion.version] = now
         self._refresh_thread = threading.Thread(
-            target=self._run_refresh, args=(champion.version,), name="forecast-refresh", daemon=True
+            target=self._run_refresh,
+            args=(champion.version, reason),
+            name="forecast-refresh",
+            daemon=True,
         )
         self._refresh_thread.start()
 
-    def _run_refresh(self, version: str) -> None:
+    def _missing_reason(self, version: str) -> str | None:
+        now = time.monotonic()
+        wait = self.settings.serving_refresh_after_s
+        seen = self._champion_seen.setdefault(version, now)
+        tried = self._refresh_tried.get(version)
+        if now - seen < wait or (tried is not None and now - tried < max(wait, 60.0)):
+            return None
+        self._refresh_tried[version] = now
+        return "no stored forecasts of the champion"
+
+    def _roll_forward_reason(self, version: str) -> str | None:
+        origin, latest = self.data.forecast_origin, self.data.latest_sale_at
+        if origin is None or latest is None or latest.date() <= origin:
+            return None
+        if self._rolled_for.get(version) == latest.date():
+            return None
+        self._rolled_for[version] = latest.date()
+        return f"sales of {latest.date()} came after the forecasts' first day {origin}"
+
+    def _run_refresh(self, version: str, reason: str) -> None:
         started = dt.datetime.now(dt.UTC)
-        self.forecast_refresh = {"version": version, "state": "running", "started_at": started}
-        self._event(version, "forecast_refresh_started", "no stored forecasts of the champion")
+        self.forecast_refresh = {
+            "version": version,
+            "state": "running",
+            "reason": reason,
+            "started_at": started,
+        }
+        self._event(version, "forecast_refresh_started", reason)
         try:
             rows = self._refresher(self.demand_model)
         except Exception as exc:
@@ -211,7 +241,7 @@ class ServingState:
                 read = self.reader.receive(timeout_s=min(interval, 1.0))
                 if read is not None:
                     self.apply(read)
-                self.refresh_forecasts_if_missing()
+                self.refresh_forecasts_when_due()
             except Exception:
                 log.exception("the serving store loop failed")
                 self._stop.wait(interval)

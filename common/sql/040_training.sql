@@ -1,5 +1,5 @@
--- Training area: forecasts precomputed by the champion demand_forecaster (`retail promote` and
--- `retail train --refresh` rewrite them). One row per store x product x forecast day; a newer
+-- Training area: forecasts precomputed by the champion demand_forecaster (`retail promote`,
+-- `retail rollback` and the API, which rolls them forward day by day, rewrite them). One row per store x product x forecast day; a newer
 -- refresh replaces an older one (ReplacingMergeTree versioned by created_at): read with FINAL.
 
 CREATE TABLE IF NOT EXISTS forecasts (

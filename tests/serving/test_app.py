@@ -14,6 +14,7 @@ from serving_world import (
     QUANTILES,
     forecast_rows,
     products_frame,
+    sales_frame,
     wait_until,
 )
 
@@ -489,3 +490,72 @@ def test_the_api_refreshes_the_forecasts_itself_when_the_champion_moves_without_
     finally:
         registry.set_registered_model_alias(world.demand_model, "champion", v1)
         serving_store.insert_df("forecasts", forecast_rows(world, v1, 1.0))
+
+
+def test_the_api_rolls_the_forecasts_forward_once_sales_come_after_their_first_day(
+    serving_settings, serving_store, registry, world, demand_versions
+):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.state import ServingState
+
+    v1 = demand_versions["2x"]
+    registry.set_registered_model_alias(world.demand_model, "champion", v1)
+    rolled_product, calls = "P-rolled", []
+
+    def refresh(model_name: str) -> int:
+        """Stands in for training.forecast.refresh_forecasts (its Spark scoring is tested in
+        tests/training): forecasts from the day after the newest sale, of a product of its own."""
+        calls.append(model_name)
+        rows = forecast_rows(world, v1, 1.0).assign(product_id=rolled_product)
+        rows["forecast_date"] = [ORIGIN + dt.timedelta(days=2 + i) for i in range(len(rows))]
+        return serving_store.insert_df("forecasts", rows)
+
+    settings = serving_settings.model_copy(
+        update={"serving_refresh_forecasts": True, "serving_refresh_after_s": 0.0}
+    )
+    late_sale = (
+        sales_frame(world)
+        .head(1)
+        .assign(
+            event_id=f"rolled-{world.store_id}",
+            event_time=pd.Timestamp(ORIGIN) + pd.Timedelta(days=1),
+        )
+    )
+    try:
+        with TestClient(create_app(settings, ServingState(settings, refresher=refresh))) as client:
+            wait_until(
+                lambda: client.get("/forecast", params=key_params(world)).json().get("up_to_date"),
+                90,
+                "the champion's forecasts",
+            )
+            assert calls == []  # the newest sale is on the day before the forecasts' first day
+            serving_store.insert_df("sales_events", late_sale)
+            refreshed = wait_until(
+                lambda: (
+                    (r := client.get("/ready").json()["forecast_refresh"]).get("state") == "done"
+                    and r
+                ),
+                60,
+                "the forecasts rolled forward",
+            )
+            wait_until(
+                lambda: (
+                    client.get("/ready").json()["forecast_origin"]
+                    == (ORIGIN + dt.timedelta(days=2)).isoformat()
+                ),
+                30,
+                "the new first day",
+            )
+        assert calls == [world.demand_model]  # once for that day's sales
+        assert refreshed["version"] == v1
+        assert f"sales of {ORIGIN + dt.timedelta(days=1)} came after" in refreshed["reason"]
+    finally:
+        serving_store.execute(
+            "DELETE FROM sales_events WHERE event_id = {e:String}",
+            {"e": f"rolled-{world.store_id}"},
+        )
+        serving_store.execute(
+            "DELETE FROM forecasts WHERE product_id = {p:String}", {"p": rolled_product}
+        )
