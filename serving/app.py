@@ -314,6 +314,19 @@ async def reorder_advice(
         and not (outdated and data.forecasts.get(key))
     ):
         return advice_from_row(row, data)
+    if row is not None and not data.forecasts.get(key):
+        name, value = (
+            ("review_days", review_days)
+            if review_days is not None
+            else ("service_level", service_level)
+        )
+        raise invalid(
+            "query", name,
+            f"the stored recommendation of this pair is sized at service level "
+            f"{row['service_level']} over the inventory job's review period; another {name} needs "
+            "the pair's forecasts, and none are stored: ask without it",
+            value,
+        )  # fmt: skip
     return advice_from_forecasts(state, data, store_id, product_id, service_level, review_days)
 
 
@@ -384,7 +397,12 @@ def advice_from_forecasts(
     # From the newest forecast run's first day (older runs' days stay stored), or the day of the
     # stock level if that is later.
     today = max(_origin(stored), stock.as_of.date() if stock and stock.as_of else dt.date.min)
-    ahead = [f for d, f in sorted(stored.items()) if d >= today] or list(stored.values())
+    ahead = [f for d, f in sorted(stored.items()) if d >= today]
+    if not ahead:
+        raise HTTPException(
+            503, f"the stored forecasts of this pair end on {max(stored)}, before the stock "
+            f"level's day {today}: they are out of date until the API rolls them forward",
+        )  # fmt: skip
     advice = compute_reorder_advice(
         [f.predicted_units for f in ahead],
         champion.quantiles,
@@ -396,7 +414,10 @@ def advice_from_forecasts(
     )
     eta = None
     if advice.eta_hours is not None and stock and stock.as_of:
-        eta = stock.as_of + dt.timedelta(hours=advice.eta_hours)
+        # The demand walk starts on the first forecast day: a level observed before it (no event
+        # since) still held then.
+        walk_starts = dt.datetime.combine(ahead[0].date, dt.time(), tzinfo=dt.UTC)
+        eta = max(stock.as_of, walk_starts) + dt.timedelta(hours=advice.eta_hours)
     return ReorderAdvice(
         store_id=store_id,
         product_id=product_id,

@@ -312,6 +312,88 @@ def test_a_recommendation_older_than_the_stock_level_gives_way_to_computed_advic
     assert (moved["reorder_now"], moved["order_quantity"]) == (False, 0)
 
 
+def stock_level_row(world, product: str, moment: pd.Timestamp, units: int) -> pd.DataFrame:
+    level = {
+        "store_id": world.store_id, "product_id": product, "stock_level": units,
+        "event_time": moment, "reorder_point": 4, "lead_time_days": 2.5, "unit_cost": 1.2,
+        "effective_reorder_point": 4.0, "demand_per_hour": None, "eta_hours": None,
+        "threshold_source": "event", "model_name": "", "model_version": "",
+        "last_event_id": "e", "last_event_type": "sale", "updated_at": moment,
+    }  # fmt: skip
+    return pd.DataFrame([level]).astype({"demand_per_hour": "float64", "eta_hours": "float64"})
+
+
+def test_computed_advice_counts_the_stockout_from_the_first_forecast_day_and_refuses_old_ones(
+    serving_client, serving_store, world
+):
+    """A slow mover's level observed three days before the forecasts' first day still held then:
+    its stockout is counted from that day, not in the past. A level newer than every forecast
+    day gets a 503, not advice sized on days gone by."""
+    product = f"PE{uuid.uuid4().hex[:6]}"
+    serving_store.insert_df("products", products_frame(world).assign(product_id=product))
+    serving_store.insert_df("forecasts", forecast_rows(world, "1", 1.0).assign(product_id=product))
+    params = {"store_id": world.store_id, "product_id": product}
+    observed = pd.Timestamp(ORIGIN) - pd.Timedelta(days=3) + pd.Timedelta(hours=10)
+    serving_store.insert_df("stock_levels", stock_level_row(world, product, observed, 2))
+
+    advice = wait_until(
+        lambda: (
+            (b := serving_client.get("/reorder-advice", params=params).json()).get("stock_level")
+            == 2
+            and b
+        ),
+        30,
+        "the advice",
+    )
+    assert advice["eta_hours"] == pytest.approx(24 * 1.5)  # 1 unit on day 1, then 1 of day 2's 2
+    assert advice["stockout_eta"] == f"{ORIGIN + dt.timedelta(days=1)}T12:00:00Z"
+
+    last_day = ORIGIN + dt.timedelta(days=FORECAST_DAYS - 1)
+    later = pd.Timestamp(last_day) + pd.Timedelta(days=2)
+    serving_store.insert_df("stock_levels", stock_level_row(world, product, later, 2))
+    refused = wait_until(
+        lambda: (
+            (r := serving_client.get("/reorder-advice", params=params)).status_code == 503
+            and r.json()
+        ),
+        30,
+        "the refusal",
+    )
+    assert f"end on {last_day}" in refused["detail"]
+
+
+def test_another_review_period_without_forecasts_is_a_clear_422(
+    serving_client, serving_store, world
+):
+    """The pair has the inventory job's recommendation but no forecasts to size another one."""
+    product = f"PQ{uuid.uuid4().hex[:6]}"
+    serving_store.insert_df("products", products_frame(world).assign(product_id=product))
+    row = {
+        "store_id": world.store_id, "product_id": product, "as_of": pd.Timestamp("2025-03-14 18:00"),
+        "forecast_date": ORIGIN, "stock_level": 3, "lead_time_days": 2.5,
+        "lead_time_demand": 7.5, "daily_demand": 3.0, "safety_stock": 2.5,
+        "reorder_point": 10.0, "order_up_to": 31.0, "order_quantity": 30, "reorder_now": 1,
+        "days_of_cover": 1.0, "eta_hours": 24.0, "stockout_eta": None, "service_level": 0.95,
+        "stock_model_name": world.stock_model, "stock_model_version": "4",
+        "demand_model_name": world.demand_model, "demand_model_version": "1",
+        "query_name": "test", "batch_id": 1,
+    }  # fmt: skip
+    serving_store.insert_df("stock_recommendations", pd.DataFrame([row]))
+    params = {"store_id": world.store_id, "product_id": product}
+    wait_until(
+        lambda: serving_client.get("/reorder-advice", params=params).status_code == 200,
+        30,
+        "the recommendation",
+    )
+
+    answer = serving_client.get("/reorder-advice", params={**params, "review_days": 14})
+
+    assert answer.status_code == 422
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["query", "review_days"]
+    assert "sized at service level 0.95" in error["msg"] and "none are stored" in error["msg"]
+
+
 def test_alerts_lists_the_open_alerts_most_severe_first(serving_client, serving_store, world):
     def alert(alert_id, severity, status, updated):
         return {
