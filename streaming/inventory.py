@@ -83,11 +83,14 @@ from streaming.runtime import (
     CONSOLE,
     ByDay,
     Check,
+    FeatureBuilder,
     StepTimer,
     check_source,
     checkpoint_location,
     deduplicate_events,
+    default_feature_builder,
     insert_batch,
+    model_probes,
     parse_events,
     read_topic,
     run_queries,
@@ -124,7 +127,6 @@ KIND_CHANGE = "alert_change"
 MODEL_THRESHOLDS = "model"
 EVENT_THRESHOLDS = "event"
 
-FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
 
 # The state function emits one row per event, level, alert version or alert change: its kind, key
 # and the record's fields as JSON (times in epoch milliseconds). Four columns keep the Arrow
@@ -1284,15 +1286,6 @@ def safety_factor(loaded: LoadedModel, service_level: float) -> float:
     return NormalDist().inv_cdf(service_level)
 
 
-def default_feature_builder() -> FeatureBuilder | None:
-    """The training package's ``build_scoring_features`` (one feature code path), if installed."""
-    try:
-        from training.features import build_scoring_features
-    except ImportError:
-        return None
-    return build_scoring_features
-
-
 # ---------------------------------------------------------------- the foreachBatch writer
 
 
@@ -1549,17 +1542,23 @@ def main(
     use_tracking_server(settings)
     spark = build_spark_session(JOB, settings)
     champions: list[ChampionModel] = []
-    if not console:
-        migrate(open_store(settings))
-        champions = [
-            ChampionModel(STOCK_MODEL, job=JOB, settings=settings),
-            ChampionModel(DEMAND_MODEL, job=JOB, settings=settings),
-        ]
-        for champion in champions:  # while the query starts and reads its first batch
-            champion.warm_up()
     feature_builder = default_feature_builder()
     if feature_builder is None:
         log.warning("training.features is not installed: stock scoring is off")
+    if not console:
+        store = open_store(settings)
+        migrate(store)
+        champions = [
+            ChampionModel(
+                name,
+                job=JOB,
+                settings=settings,
+                probe=model_probes(spark, store, feature_builder, name),
+            )
+            for name in (STOCK_MODEL, DEMAND_MODEL)
+        ]
+        for champion in champions:  # while the query starts and reads its first batch
+            champion.warm_up()
     queries = build_queries(
         spark,
         settings,

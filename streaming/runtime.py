@@ -76,6 +76,7 @@ from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 from pyspark.sql.types import StringType, StructField, StructType
 
 from common.broker import check_broker
+from common.models import Probe, check_signature, check_transform
 from common.schemas import required_fields
 from common.settings import Settings, SettingsError
 from common.store import Store, open_store
@@ -407,6 +408,36 @@ def watermark_classified(
 
 Key = TypeVar("Key")
 Value = TypeVar("Value")
+
+
+FeatureBuilder = Callable[[SparkSession, Store, DataFrame, date], DataFrame]
+
+
+def default_feature_builder() -> FeatureBuilder | None:
+    """The training package's ``build_scoring_features`` (one feature code path), if installed."""
+    try:
+        from training.features import build_scoring_features
+    except ImportError:
+        return None
+    return build_scoring_features
+
+
+def model_probes(
+    spark: SparkSession, store: Store, feature_builder: FeatureBuilder | None, model_name: str
+) -> list[Probe]:
+    """Reject a new champion of ``model_name`` whose signature asks for columns the feature
+    builder does not make, or whose pipeline cannot transform the rows it makes (Spark resolves
+    the columns and types when it plans: a model logged without a signature is checked too)."""
+    try:
+        from training.features import KEY_COLUMNS, model_input_columns
+    except ImportError:
+        return []
+    probes = [check_signature([*model_input_columns(model_name), *KEY_COLUMNS])]
+    if feature_builder is not None:
+        no_keys = spark.createDataFrame([], "store_id string, product_id string")
+        today = datetime.now(UTC).date()
+        probes.append(check_transform(feature_builder(spark, store, no_keys, today)))
+    return probes
 
 
 class ByDay(Generic[Key, Value]):

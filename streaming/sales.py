@@ -22,7 +22,6 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,6 @@ from pyspark.sql.streaming import StreamingQuery
 from common.models import (
     ChampionModel,
     LoadedModel,
-    Probe,
-    check_signature,
-    check_transform,
     use_tracking_server,
 )
 from common.schemas import OVERALL, SALES_EVENT_SCHEMA
@@ -52,10 +48,13 @@ from streaming.runtime import (
     WATERMARK_TIME,
     ByDay,
     Check,
+    FeatureBuilder,
     StepTimer,
     check_source,
     checkpoint_location,
     classify_events,
+    default_feature_builder,
+    model_probes,
     parse_events,
     read_topic,
     run_queries,
@@ -83,8 +82,6 @@ SILENCE_MAX_MINUTES = 6 * 60  # a silence's row grows until its store sells agai
 PROFILE_DAYS = 28  # days of sales before the judged one that give a store's hourly profile
 PROFILE_MIN_DAYS = 3  # a store with sales on fewer of them has no profile
 BASKETS_MIN = 30  # a store with fewer baskets in those days has no typical basket from them
-
-FeatureBuilder = Callable[[SparkSession, Store, DataFrame, dt.date], DataFrame]
 
 
 def _ids_present(*names: str) -> Column:
@@ -1144,36 +1141,6 @@ def refresh_windows(store: Store, pane_starts: list[dt.datetime], store_ids: lis
     )
 
 
-def default_feature_builder() -> FeatureBuilder | None:
-    """The training package's ``build_scoring_features`` (one feature code path), if installed."""
-    try:
-        from training.features import build_scoring_features
-    except ImportError:
-        return None
-    return build_scoring_features
-
-
-def default_probes(
-    spark: SparkSession, store: Store, feature_builder: FeatureBuilder | None
-) -> list[Probe]:
-    """Reject a champion whose signature asks for columns the feature builder does not make, or
-    whose pipeline cannot transform the rows it makes (Spark resolves the columns and types when
-    it plans: a model logged without a signature is checked too)."""
-    probes: list[Probe] = []
-    try:
-        from training.features import model_input_columns
-    except ImportError:
-        return probes
-    probes.append(
-        check_signature([*model_input_columns(DEMAND_MODEL), "store_id", "product_id", "date"])
-    )
-    if feature_builder is not None:
-        no_keys = spark.createDataFrame([], "store_id string, product_id string")
-        today = dt.datetime.now(dt.UTC).date()
-        probes.append(check_transform(feature_builder(spark, store, no_keys, today)))
-    return probes
-
-
 def _minute_floor(moment: dt.datetime) -> dt.datetime:
     """The minute of ``moment`` as a naive UTC datetime."""
     return _naive_utc(moment).replace(second=0, microsecond=0)
@@ -1741,7 +1708,7 @@ def main(
     if not console:
         store = open_store(settings)
         migrate(store)
-        probes = default_probes(spark, store, feature_builder)
+        probes = model_probes(spark, store, feature_builder, DEMAND_MODEL)
         champion = ChampionModel(DEMAND_MODEL, job=JOB, settings=settings, probe=probes)
         champion.warm_up()  # while the query starts and reads its first batch
     queries = build_queries(

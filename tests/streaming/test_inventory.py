@@ -839,19 +839,22 @@ def test_exactly_once_across_a_sigkill_and_restart(
     expected.unpersist()
 
 
-def register_tiny_model(spark: SparkSession, name: str, slope: float) -> str:
-    """A Spark ML pipeline predicting ``slope x lead_time_days``, registered as a new version."""
+def register_tiny_model(
+    spark: SparkSession, name: str, slope: float, feature: str = "lead_time_days"
+) -> str:
+    """A Spark ML pipeline predicting ``slope x feature``, registered as a new version (logged
+    without a signature)."""
     import mlflow
     from pyspark.ml import Pipeline
     from pyspark.ml.feature import VectorAssembler
     from pyspark.ml.regression import LinearRegression
 
     train = spark.createDataFrame(
-        [(float(x), slope * x) for x in range(1, 6)], "lead_time_days double, label double"
+        [(float(x), slope * x) for x in range(1, 6)], f"{feature} double, label double"
     )
     model = Pipeline(
         stages=[
-            VectorAssembler(inputCols=["lead_time_days"], outputCol="features"),
+            VectorAssembler(inputCols=[feature], outputCol="features"),
             LinearRegression(labelCol="label", regParam=0.0, maxIter=5),
         ]
     ).fit(train)
@@ -894,6 +897,7 @@ def test_stock_scoring_follows_the_champion_alias(
     import mlflow
 
     from common.models import ChampionModel
+    from streaming.runtime import model_probes
 
     run = uuid.uuid4().hex[:6]
     name, shop = f"stock_optimizer_test_{run}", f"w-{run}"
@@ -902,7 +906,8 @@ def test_stock_scoring_follows_the_champion_alias(
     v1 = register_tiny_model(spark, name, 10.0)
     v2 = register_tiny_model(spark, name, 20.0)
     client.set_registered_model_alias(name, "champion", v1)
-    champion = ChampionModel(name, job=JOB, settings=job_settings)
+    probes = model_probes(spark, store, fake_features, name)  # as the job builds its champions
+    champion = ChampionModel(name, job=JOB, settings=job_settings, probe=probes)
     queries = build_queries(
         spark,
         job_settings,
@@ -954,6 +959,18 @@ def test_stock_scoring_follows_the_champion_alias(
             {"name": name, "version": broken},
         )
         assert "load_failed" in failed.event_type.tolist()
+
+        # A version that loads but cannot score the features the job makes: v2 goes on too.
+        unscoring = register_tiny_model(spark, name, 30.0, feature="missing_feature")
+        client.set_registered_model_alias(name, "champion", unscoring)
+        fourth = send_and_wait("10:03", 27)
+        assert fourth.stock_model_version.tolist() == [v2]
+        refused = store.query_df(
+            "SELECT detail FROM model_events WHERE model_name = {name:String} "
+            "AND model_version = {version:String} AND event_type = 'load_failed'",
+            {"name": name, "version": unscoring},
+        )
+        assert "missing_feature" in refused.detail[0]
     finally:
         for query in queries:
             stop_gracefully(query)
@@ -965,4 +982,4 @@ def test_stock_scoring_follows_the_champion_alias(
         "FROM stock_levels FINAL WHERE store_id = {store:String}",
         {"store": shop},
     )
-    assert levels.values.tolist()[0][:3] == [28, "model", v2]
+    assert levels.values.tolist()[0][:3] == [27, "model", v2]

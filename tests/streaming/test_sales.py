@@ -2023,7 +2023,7 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
 ) -> None:
 
     from common.models import ChampionModel
-    from streaming.sales import default_probes
+    from streaming.runtime import model_probes
 
     day, tag = dt.date(2026, 3, 13), uuid.uuid4().hex[:6]
     name, client, (v1, v2) = toy_versions(spark, settings, f"test_demand_{tag}", 1.0, 2.0)
@@ -2031,7 +2031,7 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     # job makes shows it cannot score. The job's own probes find it.
     broken = register(toy_pipeline(spark, 3.0, feature="missing_feature"), name)
     client.set_registered_model_alias(name, "champion", v1)
-    probes = default_probes(spark, store, toy_features)
+    probes = model_probes(spark, store, toy_features, name)
     champion = ChampionModel(name, job="sales-test", store=store, probe=probes)
     topic = f"sales-alias-{tag}"
     create_topic(settings, topic)
