@@ -32,6 +32,7 @@ LOW_STOCK = "low_stock"
 OVERSTOCK = "overstock"
 SLOW_MOVER = "slow_mover"
 ALERT_TYPES = (LOW_STOCK, OVERSTOCK, SLOW_MOVER)
+MAX_ETA_HOURS = 366 * 24.0  # a stockout further ahead is no estimate (as in serving's advice)
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -91,12 +92,14 @@ class Condition:
 
 
 def stockout_eta_hours(stock_level: int, demand_per_hour: float | None) -> float | None:
-    """Hours until the stock runs out at ``demand_per_hour``; 0 when out; None without demand."""
+    """Hours until the stock runs out at ``demand_per_hour``; 0 when out; None without demand or
+    beyond ``MAX_ETA_HOURS`` (a dead stock's ETA would pass the year 2262, where timestamps end)."""
     if stock_level <= 0:
         return 0.0
     if demand_per_hour is None or demand_per_hour <= 0:
         return None
-    return stock_level / demand_per_hour
+    eta = stock_level / demand_per_hour
+    return eta if eta <= MAX_ETA_HOURS else None
 
 
 def evaluate_conditions(snapshot: StockSnapshot, rules: AlertRules) -> dict[str, Condition]:

@@ -70,6 +70,7 @@ from common.schemas import INVENTORY_EVENT_SCHEMA, INVENTORY_EVENT_TYPES
 from common.settings import Settings, get_settings
 from common.store import Store, open_store
 from streaming.alerts import (
+    MAX_ETA_HOURS,
     Alert,
     AlertChange,
     AlertRules,
@@ -1223,7 +1224,8 @@ def recommend_stock(frame: pd.DataFrame, policy: StockPolicy) -> pd.DataFrame:
     safety_stock; daily demand = the demand model's, else lead_time_demand / lead_time_days;
     order_up_to = reorder_point + daily demand x review_days; order_quantity = order_up_to - level,
     rounded up to whole case packs, when the level is at or below the reorder point (else 0);
-    days_of_cover = level / daily demand; stockout ETA = as_of + 24 x days_of_cover hours.
+    days_of_cover = level / daily demand; stockout ETA = as_of + 24 x days_of_cover hours, none
+    beyond ``MAX_ETA_HOURS``.
     """
     lead_time_demand = frame["lead_time_demand"].clip(lower=0.0)
     safety_stock = frame["safety_factor"].clip(lower=0.0) * np.sqrt(lead_time_demand + 1)
@@ -1237,7 +1239,7 @@ def recommend_stock(frame: pd.DataFrame, policy: StockPolicy) -> pd.DataFrame:
     cases = np.ceil((order_up_to - level).clip(lower=0) / pack)
     order_quantity = np.where(reorder_now, cases * pack, 0)
     days_of_cover = (level / daily).where(daily > 0)
-    eta_hours = days_of_cover * 24
+    eta_hours = (days_of_cover * 24).where(days_of_cover * 24 <= MAX_ETA_HOURS)
     as_of = pd.to_datetime(frame["as_of"])
     return pd.DataFrame(
         {

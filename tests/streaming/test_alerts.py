@@ -64,6 +64,9 @@ def test_conditions_follow_the_severity_ladder() -> None:
     assert set(slow) == {SLOW_MOVER} and slow[SLOW_MOVER].severity is Severity.LOW
     assert evaluate_conditions(snapshot(0, idle=30.0), RULES).keys() == {LOW_STOCK}
     assert stockout_eta_hours(5, None) is None and stockout_eta_hours(0, None) == 0.0
+    # Dead stock: 300 units at 0.002 a day would run out in 410 years, past pandas' timestamps.
+    assert stockout_eta_hours(300, 0.002 / 24) is None
+    assert stockout_eta_hours(366, 1 / 24) == 366 * 24.0  # a year ahead is still an estimate
     with pytest.raises(ValueError, match="overstock_factor"):
         AlertRules(overstock_factor=1.0)
 

@@ -440,6 +440,29 @@ def test_recommendations_follow_the_documented_formulas() -> None:
     assert (p2.demand_model_version, p1.demand_model_version) == ("5", "")
 
 
+def test_dead_stock_has_no_stockout_eta_instead_of_one_past_the_year_2262() -> None:
+    frame = pd.DataFrame(
+        {
+            "store_id": ["S1"],
+            "product_id": ["P1"],
+            "as_of": [pd.Timestamp("2026-03-02 10:00")],
+            "forecast_date": [DAY],
+            "stock_level": [500],
+            "lead_time_days": [2.0],
+            "lead_time_demand": [0.008],
+            "daily_demand": [float("nan")],  # 0.004 a day: 125,000 days of cover
+            "safety_factor": [2.0],
+            "stock_model_name": ["stock_optimizer"],
+            "stock_model_version": ["3"],
+            "demand_model_name": [None],
+            "demand_model_version": [None],
+        }
+    )
+    advice = recommend_stock(frame, StockPolicy(service_level=0.95, review_days=7)).iloc[0]
+    assert advice.days_of_cover == pytest.approx(125_000)
+    assert pd.isna(advice.eta_hours) and pd.isna(advice.stockout_eta)
+
+
 def test_orders_come_in_whole_case_packs() -> None:
     frame = pd.DataFrame(
         {
