@@ -181,6 +181,12 @@ class Settings(BaseSettings):
             raise ValueError("a port is at most 65535")
         return ",".join(hosts)
 
+    @field_validator("data_dir", "checkpoint_dir")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        """``~/data`` from an env file (no shell expanded it) means the home folder's."""
+        return None if value is None else value.expanduser()
+
     @field_validator("mlflow_tracking_uri")
     @classmethod
     def _check_tracking_uri(cls, value: str) -> str:

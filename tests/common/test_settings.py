@@ -41,6 +41,15 @@ def test_an_empty_variable_is_an_unset_one(monkeypatch):
     assert settings.uses_embedded_store
 
 
+def test_a_folder_under_the_home_folder_is_expanded(monkeypatch):
+    """An env file passes `~/retail` as it is: no shell expanded it."""
+    monkeypatch.setenv("DATA_DIR", "~/retail")
+    monkeypatch.setenv("CHECKPOINT_DIR", "~/retail-checkpoints")
+    settings = Settings()
+    assert settings.data_root == Path.home() / "retail"
+    assert settings.checkpoint_root == Path.home() / "retail-checkpoints"
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
