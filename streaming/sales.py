@@ -78,6 +78,7 @@ CATCH_UP_INTERVAL_S = 300.0  # ... and, while full batches lag this far (a backl
 SCORED_DAYS_KEPT = 2  # newest days whose scored pairs (and catalogue) a job remembers
 CATALOGUE_DAYS = 28  # days of events before a day that give the catalogue to score on it
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
+FIRST_JUDGED_MAX = dt.timedelta(days=1)  # a new query judges at most this far back
 SILENCE_MAX_MINUTES = 6 * 60  # a silence's row grows until its store sells again, up to this
 PROFILE_DAYS = 28  # days of sales before the judged one that give a store's hourly profile
 PROFILE_MIN_DAYS = 3  # a store with sales on fewer of them has no profile
@@ -1208,6 +1209,7 @@ class SalesBatchWriter:
         self._judged_until: dt.datetime | None = None  # see _load_horizon
         # The newest event time this writer stored, none later than its record's Kafka timestamp.
         self._latest_event_time: dt.datetime | None = None
+        self._first_event_time: dt.datetime | None = None  # the earliest of the first batch stored
         self._history: tuple[dt.date, StoreHistory] | None = None  # of the newest judged day
         self._scoring_error = ""
         self.anomaly_interval_s = anomaly_interval_s
@@ -1242,6 +1244,8 @@ class SalesBatchWriter:
         if raw.num_rows == 0:
             log.info("%s batch %d: all %d events were repeats", self.query_name, batch_id, received)
             return
+        if self._first_event_time is None:
+            self._first_event_time = _naive_utc(pc.min(raw["event_time"]).as_py())
         panes = panes_of_rows(raw)
         steps.lap("panes")
         stored = raw.append_column("ingest_token", pa.repeat(token, raw.num_rows))
@@ -1465,14 +1469,18 @@ class SalesBatchWriter:
 
     def _load_horizon(self) -> None:
         """Where judging goes on from, fixed once the first batch is stored: the query's stored
-        horizon or, for a new query, one baseline span before the windows its first batch closed,
-        however long judging is then deferred."""
-        latest = self._latest_event_time
-        if self._judged_until is not None or latest is None:
+        horizon or, for a new query, the windows of its first batch's earliest event (at least
+        one baseline span before the windows that batch closed, at most ``FIRST_JUDGED_MAX``),
+        however long judging is then deferred: a drain judges what it read, whatever its
+        batch size."""
+        latest, earliest = self._latest_event_time, self._first_event_time
+        if self._judged_until is not None or latest is None or earliest is None:
             return
         value = self.store.scalar(HORIZON_SQL, {"query": self.query_name})
         stored = None if value is None or pd.isna(value) else _naive_utc(value)
-        self._judged_until = stored or self._closed(latest) - self._baseline_span
+        closed = self._closed(latest)
+        first = min(_minute_floor(earliest), closed - self._baseline_span)
+        self._judged_until = stored or max(first, closed - FIRST_JUDGED_MAX)
 
     def _judge_windows(self) -> bool:
         """Judge the windows closed since the last judgement (at most ``MAX_JUDGED_SPAN`` of event

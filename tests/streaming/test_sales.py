@@ -1315,6 +1315,24 @@ def test_a_job_working_through_a_backlog_judges_once_its_batches_thin_out(
 
 
 @pytest.mark.spark
+def test_a_drain_read_in_one_batch_judges_every_window_it_read(spark, settings, store) -> None:
+    """Three hours of sales in one micro-batch (a drain with a large MAX_OFFSETS_PER_TRIGGER):
+    the surge in its second hour is judged, as it is when the batches are small (until
+    2026-12-07 a new query judged only the last baseline span of its first batch)."""
+    day, tag = dt.date(2026, 3, 25), uuid.uuid4().hex[:6]
+    shop, surge = f"S-{tag}", at(day, "09:10")
+    minutes = [at(day, "08:00") + dt.timedelta(minutes=m) for m in range(180)]  # to 10:59
+    steady = [sale(f"m{i}-{tag}", t, f"t{i}", shop, "c1", 1, 10.0) for i, t in enumerate(minutes)]
+    rush = [sale(f"r{i}-{tag}", surge, f"r{i}", shop, f"c{i}", 1, 10.0) for i in range(25)]
+
+    writer = eager_writer(spark, settings, f"sales-one-batch-{tag}", 1_000_000)
+    writer(classified_batch(spark, [*steady, *rush], dt.datetime(2026, 3, 25, 12, 0)), 0)
+    writer.finish()
+
+    assert_surge_flagged(store, shop, surge)
+
+
+@pytest.mark.spark
 def test_a_job_keeping_up_with_live_sales_judges_its_full_batches(spark, settings, store) -> None:
     """A full batch of sales up to a minute ago is not a backlog: it is judged at once, not
     deferred by the catch-up interval, however busy the feed."""
