@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from hyperopt import STATUS_OK, Trials, fmin, tpe
+from hyperopt import STATUS_OK, fmin, space_eval, tpe
+from hyperopt.fmin import generate_trials_to_calculate
 from pyspark.sql import DataFrame
 
 from training.models import (
@@ -112,18 +114,36 @@ def tune(
         log.info("%s trial %d: rmse %.4f", name, len(outcomes), outcome.metrics["rmse"])
         return {"loss": outcome.metrics["rmse"], "status": STATUS_OK}
 
+    search(objective, name, max_evals, seed, max_trees, max_depth)
+    best = min(outcomes, key=lambda o: o.metrics["rmse"])
+    return Tuning(best=best, trials=outcomes)
+
+
+def search(
+    objective: Callable[[dict[str, Any]], Any],
+    name: str,
+    max_evals: int,
+    seed: int,
+    max_trees: int,
+    max_depth: int,
+) -> None:
+    """Call ``objective`` on ``max_evals`` parameter sets of ``name``'s space: first
+    :func:`starting_point`, then TPE's. (Hyperopt reads ``points_to_evaluate`` only without a
+    ``trials`` object, and evaluates a queued trial on top of ``max_evals``.)"""
+    space = search_space(name, max_trees=max_trees, max_depth=max_depth)
+    first = starting_point(name, max_trees=max_trees, max_depth=max_depth)
+    if max_evals == 1:
+        objective(space_eval(space, first))
+        return
     fmin(
         objective,
-        search_space(name, max_trees=max_trees, max_depth=max_depth),
+        space,
         algo=tpe.suggest,
-        max_evals=max_evals,
-        trials=Trials(),
-        points_to_evaluate=[starting_point(name, max_trees=max_trees, max_depth=max_depth)],
+        max_evals=max_evals - 1,
+        trials=generate_trials_to_calculate([first]),
         rstate=np.random.default_rng(seed),
         show_progressbar=False,
     )
-    best = min(outcomes, key=lambda o: o.metrics["rmse"])
-    return Tuning(best=best, trials=outcomes)
 
 
 def _clean(raw: dict[str, Any]) -> dict[str, Any]:

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from hyperopt import Trials, fmin, tpe
+from hyperopt import STATUS_OK, space_eval
 
 from training.models import MODEL_NAMES, search_space, starting_point
+from training.tune import search
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize(("max_trees", "max_depth"), [(2, 2), (5, 3), (20, 6), (100, 12)])
-def test_search_space_accepts_any_tree_budget(name, max_trees, max_depth):
+@pytest.mark.parametrize("max_evals", [1, 3])
+def test_the_search_tries_the_starting_point_first_and_any_tree_budget(
+    name, max_trees, max_depth, max_evals
+):
     seen = []
 
     def objective(params):
         seen.append(params)
-        return 1.0
+        return {"loss": 1.0, "status": STATUS_OK}
 
-    fmin(
-        objective,
-        search_space(name, max_trees=max_trees, max_depth=max_depth),
-        algo=tpe.suggest,
-        max_evals=3,
-        trials=Trials(),
-        rstate=np.random.default_rng(0),
-        points_to_evaluate=[starting_point(name, max_trees=max_trees, max_depth=max_depth)],
-        show_progressbar=False,
-    )
-    assert len(seen) == 3
+    search(objective, name, max_evals, seed=0, max_trees=max_trees, max_depth=max_depth)
+
+    assert len(seen) == max_evals
+    space = search_space(name, max_trees=max_trees, max_depth=max_depth)
+    assert seen[0] == space_eval(space, starting_point(name, max_trees, max_depth))
     assert all(p["max_depth"] <= max_depth for p in seen)
