@@ -178,8 +178,11 @@ def materialize(spark: SparkSession, frame: DataFrame) -> DataFrame:
 def load_recent_history(
     spark: SparkSession, store: Store, keys: DataFrame, as_of_date: dt.date
 ) -> DataFrame | None:
-    """The FEATURE_HISTORY_DAYS of panel before ``as_of_date`` for the products in ``keys``."""
+    """The FEATURE_HISTORY_DAYS of panel before ``as_of_date`` for the products in ``keys``
+    (None for no keys: the store's filter would read every product)."""
     products = [row.product_id for row in keys.select("product_id").distinct().collect()]
+    if not products:
+        return None
     window = HistoryWindow(
         as_of_date - dt.timedelta(days=FEATURE_HISTORY_DAYS), as_of_date - dt.timedelta(days=1)
     )

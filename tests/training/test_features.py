@@ -100,3 +100,16 @@ def test_scoring_a_key_without_history_uses_the_product_fallback(
     assert row["observed_days_28d"] == 0.0
     assert row["units_mean_28d"] > 0  # the product's mean over all stores, not zero
     assert row["units_lag_1"] == row["units_mean_28d"]
+
+
+def test_no_keys_read_no_history_and_still_give_the_feature_columns(
+    spark, training_store, main_window
+):
+    """What the streaming jobs' model probes ask for as they start: the columns, not the panel."""
+    from training.features import load_recent_history
+
+    no_keys = spark.createDataFrame([], "store_id string, product_id string")
+    assert load_recent_history(spark, training_store, no_keys, main_window.end) is None
+    features = build_scoring_features(spark, training_store, no_keys, main_window.end)
+    assert set(model_input_columns("stock_optimizer")) <= set(features.columns)
+    assert features.count() == 0
