@@ -6,8 +6,8 @@ days before it, exactly like the precomputation. A day past the stored history h
 between the last stored day and itself: its lags fall back to the rolling means of the days that
 are stored (the documented fallbacks of ``add_demand_features``), a flat projection.
 
-Spark starts on the first call only (``common.spark.build_spark_session``), and calls take turns:
-one Spark job at a time, whatever the number of requests waiting.
+Spark starts on the first call only (``api_spark_session``: local, whatever ``SPARK_MASTER``
+says), and calls take turns: one Spark job at a time, whatever the number of requests waiting.
 """
 
 from __future__ import annotations
@@ -149,6 +149,20 @@ class OnDemandScorer:
             return predict_days(self._models[uri], features, quantiles)
 
     def _build_spark(self) -> Any:
-        from common.spark import build_spark_session
+        return api_spark_session(self.settings)
 
-        return build_spark_session("retail-serve", self.settings)
+
+API_SPARK_MASTER = "local[*]"
+
+
+def api_spark_session(settings: Settings) -> Any:
+    """The API's SparkSession (on-demand scoring, forecast refreshes), in its own process
+    whatever ``SPARK_MASTER`` says: its jobs are small, and on a cluster the streaming jobs may
+    hold every core, so that they would wait for good."""
+    from common.spark import build_spark_session
+
+    return build_spark_session("retail-serve", api_settings(settings))
+
+
+def api_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"spark_master": API_SPARK_MASTER})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -61,13 +62,16 @@ FROM products FINAL
 STOCK_LEVELS_SQL = """
 SELECT store_id, product_id, stock_level, event_time AS observed_at, lead_time_days
 FROM stock_levels FINAL
-UNION ALL
-SELECT store_id, product_id, argMax(stock_level, event_time), max(event_time),
-       argMax(lead_time_days, event_time)
+"""
+# The level of each pair's latest event: the level of a pair the inventory job has not written
+# (one known from the backfill alone). A scan of the events: read every EVENT_LEVELS_EVERY_S.
+EVENT_LEVELS_SQL = """
+SELECT store_id, product_id, argMax(stock_level, event_time) AS stock_level,
+       max(event_time) AS observed_at, argMax(lead_time_days, event_time) AS lead_time_days
 FROM inventory_events
-WHERE (store_id, product_id) NOT IN (SELECT store_id, product_id FROM stock_levels FINAL)
 GROUP BY store_id, product_id
 """
+EVENT_LEVELS_EVERY_S = 300.0
 # Answered from the parts' min/max index (no scan): when the newest sale is on a day after the
 # forecasts' first day, they are out of date (ServingState rolls them forward).
 LATEST_SALE_SQL = "SELECT max(event_time) AS latest FROM sales_events"
@@ -140,7 +144,8 @@ class ServingData:
     forecasts: Mapping[Key, Mapping[dt.date, ForecastDay]] = field(default_factory=dict)
     stores: frozenset[str] = frozenset()
     products: Mapping[str, Product] = field(default_factory=dict)
-    stock_levels: Mapping[Key, StockLevel] = field(default_factory=dict)
+    job_stock_levels: Mapping[Key, StockLevel] = field(default_factory=dict)
+    event_stock_levels: Mapping[Key, StockLevel] = field(default_factory=dict)
     recommendations: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
     open_alerts: tuple[Mapping[str, Any], ...] = ()
     recent_anomalies: tuple[Mapping[str, Any], ...] = ()
@@ -150,6 +155,12 @@ class ServingData:
     fingerprints: Mapping[str, str] = field(default_factory=dict)
     table_errors: Mapping[str, str] = field(default_factory=dict)
     checked_at: dt.datetime | None = None
+
+    @cached_property
+    def stock_levels(self) -> Mapping[Key, StockLevel]:
+        """The inventory job's level of each pair, or its latest event's when the job has
+        written none (a pair known from the backfill alone)."""
+        return {**self.event_stock_levels, **self.job_stock_levels}
 
     @cached_property
     def known_stores(self) -> frozenset[str]:
@@ -284,6 +295,7 @@ class TableReader:
     sql: str
     target: str
     convert: Callable[[pd.DataFrame], Any]
+    every_s: float | None = None  # read on a clock instead of when the table's parts change
 
 
 def table_readers() -> list[TableReader]:
@@ -292,7 +304,14 @@ def table_readers() -> list[TableReader]:
         TableReader("forecasts", FORECASTS_SQL, "forecasts", forecasts_by_key),
         TableReader("stores", STORES_SQL, "stores", lambda f: frozenset(map(str, f["store_id"]))),
         TableReader("products", PRODUCTS_SQL, "products", products_by_id),
-        TableReader("stock_levels", STOCK_LEVELS_SQL, "stock_levels", stock_levels_by_key),
+        TableReader("stock_levels", STOCK_LEVELS_SQL, "job_stock_levels", stock_levels_by_key),
+        TableReader(
+            "inventory_events",
+            EVENT_LEVELS_SQL,
+            "event_stock_levels",
+            stock_levels_by_key,
+            every_s=EVENT_LEVELS_EVERY_S,
+        ),
         TableReader(
             "stock_recommendations", RECOMMENDATIONS_SQL, "recommendations", recommendations_by_key
         ),
@@ -303,13 +322,6 @@ def table_readers() -> list[TableReader]:
         TableReader("model_promotions", PROMOTIONS_SQL, "promoted_at", promotions_by_version),
         TableReader("sales_events", LATEST_SALE_SQL, "latest_sale_at", latest_moment),
     ]
-
-
-def reader_sources(reader: TableReader) -> tuple[str, ...]:
-    """The tables whose parts decide whether ``reader`` reads again."""
-    return (
-        ("stock_levels", "inventory_events") if reader.table == "stock_levels" else (reader.table,)
-    )
 
 
 @dataclass(frozen=True)
@@ -329,9 +341,7 @@ def read_changed_frames(
     """Read every serving table whose parts changed since ``fingerprints`` (one store session).
 
     A table that is missing or fails to read is named in ``errors`` (and read again next time);
-    a store that cannot be reached at all raises. A pair the inventory job has not written a
-    level for yet (one known from the backfill alone) has the level of its latest
-    ``inventory_events`` row.
+    a store that cannot be reached at all raises.
     """
     read = StoreRead(checked_at=dt.datetime.now(dt.UTC))
     with store.session():
@@ -341,9 +351,11 @@ def read_changed_frames(
             if reader.table not in existing:
                 read.errors[reader.table] = "missing: run `retail migrate`"
                 continue
-            fingerprint = "|".join(
-                f"{source}:{parts.get(source, '')}" for source in reader_sources(reader)
-            )
+            fingerprint = f"{reader.table}:{parts.get(reader.table, '')}"
+            if reader.every_s is not None:  # read again on a clock, not on every insert
+                fingerprint = (
+                    f"{reader.table}:every {reader.every_s:g} s:{time.time() // reader.every_s:g}"
+                )
             if fingerprints.get(reader.table) == fingerprint:
                 continue
             try:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Refresher = Callable[[str], int]
 DEFAULT_REFRESH_HORIZON = 14
+ROLL_RETRY_S = 600.0  # a roll-forward that failed is tried again after this long
 
 
 def freeze_long_lived_objects() -> None:
@@ -80,7 +81,8 @@ class ServingState:
         self._refresher = refresher or self._refresh_with_training
         self._champion_seen: dict[str, float] = {}
         self._refresh_tried: dict[str, float] = {}
-        self._rolled_for: dict[str, dt.date] = {}  # version -> the sale day it was rolled for
+        # version -> (the sale day it rolled for, whether that worked, when it was tried)
+        self._rolled_for: dict[str, tuple[dt.date, bool, float]] = {}
         self._refresh_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -186,13 +188,20 @@ class ServingState:
         return "no stored forecasts of the champion"
 
     def _roll_forward_reason(self, version: str) -> str | None:
+        """Sales came on a day after the forecasts' first day (not after today: a till clock
+        ahead does not count). Once per such day, again after a failed try."""
         origin, latest = self.data.forecast_origin, self.data.latest_sale_at
-        if origin is None or latest is None or latest.date() <= origin:
+        if origin is None or latest is None:
             return None
-        if self._rolled_for.get(version) == latest.date():
+        day = min(latest.date(), dt.datetime.now(dt.UTC).date())
+        if day <= origin:
             return None
-        self._rolled_for[version] = latest.date()
-        return f"sales of {latest.date()} came after the forecasts' first day {origin}"
+        now = time.monotonic()
+        tried = self._rolled_for.get(version)
+        if tried is not None and tried[0] == day and (tried[1] or now - tried[2] < ROLL_RETRY_S):
+            return None
+        self._rolled_for[version] = (day, False, now)
+        return f"sales of {day} came after the forecasts' first day {origin}"
 
     def _run_refresh(self, version: str, reason: str) -> None:
         started = dt.datetime.now(dt.UTC)
@@ -214,18 +223,21 @@ class ServingState:
             self._event(version, "forecast_refresh_failed", detail)
             return
         self.forecast_refresh.update(state="done", rows=rows, finished_at=dt.datetime.now(dt.UTC))
+        rolled = self._rolled_for.get(version)
+        if rolled is not None:
+            self._rolled_for[version] = (rolled[0], True, rolled[2])
         self._event(version, "forecast_refreshed", f"{rows} rows")
         self.reader.read_now()
 
     def _refresh_with_training(self, model_name: str) -> int:
-        from common.spark import build_spark_session
+        from serving.scoring import api_spark_session
         from training.forecast import refresh_forecasts
 
         stored_horizon = max(
             (day.horizon_day for days in self.data.forecasts.values() for day in days.values()),
             default=DEFAULT_REFRESH_HORIZON,
         )
-        spark = build_spark_session("retail-serve", self.settings)
+        spark = api_spark_session(self.settings)
         return refresh_forecasts(spark, self.store, model_name, horizon=stored_horizon)
 
     def _event(self, version: str, event_type: str, detail: str) -> None:

@@ -641,3 +641,14 @@ def test_the_api_rolls_the_forecasts_forward_once_sales_come_after_their_first_d
         serving_store.execute(
             "DELETE FROM forecasts WHERE product_id = {p:String}", {"p": rolled_product}
         )
+
+
+def test_the_api_runs_its_spark_work_in_its_own_process_whatever_the_cluster(serving_settings):
+    """On a cluster the streaming jobs may hold every core: the API's small Spark jobs (on-demand
+    scoring, forecast refreshes) would wait for good."""
+    from serving.scoring import api_settings
+
+    on_cluster = serving_settings.model_copy(update={"spark_master": "spark://spark-master:7077"})
+    local = api_settings(on_cluster)
+    assert local.spark_master == "local[*]"
+    assert local.model_copy(update={"spark_master": on_cluster.spark_master}) == on_cluster
