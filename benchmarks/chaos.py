@@ -361,6 +361,25 @@ def _wrote_or_ended(job: StreamJob, settings: Settings, rows_before: int) -> boo
     return job.process.poll() is not None or stored_sales_rows(settings) > rows_before
 
 
+def stored_but_uncommitted(settings: Settings) -> bool:
+    """Whether the sales job's last planned batch stored its events without committing its
+    offsets: the moment a SIGKILL makes Spark replay a batch whose events are already stored."""
+    from common.store import open_store
+    from streaming.sales import JOB, query_names
+
+    query = query_names(JOB)["events"]
+    checkpoint = settings.checkpoint_root / JOB / query
+    planned = [int(p.name) for p in (checkpoint / "offsets").glob("[0-9]*")]
+    if not planned or (checkpoint / "commits" / str(max(planned))).exists():
+        return False
+    stored = open_store(settings).scalar(
+        "SELECT count() FROM sales_events WHERE startsWith(ingest_token, {q:String}) "
+        "AND endsWith(ingest_token, {b:String})",
+        {"q": f"{query}.", "b": f"-{max(planned)}"},
+    )
+    return int(stored or 0) > 0
+
+
 def kill_restart(stack: Stack, sizes: Sizes, seed: int = 11) -> ChaosResult:
     """Rounds of: start the job, produce, SIGKILL or SIGTERM it; then drain and reconcile.
 
@@ -391,13 +410,15 @@ def kill_restart(stack: Stack, sizes: Sizes, seed: int = 11) -> ChaosResult:
                 moment = "after write" if job.process.poll() is None else "after the job ended"
             except TimeoutError:
                 moment = "no write yet"
-            time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(rng.uniform(0.0, 0.3))
             signum = signal.SIGKILL
         else:
             time.sleep(rng.uniform(0.5, sizes.round_seconds + 3.0))
             signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
         job.signal(signum)
         code = job.wait()
+        if signum == signal.SIGKILL and stored_but_uncommitted(settings):
+            moment += ", before its commit"  # the replay finds its own events stored
         kills.append(f"{signal.Signals(signum).name} {moment} -> exit {code}")
         producer.join()
     drain_in_process(stack, settings)

@@ -15,7 +15,8 @@ def test_kill_and_restart_rounds_lose_and_duplicate_nothing(chaos_stack, sizes) 
     result = chaos.kill_restart(chaos_stack, sizes)
     kills = result.details["kills"]
     assert len(kills) == sizes.kill_rounds
-    # The crash that matters: after a batch's store write, before its checkpoint commit.
+    # A crash after the job wrote to the store: its replay must not write twice. Whether a kill
+    # also landed before that batch's commit is in its label ("..., before its commit").
     assert any(kill.startswith("SIGKILL after write") for kill in kills), kills
     assert result.events > 0
     assert (result.lost, result.duplicated) == (0, 0), result.details
