@@ -694,7 +694,8 @@ class _SparkDaemon(_Daemon):
         _write_log4j2(self.conf_dir / "log4j2.properties", ["org.apache.spark.deploy"])
         defaults = self.conf_dir / "spark-defaults.conf"
         # No fixed REST port 6066. An application that sets no spark.cores.max takes one core, not
-        # every core of the cluster: the two streaming jobs (and training) run side by side.
+        # every core of the cluster: the two streaming jobs run side by side on the 2-core worker
+        # (a third application, training or the batch, waits for one of them to stop).
         defaults.write_text("spark.master.rest.enabled false\nspark.deploy.defaultCores 1\n")
         spark_home = _spark_home()
         argv = [

@@ -2,18 +2,19 @@
 in-stream demand scoring with the champion model, and anomalies, exactly once into the store.
 
 Pure transforms (static or streaming frames): ``parse_sales``/``classify_sales``,
-``sales_panes`` (and ``panes_of_rows``, the same on a collected batch in pandas),
+``sales_panes`` (and ``panes_of_rows``, the same on a collected batch in Arrow),
 ``windows_from_panes``, ``windowed_sales_metrics`` (panes, the job's way),
 ``sliding_window_metrics`` (Spark's sliding ``window()``, the slow way, used for the console sink),
 ``score_demand``, ``detect_sales_anomalies`` and ``detect_store_silences``. ``SalesBatchWriter``
 is the ``foreachBatch`` wiring and ``main()`` starts the query.
 
 How a micro-batch becomes store rows (results do not depend on how events fall into batches):
-each batch keeps the first of each ``event_id`` that ``sales_events`` does not hold yet (late or
-not: nothing valid is dropped), then inserts its dead letters, raw events and 1-minute pane
-partials (sums in cents, distinct id arrays) with the token ``<query>.<stream id>-<batch id>``
-(``stream_token``); the 5-minute windows touched by the batch are recomputed from all partials of
-their panes (``sum`` and ``uniqExactArray``: exact) and replace their earlier rows.
+each batch keeps the first of each ``event_id`` and UTC day that ``sales_events`` does not hold
+yet (late or not: nothing valid is dropped), then inserts its dead letters, raw events and 1-minute
+pane partials (revenue in millionths, distinct id arrays) with the token
+``<query>.<stream id>-<batch id>`` (``stream_token``); the 5-minute windows holding the batch's
+panes are recomputed from all partials of their panes (``sum`` and ``uniqExactArray``: exact) into
+``sales_metrics_versions``, whose latest row per window the view ``sales_metrics`` shows.
 """
 
 from __future__ import annotations

@@ -23,13 +23,16 @@ def feature_importance_figure(names: list[str], importances: np.ndarray, top: in
     return figure
 
 
-def forecast_vs_actual_figure(holdout: pd.DataFrame, label: str, title: str) -> Figure:
-    """Daily totals over the holdout (actual, model, baseline) and a per-row scatter."""
+def forecast_vs_actual_figure(
+    holdout: pd.DataFrame, label: str, title: str, baseline: str = "seasonal naive"
+) -> Figure:
+    """Daily totals over the holdout (actual, model, and the ``baseline`` column, named in the
+    legend) and a per-row scatter."""
     daily = holdout.groupby("date")[[label, "prediction", "baseline"]].sum()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     left.plot(daily.index, daily[label], marker="o", label="actual")
     left.plot(daily.index, daily["prediction"], marker="o", label="model")
-    left.plot(daily.index, daily["baseline"], linestyle="--", label="seasonal naive")
+    left.plot(daily.index, daily["baseline"], linestyle="--", label=baseline)
     left.set_title(f"{title}: daily total over the holdout")
     left.legend()
     left.tick_params(axis="x", rotation=45)

@@ -338,10 +338,14 @@ def _log_model_run(
     mlflow.log_metrics(metrics)
     mlflow.log_dict(report.quantiles, f"{name}/conformal_quantiles.json")
     importances = learner_stage(model).featureImportances.toArray()
+    baseline_name = next(iter(report.baselines))  # the model's first (named) baseline
     figures = {
         "feature_importance.png": feature_importance_figure(slots, importances),
         "forecast_vs_actual.png": forecast_vs_actual_figure(
-            scored.assign(baseline=scored[next(iter(report.baselines))]), label, name
+            scored.assign(baseline=scored[baseline_name]),
+            label,
+            name,
+            baseline_name.replace("_", " "),
         ),
         "residuals.png": residuals_figure(scored[label], scored["prediction"], name),
     }

@@ -27,3 +27,21 @@ def test_the_search_tries_the_starting_point_first_and_any_tree_budget(
     space = search_space(name, max_trees=max_trees, max_depth=max_depth)
     assert seen[0] == space_eval(space, starting_point(name, max_trees, max_depth))
     assert all(p["max_depth"] <= max_depth for p in seen)
+
+
+def test_the_forecast_plot_names_the_baseline_it_draws():
+    import pandas as pd
+
+    from training.plots import forecast_vs_actual_figure
+
+    holdout = pd.DataFrame(
+        {
+            "date": pd.to_datetime(["2025-03-01", "2025-03-02"]),
+            "lead_time_demand": [4.0, 6.0],
+            "prediction": [5.0, 5.0],
+            "baseline": [3.0, 7.0],
+        }
+    )
+    figure = forecast_vs_actual_figure(holdout, "lead_time_demand", "stock", "moving average")
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["actual", "model", "moving average"]
