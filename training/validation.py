@@ -73,7 +73,9 @@ def split_fold(
 
     A training row's label must be complete before the block starts (``label_end`` is the last
     day the label looks at: the day itself for daily demand, the end of the lead time for the
-    stock model), so nothing from the validation block or later is learnt.
+    stock model), so nothing from the validation block or later is learnt; and a validation
+    row's label must end within the block, so that the last fold's labels do not read the
+    holdout's sales, nor the holdout's the days after the window.
     """
     labelled = frame.where(F.col(label).isNotNull())
     train = labelled.where(
@@ -82,6 +84,6 @@ def split_fold(
     )
     validation = labelled.where(
         (F.col("date") >= F.lit(fold.validation_start))
-        & (F.col("date") <= F.lit(fold.validation_end))
+        & (F.col(label_end) <= F.lit(fold.validation_end))
     )
     return train, validation

@@ -42,8 +42,11 @@ def test_no_fold_trains_on_data_after_its_validation_block(
     for fold in [*plan.folds, plan.holdout]:
         train, validation = split_fold(features, fold, spec.label, spec.label_end_column)
         seen = train.agg(F.max("date"), F.max(spec.label_end_column), F.count(F.lit(1))).first()
-        judged = validation.agg(F.min("date"), F.max("date"), F.count(F.lit(1))).first()
+        judged = validation.agg(
+            F.min("date"), F.max("date"), F.count(F.lit(1)), F.max(spec.label_end_column)
+        ).first()
         assert seen[2] > 0 and judged[2] > 0
+        assert judged[3] <= fold.validation_end, "a validation label reads past its block"
         assert seen[1] < fold.validation_start, "a training label reaches into the validation block"
         assert seen[0] < fold.validation_start
         assert judged[0] >= fold.validation_start and judged[1] <= fold.validation_end
