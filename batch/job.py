@@ -165,6 +165,9 @@ def _check_raw_day(
     frames = {name: views.raw_events(store, table, day) for name, table in views.RAW_TABLES.items()}
     holiday = views.is_holiday(store, day)
     volume = _volume_frame(store, day, frames).assign(is_holiday=holiday)
+    if holiday:  # closed stores sell nothing: the day has arrived as far as any of its events
+        latest = volume[["latest_sales_event_time", "latest_inventory_event_time"]].max(axis=1)
+        volume["latest_sales_event_time"] = latest
     fresh_after = datetime.combine(day + timedelta(days=1), time(), UTC) - timedelta(
         hours=settings.batch_freshness_hours
     )

@@ -279,6 +279,26 @@ def test_a_holiday_that_sells_little_is_published(batch_settings, batch_store, m
     assert kpis.loc[("overall", "ALL", "ALL"), "units"] == 1
 
 
+def test_a_holiday_without_a_sale_is_published_once_its_stock_snapshots_came(
+    batch_settings, batch_store, make_world
+) -> None:
+    """Every store closed: no sale on the day nor yet on the next, but the evening's stock
+    snapshots show the day's data has arrived (until 2026-12-07 freshness failed the day)."""
+    holiday = date(2018, 12, 25)
+    world = make_world("closed")
+    world.history(holiday)
+    snapshots = [("BT-S1", "BT-P1", 10), ("BT-S2", "BT-P1", 5)]
+    world.insert_movements(
+        [world.movement(holiday, 23.5, s, p, "snapshot", 0, level) for s, p, level in snapshots]
+    )
+    calendar = {"date": holiday, "is_holiday": 1, "holiday_name": "Christmas Day", "day_of_week": 2}
+    batch_store.insert_df("calendar", pd.DataFrame([calendar]))
+
+    (closed,) = run_batch(batch_settings, holiday, holiday)
+
+    assert closed.status == PUBLISHED
+
+
 def test_the_range_to_run_defaults_to_yesterday() -> None:
     day = date(2024, 2, 29)
     assert resolve_days(day, None, None) == (day, day)
