@@ -1,8 +1,10 @@
 """Features for both models, computed by one code path for training and for scoring.
 
-Every feature of day ``d`` uses only days before ``d`` (lags, rolling statistics) or facts known
-in advance about ``d`` itself (calendar, list price, promotion plan, store and product
-attributes). Training applies :func:`add_demand_features` to the whole daily panel; scoring
+Every feature of day ``d`` uses only days before ``d`` (lags, rolling statistics, past promotion
+days) or facts known in advance about ``d`` itself (calendar, list price, store and product
+attributes). The day's own promotion flag and price ratio are not inputs: they come from its
+sales (no plan of promotions is stored), so a day with either had sold, and scoring cannot know
+them. Training applies :func:`add_demand_features` to the whole daily panel; scoring
 (:func:`build_scoring_features`, used by the streaming jobs, serving and the forecast refresh)
 applies the same function to the last ``FEATURE_HISTORY_DAYS`` of stored history plus the rows to
 score, so the model sees the same numbers in both places.
@@ -54,8 +56,6 @@ DEMAND_NUMERIC_FEATURES = [
     "day_of_week",
     "month",
     "is_holiday",
-    "on_promotion",
-    "price_ratio",
     "size_sqm",
     "list_price",
 ]
