@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
+from spark_submit import spark_submit
 
 from common.schemas import SALES_EVENT_SCHEMA, event_key, required_fields
 
@@ -40,21 +36,8 @@ def test_under_spark_submit_the_session_runs_on_its_master(tmp_path):
         "open(sys.argv[1], 'w').write(spark.sparkContext.master)\n"
         "spark.stop()\n"
     )
-    spark_home = Path(next(iter(importlib.util.find_spec("pyspark").submodule_search_locations)))
-    env = os.environ | {
-        "SPARK_HOME": str(spark_home),
-        "PYSPARK_PYTHON": sys.executable,
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "SPARK_MASTER": "local[2]",
-    }
-    submit = [str(spark_home / "bin" / "spark-submit"), "--master", "local[1]"]
-    completed = subprocess.run(
-        [*submit, "--conf", "spark.ui.enabled=false", str(job), str(result)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    completed = spark_submit(
+        "local[1]", job, str(result), PYTHONPATH=str(PROJECT_ROOT), SPARK_MASTER="local[2]"
     )
 
     assert completed.returncode == 0, completed.stderr[-3000:]

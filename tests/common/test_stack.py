@@ -7,7 +7,6 @@ stops it, and the fixture's teardown stops it again (a no-op) should any test fa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from spark_submit import spark_submit
 
 from common import stack
 from common.settings import Settings
@@ -166,34 +166,9 @@ def test_spark_submit_runs_a_job_on_the_standalone_cluster(
             """
         )
     )
-    spark_home = Path(next(iter(importlib.util.find_spec("pyspark").submodule_search_locations)))
     master = f"spark://127.0.0.1:{running.spark_master_port}"
-    env = os.environ | {
-        "SPARK_HOME": str(spark_home),
-        "PYSPARK_PYTHON": sys.executable,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
-
-    completed = subprocess.run(
-        [
-            str(spark_home / "bin" / "spark-submit"),
-            "--master",
-            master,
-            "--conf",
-            "spark.ui.enabled=false",
-            "--conf",
-            "spark.executor.memory=512m",
-            "--conf",
-            "spark.driver.memory=512m",
-            str(job),
-            str(result),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    memory = {"spark.executor.memory": "512m", "spark.driver.memory": "512m"}
+    completed = spark_submit(master, job, str(result), conf=memory, SPARK_LOCAL_IP="127.0.0.1")
 
     assert completed.returncode == 0, completed.stderr[-3000:]
     outcome = json.loads(result.read_text())

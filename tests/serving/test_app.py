@@ -165,6 +165,12 @@ def test_model_info_has_version_metrics_and_promotion_time(serving_client, servi
     assert ready.json()["registry_reachable"] is True
 
 
+def reorder_answer(client, params: dict, status: int) -> dict | bool:
+    """The body of ``/reorder-advice`` once it answers with ``status`` (False until then)."""
+    answer = client.get("/reorder-advice", params=params)
+    return answer.status_code == status and answer.json()
+
+
 def test_reorder_advice_comes_from_the_recommendation_row_when_there_is_one(
     serving_client, serving_store, world
 ):
@@ -183,12 +189,7 @@ def test_reorder_advice_comes_from_the_recommendation_row_when_there_is_one(
     params = {"store_id": world.other_store_id, "product_id": world.product_id}
 
     advice = wait_until(
-        lambda: (
-            (r := serving_client.get("/reorder-advice", params=params)).status_code == 200
-            and r.json()
-        ),
-        30,
-        "the recommendation",
+        lambda: reorder_answer(serving_client, params, 200), 30, "the recommendation"
     )
 
     assert advice["source"] == "stock_recommendations"
@@ -265,6 +266,32 @@ def test_computed_reorder_advice_starts_from_the_newest_forecast_run(
     assert sized["lead_time_demand"] == pytest.approx(5.0 * 2.5)  # 2.5 days of lead time
 
 
+def stock_level_row(world, product: str, moment: pd.Timestamp, units: int) -> pd.DataFrame:
+    level = {
+        "store_id": world.store_id, "product_id": product, "stock_level": units,
+        "event_time": moment, "reorder_point": 4, "lead_time_days": 2.5, "unit_cost": 1.2,
+        "effective_reorder_point": 4.0, "demand_per_hour": None, "eta_hours": None,
+        "threshold_source": "event", "model_name": "", "model_version": "",
+        "last_event_id": "e", "last_event_type": "sale", "updated_at": moment,
+    }  # fmt: skip
+    return pd.DataFrame([level]).astype({"demand_per_hour": "float64", "eta_hours": "float64"})
+
+
+def recommendation_row(world, product: str, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The inventory job's recommendation for (the world's store, ``product``) at ``as_of``."""
+    row = {
+        "store_id": world.store_id, "product_id": product, "as_of": as_of,
+        "forecast_date": ORIGIN, "stock_level": 3, "lead_time_days": 2.5,
+        "lead_time_demand": 7.5, "daily_demand": 3.0, "safety_stock": 2.5,
+        "reorder_point": 10.0, "order_up_to": 31.0, "order_quantity": 30, "reorder_now": 1,
+        "days_of_cover": 1.0, "eta_hours": 24.0, "stockout_eta": None, "service_level": 0.95,
+        "stock_model_name": world.stock_model, "stock_model_version": "4",
+        "demand_model_name": world.demand_model, "demand_model_version": "1",
+        "query_name": "test", "batch_id": 1,
+    }  # fmt: skip
+    return pd.DataFrame([row])
+
+
 def test_a_recommendation_older_than_the_stock_level_gives_way_to_computed_advice(
     serving_client, serving_store, world
 ):
@@ -274,28 +301,12 @@ def test_a_recommendation_older_than_the_stock_level_gives_way_to_computed_advic
     serving_store.insert_df("products", products_frame(world).assign(product_id=product))
     serving_store.insert_df("forecasts", forecast_rows(world, "1", 1.0).assign(product_id=product))
     recommended = pd.Timestamp("2025-03-14 18:00")
-    row = {
-        "store_id": world.store_id, "product_id": product, "as_of": recommended,
-        "forecast_date": ORIGIN, "stock_level": 3, "lead_time_days": 2.5,
-        "lead_time_demand": 7.5, "daily_demand": 3.0, "safety_stock": 2.5,
-        "reorder_point": 10.0, "order_up_to": 31.0, "order_quantity": 30, "reorder_now": 1,
-        "days_of_cover": 1.0, "eta_hours": 24.0, "stockout_eta": None, "service_level": 0.95,
-        "stock_model_name": world.stock_model, "stock_model_version": "4",
-        "demand_model_name": world.demand_model, "demand_model_version": "1",
-        "query_name": "test", "batch_id": 1,
-    }  # fmt: skip
-    serving_store.insert_df("stock_recommendations", pd.DataFrame([row]))
+    serving_store.insert_df(
+        "stock_recommendations", recommendation_row(world, product, recommended)
+    )
 
     def level_at(moment: pd.Timestamp, units: int) -> None:
-        level = {
-            "store_id": world.store_id, "product_id": product, "stock_level": units,
-            "event_time": moment, "reorder_point": 4, "lead_time_days": 2.5, "unit_cost": 1.2,
-            "effective_reorder_point": 4.0, "demand_per_hour": None, "eta_hours": None,
-            "threshold_source": "event", "model_name": "", "model_version": "",
-            "last_event_id": "e", "last_event_type": "restock", "updated_at": moment,
-        }  # fmt: skip
-        frame = pd.DataFrame([level]).astype({"demand_per_hour": "float64", "eta_hours": "float64"})
-        serving_store.insert_df("stock_levels", frame)
+        serving_store.insert_df("stock_levels", stock_level_row(world, product, moment, units))
 
     def advice_with(level: int) -> dict:
         answer = serving_client.get(
@@ -310,17 +321,6 @@ def test_a_recommendation_older_than_the_stock_level_gives_way_to_computed_advic
     moved = wait_until(lambda: advice_with(200), 30, "the advice at the new level")
     assert moved["source"] == "forecasts"
     assert (moved["reorder_now"], moved["order_quantity"]) == (False, 0)
-
-
-def stock_level_row(world, product: str, moment: pd.Timestamp, units: int) -> pd.DataFrame:
-    level = {
-        "store_id": world.store_id, "product_id": product, "stock_level": units,
-        "event_time": moment, "reorder_point": 4, "lead_time_days": 2.5, "unit_cost": 1.2,
-        "effective_reorder_point": 4.0, "demand_per_hour": None, "eta_hours": None,
-        "threshold_source": "event", "model_name": "", "model_version": "",
-        "last_event_id": "e", "last_event_type": "sale", "updated_at": moment,
-    }  # fmt: skip
-    return pd.DataFrame([level]).astype({"demand_per_hour": "float64", "eta_hours": "float64"})
 
 
 def test_computed_advice_counts_the_stockout_from_the_first_forecast_day_and_refuses_old_ones(
@@ -351,14 +351,7 @@ def test_computed_advice_counts_the_stockout_from_the_first_forecast_day_and_ref
     last_day = ORIGIN + dt.timedelta(days=FORECAST_DAYS - 1)
     later = pd.Timestamp(last_day) + pd.Timedelta(days=2)
     serving_store.insert_df("stock_levels", stock_level_row(world, product, later, 2))
-    refused = wait_until(
-        lambda: (
-            (r := serving_client.get("/reorder-advice", params=params)).status_code == 503
-            and r.json()
-        ),
-        30,
-        "the refusal",
-    )
+    refused = wait_until(lambda: reorder_answer(serving_client, params, 503), 30, "the refusal")
     assert f"end on {last_day}" in refused["detail"]
 
 
@@ -368,17 +361,10 @@ def test_another_review_period_without_forecasts_is_a_clear_422(
     """The pair has the inventory job's recommendation but no forecasts to size another one."""
     product = f"PQ{uuid.uuid4().hex[:6]}"
     serving_store.insert_df("products", products_frame(world).assign(product_id=product))
-    row = {
-        "store_id": world.store_id, "product_id": product, "as_of": pd.Timestamp("2025-03-14 18:00"),
-        "forecast_date": ORIGIN, "stock_level": 3, "lead_time_days": 2.5,
-        "lead_time_demand": 7.5, "daily_demand": 3.0, "safety_stock": 2.5,
-        "reorder_point": 10.0, "order_up_to": 31.0, "order_quantity": 30, "reorder_now": 1,
-        "days_of_cover": 1.0, "eta_hours": 24.0, "stockout_eta": None, "service_level": 0.95,
-        "stock_model_name": world.stock_model, "stock_model_version": "4",
-        "demand_model_name": world.demand_model, "demand_model_version": "1",
-        "query_name": "test", "batch_id": 1,
-    }  # fmt: skip
-    serving_store.insert_df("stock_recommendations", pd.DataFrame([row]))
+    recommended = pd.Timestamp("2025-03-14 18:00")
+    serving_store.insert_df(
+        "stock_recommendations", recommendation_row(world, product, recommended)
+    )
     params = {"store_id": world.store_id, "product_id": product}
     wait_until(
         lambda: serving_client.get("/reorder-advice", params=params).status_code == 200,
