@@ -7,7 +7,7 @@ import logging
 
 import pandas as pd
 
-from common.store.base import Store, split_statements, sql_files
+from common.store.base import Store, check_table, split_statements, sql_files
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def _rename_old_tables(store: Store) -> None:
     engines = dict(store.query_df(_TABLE_ENGINES_SQL).itertuples(index=False, name=None))
     for old, new in RENAMED_TABLES:
         if engines.get(old, "View") != "View" and new not in engines:
-            store.execute(f"RENAME TABLE {old} TO {new}")
+            old_table, new_table = check_table(old), check_table(new)
+            store.execute(f"RENAME TABLE {old_table} TO {new_table}")
             log.info("renamed table %s to %s", old, new)
 
 
