@@ -152,6 +152,7 @@ def test_spark_submit_runs_a_job_on_the_standalone_cluster(
             """
             import json
             import sys
+            import urllib.request
 
             from pyspark.sql import SparkSession
 
@@ -160,7 +161,9 @@ def test_spark_submit_runs_a_job_on_the_standalone_cluster(
             total = context.parallelize(range(1000), 4).map(lambda x: x).sum()
             with open(sys.argv[1], "w") as out:
                 app = context.applicationId
-                cores = context.defaultParallelism  # the cores the cluster gave the app
+                with urllib.request.urlopen(sys.argv[2], timeout=5) as response:  # the master
+                    running = {a["id"]: a for a in json.load(response)["activeapps"]}
+                cores = running[app]["cores"]  # what the cluster granted this application
                 json.dump({"total": total, "master": context.master, "app": app, "cores": cores}, out)
             spark.stop()
             """
@@ -168,7 +171,8 @@ def test_spark_submit_runs_a_job_on_the_standalone_cluster(
     )
     master = f"spark://127.0.0.1:{running.spark_master_port}"
     memory = {"spark.executor.memory": "512m", "spark.driver.memory": "512m"}
-    completed = spark_submit(master, job, str(result), conf=memory, SPARK_LOCAL_IP="127.0.0.1")
+    ui = f"http://127.0.0.1:{running.spark_master_ui_port}/json/"
+    completed = spark_submit(master, job, str(result), ui, conf=memory, SPARK_LOCAL_IP="127.0.0.1")
 
     assert completed.returncode == 0, completed.stderr[-3000:]
     outcome = json.loads(result.read_text())
