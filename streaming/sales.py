@@ -1136,8 +1136,8 @@ def refresh_windows(store: Store, pane_starts: list[dt.datetime], store_ids: lis
             "micros": MICROS,
             "first_pane": min(pane_starts) - span,
             "last_pane": max(pane_starts) + span,
-            "panes": [f"{pane:%Y-%m-%d %H:%M:%S}" for pane in panes],  # as text: chDB binds it
-            "window_starts": [f"{start:%Y-%m-%d %H:%M:%S}" for start in window_starts],
+            "panes": panes,
+            "window_starts": window_starts,
             "store_ids": store_ids,
         },
     )

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -306,14 +307,17 @@ class EmbeddedStore:
 def _bindable(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """ClickHouse reads a String parameter as escaped text (TSV); escape backslashes, newlines
     and tabs so that the value arrives verbatim (``a\\'b`` would otherwise become ``a'b``, and a
-    newline is refused). A list of strings (an ``Array(String)`` parameter) goes in ClickHouse's
-    quoted text form, which chDB does not build."""
+    newline is refused). A list of strings (an ``Array(String)`` parameter) or of naive UTC
+    datetimes (``Array(DateTime)``) goes in ClickHouse's quoted text form, which chDB does not
+    build."""
     return {name: _bindable_value(value) for name, value in (params or {}).items()}
 
 
 def _bindable_value(value: Any) -> Any:
     if isinstance(value, str):
         return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+    if isinstance(value, list | tuple) and value and all(isinstance(v, datetime) for v in value):
+        value = [f"{v:%Y-%m-%d %H:%M:%S}" for v in value]  # an Array(DateTime) from its text
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         quoted = (v.replace("\\", "\\\\").replace("'", "\\'") for v in value)
         return "[" + ",".join(f"'{v}'" for v in quoted) + "]"

@@ -132,6 +132,14 @@ def test_a_list_of_strings_binds_as_an_array_verbatim(store):
     assert got["found"][0] == 1
 
 
+def test_a_list_of_datetimes_binds_as_an_array_of_datetimes(store):
+    moments = [dt.datetime(2026, 3, 22, 10, 0), dt.datetime(2026, 3, 22, 10, 1, 30)]
+    got = store.query_df(
+        "SELECT arrayMap(m -> toString(m), {m:Array(DateTime('UTC'))}) AS moments", {"m": moments}
+    )
+    assert list(got["moments"][0]) == ["2026-03-22 10:00:00", "2026-03-22 10:01:30"]
+
+
 def test_insert_with_the_same_token_is_dropped(store):
     job = f"dedup-{uuid.uuid4().hex[:8]}"
     frame = _events(5, job)
