@@ -254,14 +254,17 @@ def test_computed_reorder_advice_starts_from_the_newest_forecast_run(
 
     serving_store.insert_df("forecasts", run(ORIGIN - dt.timedelta(days=10), 50.0))
     serving_store.insert_df("forecasts", run(ORIGIN, 5.0))
+    both_stored = dt.datetime.now(dt.UTC)
 
-    def advice() -> dict:
+    def advice_read_after_both_runs() -> dict:
+        """The API may read the store between the two inserts; wait for a read after both."""
         answer = serving_client.get(
             "/reorder-advice", params={"store_id": world.store_id, "product_id": product}
         )
-        return answer.status_code == 200 and answer.json()
+        body = answer.status_code == 200 and answer.json()
+        return body and dt.datetime.fromisoformat(body["data_as_of"]) > both_stored and body
 
-    sized = wait_until(advice, 30, "the new product's advice")
+    sized = wait_until(advice_read_after_both_runs, 30, "the new product's advice")
     assert sized["source"] == "forecasts" and sized["stock_level"] is None
     assert sized["lead_time_demand"] == pytest.approx(5.0 * 2.5)  # 2.5 days of lead time
 
