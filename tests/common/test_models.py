@@ -87,6 +87,7 @@ def test_alias_moves_hot_swap_and_broken_versions_keep_the_last_good_model(
         store=store,
         settings=services,
         probe=check_transform(features.limit(0)),
+        registry_timeout_s=60,
     )
 
     assert champion.current() is None  # nothing registered yet: run without scoring
@@ -155,7 +156,7 @@ def test_an_alias_moved_outside_retail_is_recorded_once_by_the_jobs_that_see_it(
     v1 = register_spark_model(toy_pipeline(spark, 1.0), name)
     v2 = register_spark_model(toy_pipeline(spark, 2.0), name)
     jobs = [
-        ChampionModel(name, job=job, store=store, settings=services)
+        ChampionModel(name, job=job, store=store, settings=services, registry_timeout_s=60)
         for job in ("sales-stream", "inventory-stream")
     ]
     for version in (v1, v2, v1, None, v1):  # as a person would in the MLflow UI
@@ -207,7 +208,9 @@ def test_a_warm_up_loads_the_champion_before_any_batch_asks(spark, services, sto
     name = f"test_models_{uuid.uuid4().hex[:8]}"
     version = register_spark_model(toy_pipeline(spark, 1.0), name)
     MlflowClient(services.mlflow_tracking_uri).set_registered_model_alias(name, "champion", version)
-    champion = ChampionModel(name, job="test-models", store=store, settings=services)
+    champion = ChampionModel(
+        name, job="test-models", store=store, settings=services, registry_timeout_s=60
+    )
     assert champion.loaded is None
 
     champion.warm_up().join(timeout=180)

@@ -148,8 +148,12 @@ def world(spark: SparkSession, services: Settings, store: Store, tmp_path: Path)
     )
     stack.ensure_topics(settings)
     champions = {
-        "demand": ChampionModel(names["demand"], job="sales-stream", settings=settings),
-        "stock": ChampionModel(names["stock"], job="inventory-stream", settings=settings),
+        "demand": ChampionModel(
+            names["demand"], job="sales-stream", settings=settings, registry_timeout_s=60
+        ),
+        "stock": ChampionModel(
+            names["stock"], job="inventory-stream", settings=settings, registry_timeout_s=60
+        ),
     }
     queries = sales.build_queries(
         spark,

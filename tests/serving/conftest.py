@@ -118,9 +118,9 @@ def demand_versions(spark, registry, world) -> dict[str, str]:
     return versions
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serving_client(serving_settings, serving_store, demand_versions, registry) -> Iterator[object]:
-    """A TestClient on the app (one for the session), its store read and its champion resolved."""
+    """A TestClient on the app (one per module), its store read and its champion resolved."""
     from fastapi.testclient import TestClient
 
     from serving.app import create_app

@@ -28,7 +28,12 @@ def test_a_first_read_holds_the_stored_forecasts_and_the_catalog(serving_store, 
     assert data.table_errors == {}
 
 
-def test_a_later_read_rereads_only_the_changed_tables_and_the_newest_row_wins(serving_store, world):
+def test_a_later_read_rereads_only_the_changed_tables_and_the_newest_row_wins(
+    serving_store, world, monkeypatch
+):
+    monkeypatch.setattr(
+        "serving.snapshot.EVENT_LEVELS_EVERY_S", 1e12
+    )  # no clock tick between reads
     first = read_changed_tables(serving_store, ServingData(), world.demand_model)
     unchanged = read_changed_tables(serving_store, first, world.demand_model)
     assert unchanged.read_at == first.read_at
@@ -51,10 +56,15 @@ def test_a_later_read_rereads_only_the_changed_tables_and_the_newest_row_wins(se
     serving_store.insert_df("forecasts", forecast_rows(world, "1", 1.0))
 
 
-def test_a_merge_of_parts_is_no_change_and_an_insert_or_a_delete_is(serving_store, world):
+def test_a_merge_of_parts_is_no_change_and_an_insert_or_a_delete_is(
+    serving_store, world, monkeypatch
+):
     """The store merges a table's parts in the background whenever it likes: that must not make
     serving read the table again (the read above would depend on when merges run), while new
     rows and deleted ones must."""
+    monkeypatch.setattr(
+        "serving.snapshot.EVENT_LEVELS_EVERY_S", 1e12
+    )  # no clock tick between reads
     first = read_changed_tables(serving_store, ServingData(), world.demand_model)
     tag = uuid.uuid4().hex[:6]
     other_model, other_store = f"merged_{tag}", f"SM{tag}"  # rows of their own: none replaced

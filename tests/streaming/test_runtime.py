@@ -460,7 +460,6 @@ def test_a_query_without_events_is_warned_about_once_until_they_come_again(
 
     def feed_stops_and_comes_back() -> None:
         try:
-            produce(kafka, topic, [encoded({**GOOD, "event_id": f"a{i}"}) for i in range(3)])
             wait_for(lambda: sum(seen) == 3, 180, "the first events")
             wait_for(quiet_after_events, 60, "the warning about the quiet feed")
             polls = sink.idle_polls
@@ -475,6 +474,9 @@ def test_a_query_without_events_is_warned_about_once_until_they_come_again(
         finally:
             stop.set()  # a scenario that failed ends the query too: its assertions then say why
 
+    # Sent before the start, so that they come in one micro-batch: two of them a few seconds
+    # apart would be a quiet spell of their own.
+    produce(kafka, topic, [encoded({**GOOD, "event_id": f"a{i}"}) for i in range(3)])
     query = valid_events_query(spark, settings, topic, job, sink)
     stop = threading.Event()
     caplog.set_level(logging.INFO, logger="streaming.runtime")

@@ -1656,8 +1656,8 @@ def test_a_new_job_flags_a_surge_in_the_windows_that_closed(
     shop, topic = f"S-{tag}", f"sales-surge-{tag}"
     events, surge = surge_sales(tag, shop)
     create_topic(settings, topic)
+    produce(kafka, topic, events)  # before the start: one micro-batch, however the producer sends
     queries = sales_job(topic, anomaly_interval_s=0.0)
-    produce(kafka, topic, events)
     drain(queries)
 
     assert_surge_flagged(store, shop, surge)
@@ -1905,7 +1905,7 @@ def test_sigkill_and_restart_write_every_event_exactly_once(
 
     first = start_job_process(env, log_path)
     try:
-        wait_for(lambda: stored() >= 200, 240, "the first batches")
+        wait_for(lambda: stored() >= 200, 240, "the first batches", interval_s=0.5)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
@@ -2019,7 +2019,7 @@ def test_every_day_of_a_batch_gets_its_catalogue_scored(spark, settings, service
             spark,
             settings,
             query_name=f"sales-{label}-{tag}",
-            champion=ChampionModel(name, job="sales-test", store=store),
+            champion=ChampionModel(name, job="sales-test", store=store, registry_timeout_s=60),
             feature_builder=toy_features,
         )
         for batch_id, positions in enumerate(split):
@@ -2052,7 +2052,9 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     broken = register(toy_pipeline(spark, 3.0, feature="missing_feature"), name)
     client.set_registered_model_alias(name, "champion", v1)
     probes = model_probes(spark, store, toy_features, name)
-    champion = ChampionModel(name, job="sales-test", store=store, probe=probes)
+    champion = ChampionModel(
+        name, job="sales-test", store=store, probe=probes, registry_timeout_s=60
+    )
     topic = f"sales-alias-{tag}"
     create_topic(settings, topic)
     queries = sales_job(topic, champion=champion, feature_builder=toy_features)
@@ -2122,7 +2124,7 @@ def test_a_batch_replayed_after_the_alias_moved_is_scored_by_the_new_version(
 
     def run_batch_0() -> None:
         """A fresh process of the job (a writer of its own) runs batch 0."""
-        champion = ChampionModel(name, job="sales-test", store=store)
+        champion = ChampionModel(name, job="sales-test", store=store, registry_timeout_s=60)
         writer = SalesBatchWriter(
             spark,
             settings,
@@ -2223,7 +2225,7 @@ def test_the_first_sale_of_a_day_scores_the_whole_catalogue(
     create_topic(settings, topic)
     queries = sales_job(
         topic,
-        champion=ChampionModel(name, job="sales-test", store=store),
+        champion=ChampionModel(name, job="sales-test", store=store, registry_timeout_s=60),
         feature_builder=toy_features,
     )
 
