@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Submit the platform's Spark jobs with spark-submit to SPARK_MASTER (the seed's verbs).
-#   ./submit_jobs.sh sales|inventory   start a streaming job in the background (log + pid under DATA_DIR)
+#   ./submit_jobs.sh sales|inventory [--available-now] [--console]
+#                                      start a streaming job in the background (log + pid under DATA_DIR)
 #   ./submit_jobs.sh all               start both streaming jobs
 #   ./submit_jobs.sh ml                train both models (foreground)
 #   ./submit_jobs.sh batch [--date D]  run the daily batch (foreground)
 #   ./submit_jobs.sh status            the local stack, the running jobs and the cluster's applications
 #   ./submit_jobs.sh stop              stop the streaming jobs started here (SIGTERM: graceful)
 #   ./submit_jobs.sh clean             delete the streaming jobs' checkpoints (jobs must be stopped)
+# A job's pid file holds its process group: SIGTERM to that pid stops the job between micro-batches,
+# and `kill -KILL -- -PID` kills all of it.
 # The project's code ships with each job (--py-files), so workers without the project still run it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -53,10 +56,31 @@ submit() {  # submit <args of the retail CLI...>
     --jars "$jars" --py-files "$(code_zip)" "$ROOT/common/cli.py" "$@"
 }
 
+running() {  # running <job>: some process of the job's group is alive (its wrapper may be gone)
+  local pidfile=$RUN_DIR/$1.pid
+  [ -f "$pidfile" ] && pgrep -g "$(cat "$pidfile")" >/dev/null
+}
+
+driver_of() {  # driver_of <process group>: the job's Python driver, once spark-submit started it
+  pgrep -g "$1" -f "^$PY .*cli\.py" || true
+}
+
+foreground() {  # foreground <retail args...>: run a job here; SIGTERM/SIGINT reach its Python
+  # driver, which stops between micro-batches (a plain bash would die and leave the job running)
+  submit "$@" &
+  local child=$! group status=0
+  group=$(ps -o pgid= -p $$ | tr -d ' ')
+  trap 'driver=$(driver_of "$group"); kill -TERM ${driver:-$(pgrep -P "$child" || echo "$child")} 2>/dev/null || true' TERM INT
+  while :; do
+    wait "$child" && return 0 || status=$?
+    kill -0 "$child" 2>/dev/null || return "$status"  # else a signal interrupted the wait
+  done
+}
+
 start_background() {  # start_background <job> <retail args...>
   local job=$1; shift
   local pidfile=$RUN_DIR/$job.pid
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  if running "$job"; then
     echo "$job is already running (pid $(cat "$pidfile"))"; return 0
   fi
   setsid nohup "$SELF" --foreground "$@" >"$LOG_DIR/$job.log" 2>&1 &
@@ -64,21 +88,21 @@ start_background() {  # start_background <job> <retail args...>
   echo "$job submitted (pid $!, log $LOG_DIR/$job.log)"
 }
 
-wait_gone() {  # wait_gone <pid> <seconds>: true once the process has exited
-  for _ in $(seq "$2"); do kill -0 "$1" 2>/dev/null || return 0; sleep 1; done
-  ! kill -0 "$1" 2>/dev/null
+group_gone() {  # group_gone <process group> <seconds>: true once every process of it has exited
+  for _ in $(seq "$2"); do pgrep -g "$1" >/dev/null || return 0; sleep 1; done
+  ! pgrep -g "$1" >/dev/null
 }
 
 stop_job() {
   local pidfile=$RUN_DIR/$1.pid
   [ -f "$pidfile" ] || return 0
   local pid driver; pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$1"; then
     # SIGTERM to spark-submit's JVM stops the queries mid-batch: signal the Python driver alone,
     # which finishes the running micro-batch, stops its queries and exits (the JVM follows).
-    driver=$(pgrep -g "$pid" -f "^$PY .*cli\.py" || true)
-    if [ -n "$driver" ]; then kill -TERM $driver; else kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"; fi
-    wait_gone "$pid" 90 || { kill -TERM -- "-$pid" 2>/dev/null || true; wait_gone "$pid" 30; } \
+    driver=$(driver_of "$pid")
+    if [ -n "$driver" ]; then kill -TERM $driver; else kill -TERM -- "-$pid" 2>/dev/null || true; fi
+    group_gone "$pid" 90 || { kill -TERM -- "-$pid" 2>/dev/null || true; group_gone "$pid" 30; } \
       || kill -KILL -- "-$pid" 2>/dev/null || true
     echo "$1 stopped"
   fi
@@ -86,9 +110,8 @@ stop_job() {
 }
 
 case "${1:-}" in
-  --foreground) shift; submit "$@" ;;
-  sales) start_background sales stream sales ;;
-  inventory) start_background inventory stream inventory ;;
+  --foreground) shift; foreground "$@" ;;
+  sales|inventory) start_background "$1" stream "$@" ;;
   all) start_background sales stream sales; start_background inventory stream inventory ;;
   ml) shift; submit train "$@" ;;
   batch) shift; submit batch "$@" ;;
@@ -96,9 +119,8 @@ case "${1:-}" in
   status)
     "$ROOT/.venv/bin/retail" status
     for job in sales inventory; do
-      pidfile=$RUN_DIR/$job.pid
-      if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "$job: running (pid $(cat "$pidfile"), log $LOG_DIR/$job.log)"
+      if running "$job"; then
+        echo "$job: running (pid $(cat "$RUN_DIR/$job.pid"), log $LOG_DIR/$job.log)"
       else
         echo "$job: not running"
       fi
@@ -106,7 +128,7 @@ case "${1:-}" in
     "$ROOT/.venv/bin/retail" stream status ;;
   clean)
     for job in sales inventory; do
-      if [ -f "$RUN_DIR/$job.pid" ] && kill -0 "$(cat "$RUN_DIR/$job.pid")" 2>/dev/null; then
+      if running "$job"; then
         echo "$job is running: './submit_jobs.sh stop' first" >&2; exit 1
       fi
     done
@@ -115,5 +137,5 @@ case "${1:-}" in
     for job in $("$PY" -c "import streaming.sales as s, streaming.inventory as i; print(s.JOB, i.JOB)"); do
       rm -rf "${dir:?}/$job" && echo "removed the checkpoints of $job under $dir"
     done ;;
-  *) sed -n '2,10p' "$SELF" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,13p' "$SELF" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

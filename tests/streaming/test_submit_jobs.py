@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -81,9 +83,12 @@ def test_the_sales_job_runs_through_spark_submit(
     )
 
     env = os.environ | {"SALES_TOPIC": topic, "CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
-    completed = submit_jobs(env, "--foreground", "stream", "sales", "--available-now")
+    started = submit_jobs(env, "sales", "--available-now")  # in the background, its flag passed on
 
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert started.returncode == 0, started.stderr[-4000:]
+    wait_for_group_end(services, "sales", 300)
+    log = (services.data_root / "logs" / "sales.log").read_text()
+    assert "job sales-stream stopped" in log, log[-3000:]
     stored = store.query_df(
         "SELECT count() AS events, sum(total_amount) AS revenue FROM sales_events "
         "WHERE store_id = {s:String}",
@@ -94,11 +99,38 @@ def test_the_sales_job_runs_through_spark_submit(
     assert dead == 1
 
 
+def wait_for_group_end(services: Settings, job: str, timeout_s: float) -> None:
+    """Wait until no process of the job's group (the pid file's) is left."""
+    group = int((services.data_root / "run" / f"{job}.pid").read_text())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"{job} still runs after {timeout_s:.0f} s"
+        time.sleep(0.5)
+
+
+def stop_with_the_verb(env: dict[str, str], services: Settings) -> None:
+    stopped = submit_jobs(env, "stop")
+    assert stopped.returncode == 0 and "sales stopped" in stopped.stdout, stopped.stderr
+
+
+def stop_with_sigterm_to_the_pid_file(env: dict[str, str], services: Settings) -> None:
+    """What an operator or a supervisor does: SIGTERM to the pid the script wrote."""
+    os.kill(int((services.data_root / "run" / "sales.pid").read_text()), signal.SIGTERM)
+    wait_for_group_end(services, "sales", 120)
+    assert "sales: not running" in submit_jobs(env, "status").stdout
+
+
+@pytest.mark.parametrize("stop_job", [stop_with_the_verb, stop_with_sigterm_to_the_pid_file])
 def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
-    services: Settings, store: Store, tmp_path: Path
+    services: Settings, store: Store, tmp_path: Path, stop_job
 ) -> None:
-    """`./submit_jobs.sh stop` in the middle of a backlog: every committed micro-batch is stored
-    whole and no other one partly; the next start stores every event once."""
+    """`./submit_jobs.sh stop`, or SIGTERM to the job's pid, in the middle of a backlog: every
+    committed micro-batch is stored whole and no other one partly; the next start stores every
+    event once."""
     shop = f"stop-{uuid.uuid4().hex[:6]}"
     topic = f"sales-{shop}"
     events = 3000
@@ -129,8 +161,7 @@ def test_stop_ends_a_job_between_micro_batches_and_the_restart_loses_nothing(
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
     finally:
-        stopped = submit_jobs(env, "stop")
-    assert stopped.returncode == 0 and "sales stopped" in stopped.stdout, stopped.stderr
+        stop_job(env, services)
 
     query = checkpoints / "sales-stream" / "sales-stream-events"
     last = max(int(p.name) for p in (query / "commits").glob("[0-9]*"))
