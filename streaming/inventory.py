@@ -1578,3 +1578,11 @@ def main(
         for champion in champions:
             champion.close()
         spark.stop()  # the listener bus drains before Python exits (no late callback into a dying VM)
+
+
+if __name__ == "__main__":  # `spark-submit streaming/inventory.py`, as jobs/inventory_job.py
+    import sys
+
+    from streaming.jobs.entrypoint import run
+
+    run("inventory", sys.argv[1:])

@@ -1734,3 +1734,11 @@ def main(
         if champion is not None:
             champion.close()
         spark.stop()  # the listener bus drains before Python exits (no late callback into a dying VM)
+
+
+if __name__ == "__main__":  # `spark-submit streaming/sales.py`, as jobs/sales_job.py
+    import sys
+
+    from streaming.jobs.entrypoint import run
+
+    run("sales", sys.argv[1:])

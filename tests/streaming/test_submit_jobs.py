@@ -197,3 +197,21 @@ def test_clean_deletes_the_jobs_checkpoints_and_nothing_else(tmp_path) -> None:
     assert (tmp_path / "store").read_text() == "the embedded store lives in DATA_DIR"
     assert (tmp_path / "other-team" / "file.txt").read_text() == "not ours"
     assert "removed the checkpoints of sales-stream" in cleaned.stdout
+
+
+@pytest.mark.parametrize("job", ["sales", "inventory"])
+def test_the_job_modules_are_spark_submit_applications(job: str) -> None:
+    """`spark-submit streaming/sales.py` runs the job's entry point; an import alone would run
+    nothing and exit 0."""
+    completed = subprocess.run(
+        [sys.executable, f"streaming/{job}.py", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert f"The {job} streaming job" in completed.stdout
+    assert "--available-now" in completed.stdout and "--console" in completed.stdout
