@@ -95,7 +95,7 @@ SELECT toDateTime64(window_start, 0, 'UTC') AS window_start,
        toDateTime64(window_end, 0, 'UTC') AS window_end,
        store_id, metric, observed, expected, score, direction, severity, reason, model_name,
        model_version
-FROM sales_anomalies FINAL
+FROM sales_anomalies_versions FINAL
 WHERE window_end >= now() - INTERVAL 7 DAY
 ORDER BY window_end DESC
 """  # the week /sales-anomalies can ask for (MAX_ANOMALY_HOURS); times as Arrow timestamps
@@ -317,7 +317,11 @@ def table_readers() -> list[TableReader]:
         ),
         TableReader("stock_alerts", OPEN_ALERTS_SQL, "open_alerts", lambda f: tuple(records(f))),
         TableReader(
-            "sales_anomalies", RECENT_ANOMALIES_SQL, "recent_anomalies", lambda f: tuple(records(f))
+            # the table the job writes: the view sales_anomalies has no parts to tell a change
+            "sales_anomalies_versions",
+            RECENT_ANOMALIES_SQL,
+            "recent_anomalies",
+            lambda f: tuple(records(f)),
         ),
         TableReader("model_promotions", PROMOTIONS_SQL, "promoted_at", promotions_by_version),
         TableReader("sales_events", LATEST_SALE_SQL, "latest_sale_at", latest_moment),

@@ -1503,7 +1503,7 @@ class SalesBatchWriter:
         )
         if not metrics.empty:
             anomalies = self._detect(metrics, judge_after, horizon)
-            self.store.insert_df("sales_anomalies", anomalies, dedup_token=token)
+            self.store.insert_df("sales_anomalies_versions", anomalies, dedup_token=token)
         row = pd.DataFrame([{"query_name": self.query_name, "judged_until": horizon}])
         self.store.insert_df("sales_anomaly_horizon", row, dedup_token=token)
         self._judged_until = horizon

@@ -51,8 +51,12 @@ SELECT window_start, window_end, store_id, revenue, transactions, customers, uni
 FROM sales_metrics_versions FINAL;
 
 -- Closed store windows whose revenue or units deviate from the robust rolling baseline (median and
--- MAD of the preceding windows) and, when a champion model exists, from its expectation.
-CREATE TABLE IF NOT EXISTS sales_anomalies (
+-- MAD of the preceding windows) and, when a champion model exists, from its expectation. A silence
+-- is written again as it grows (its window_end moves on); the job writes every version to
+-- sales_anomalies_versions, and sales_anomalies is the latest of each, so a plain SELECT needs no
+-- FINAL. (Until 2026-12-07 the versions table was named sales_anomalies; `retail migrate`
+-- renames it, keeping its rows.)
+CREATE TABLE IF NOT EXISTS sales_anomalies_versions (
     window_start DateTime('UTC'),
     window_end DateTime('UTC'),
     store_id LowCardinality(String),
@@ -72,6 +76,11 @@ CREATE TABLE IF NOT EXISTS sales_anomalies (
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (window_start, store_id, metric)
 SETTINGS non_replicated_deduplication_window = 10000;
+
+CREATE VIEW IF NOT EXISTS sales_anomalies AS
+SELECT window_start, window_end, store_id, metric, observed, expected, baseline_mad, score,
+       model_expected, model_name, model_version, direction, severity, reason, detected_at
+FROM sales_anomalies_versions FINAL;
 
 -- Expected units per store, product and day from the champion, scored in-stream when the pair sells.
 -- One row per model version: the current forecast is the latest scored_at (argMax) of a key and day.

@@ -23,7 +23,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 # Tables a later release gave a new name, (old, new): a view of the old name now reads them.
 # A store that still holds the old table has it renamed before the files run, keeping its rows.
-RENAMED_TABLES = [("sales_metrics", "sales_metrics_versions")]
+RENAMED_TABLES = [
+    ("sales_metrics", "sales_metrics_versions"),
+    ("sales_anomalies", "sales_anomalies_versions"),
+]
 
 _TABLE_ENGINES_SQL = "SELECT name, engine FROM system.tables WHERE database = currentDatabase()"
 

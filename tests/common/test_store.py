@@ -53,35 +53,54 @@ def test_migrate_adds_columns_that_came_after_a_table_was_created(store):
     assert "late_rows" in columns()
 
 
-def test_migrate_turns_the_old_sales_metrics_table_into_a_view_keeping_its_rows(store):
-    """Until 2026-12-07 sales_metrics was the versioned table itself: a plain SELECT returned
-    every version of a window. The store is put back in that shape, then migrated."""
-    columns = "window_start, window_end, store_id, revenue, transactions, customers, units, "
-    columns += "line_items, avg_basket, units_per_transaction"
+OLD_VERSIONED_ROWS = {  # a table renamed on 2026-12-07: the columns and a row of a given value
+    "sales_metrics": (
+        "window_start, window_end, store_id, revenue, transactions, customers, units, line_items, "
+        "avg_basket, units_per_transaction",
+        "'2026-01-05 08:00:00', '2026-01-05 08:05:00', {s:String}, {r:Float64}, 1, 1, 1, 1, "
+        "{r:Float64}, 1",
+    ),
+    "sales_anomalies": (
+        "window_start, window_end, store_id, metric, observed, expected, baseline_mad, score, "
+        "direction, severity, reason",
+        "'2026-01-05 08:00:00', '2026-01-05 08:05:00', {s:String}, 'transactions', 0, 3, 1, "
+        "{r:Float64}, 'below', 'warning', 'a silence'",
+    ),
+}
+
+
+@pytest.mark.parametrize("table", sorted(OLD_VERSIONED_ROWS))
+def test_migrate_turns_an_old_versioned_table_into_a_view_keeping_its_rows(store, table):
+    """Until 2026-12-07 the table was the versioned one itself: a plain SELECT returned every
+    version of a row. The store is put back in that shape, then migrated."""
+    columns, values = OLD_VERSIONED_ROWS[table]
+    versions_table = f"{table}_versions"
+    value_column = "revenue" if table == "sales_metrics" else "score"
     shop = f"old-{uuid.uuid4().hex[:8]}"
-    store.execute("DROP VIEW sales_metrics")
-    store.execute("RENAME TABLE sales_metrics_versions TO sales_metrics")
-    for revenue in (10.0, 12.5):  # two versions of one window, the later one wins
+    store.execute(f"DROP VIEW {table}")
+    store.execute(f"RENAME TABLE {versions_table} TO {table}")
+    for version in (10.0, 12.5):  # two versions of one row, the later one wins
         store.execute(
-            f"INSERT INTO sales_metrics ({columns}) VALUES ('2026-01-05 08:00:00', "  # noqa: S608
-            "'2026-01-05 08:05:00', {s:String}, {r:Float64}, 1, 1, 1, 1, {r:Float64}, 1)",
-            {"s": shop, "r": revenue},
+            f"INSERT INTO {table} ({columns}) VALUES ({values})",  # noqa: S608
+            {"s": shop, "r": version},
         )
 
     migrate(store)
 
     engines = store.query_df(
         "SELECT name, engine FROM system.tables WHERE database = currentDatabase() "
-        "AND name IN ('sales_metrics', 'sales_metrics_versions') ORDER BY name"
+        "AND name IN ({t:String}, {v:String}) ORDER BY name",
+        {"t": table, "v": versions_table},
     )
     assert list(engines.itertuples(index=False, name=None)) == [
-        ("sales_metrics", "View"),
-        ("sales_metrics_versions", "ReplacingMergeTree"),
+        (table, "View"),
+        (versions_table, "ReplacingMergeTree"),
     ]
     rows = store.query_df(
-        "SELECT revenue FROM sales_metrics WHERE store_id = {s:String}", {"s": shop}
+        f"SELECT {value_column} AS value FROM {table} WHERE store_id = {{s:String}}",  # noqa: S608
+        {"s": shop},
     )
-    assert list(rows["revenue"]) == [12.5]
+    assert list(rows["value"]) == [12.5]
 
 
 def test_known_keys_finds_which_keys_a_table_holds_however_many_are_asked(store):

@@ -453,7 +453,7 @@ def test_sales_anomalies_lists_the_recent_windows_and_silences_most_severe_first
         return answer.json()
 
     assert listed(store_id="ALL")["count"] == 0  # the overall rows exist before any is flagged
-    serving_store.insert_df("sales_anomalies", pd.DataFrame(rows))
+    serving_store.insert_df("sales_anomalies_versions", pd.DataFrame(rows))
 
     day = wait_until(
         lambda: (b := listed(store_id=world.store_id))["count"] == 2 and b, 30, "the anomalies"
