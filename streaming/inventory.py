@@ -90,12 +90,12 @@ from streaming.runtime import (
     checkpoint_location,
     deduplicate_events,
     default_feature_builder,
-    insert_batch,
     model_probes,
     parse_events,
     read_topic,
     run_queries,
     start_query,
+    store_dead_letters,
     stream_token,
     to_arrow,
     to_pandas,
@@ -1468,7 +1468,7 @@ class DeadLetterWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         token = stream_token(self.spark, self.query_name, batch_id)
-        insert_batch(self.store, "dead_letters", batch, token)
+        store_dead_letters(self.store, to_arrow(batch), token)
 
 
 # ---------------------------------------------------------------- wiring
@@ -1573,7 +1573,7 @@ def main(
         feature_builder=feature_builder,
     )
     try:
-        run_queries(spark, queries, job=JOB, settings=settings)
+        run_queries(spark, queries, job=JOB, settings=settings, record_progress=not console)
     finally:
         for champion in champions:
             champion.close()

@@ -8,8 +8,9 @@ Reading and parsing
     answers or the topic does not exist (call it before Spark).
 
     ``read_topic(spark, settings, topic, application)`` -> raw Kafka rows (``key``, ``value``,
-    ``topic``, ``partition``, ``offset``, ``timestamp``), consumer group ``{application}-group``,
-    ``startingOffsets`` and ``maxOffsetsPerTrigger`` from the settings.
+    ``topic``, ``partition``, ``offset``, ``timestamp``), consumer group ``{application}-group``
+    (``run_queries`` commits the offsets the job finished to it), ``startingOffsets`` and
+    ``maxOffsetsPerTrigger`` from the settings.
 
     ``parse_events(raw, schema, checks, job=...)`` -> ``(valid, dead)``. ``valid`` holds the
     contract's fields (the ``time_fields`` parsed to timestamps) plus ``kafka_topic``,
@@ -70,6 +71,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
@@ -128,7 +130,9 @@ def kafka_source_options(settings: Settings, topic: str, application: str) -> di
         "kafka.bootstrap.servers": settings.kafka_bootstrap_servers,
         "subscribe": topic,
         "startingOffsets": settings.starting_offsets,
-        "groupIdPrefix": consumer_group(application),
+        # Spark reads from its checkpoint, never from the group: the job commits each micro-batch's
+        # end offsets to it (``GroupOffsets``) so that Kafka's own tools show the job's lag.
+        "kafka.group.id": consumer_group(application),
         "kafka.client.id": f"{application}-spark",
         # Fetch a backlog in large requests (Kafka's defaults: 1 MiB per partition, 50 MiB).
         "kafka.max.partition.fetch.bytes": str(FETCH_BYTES_PER_PARTITION),
@@ -517,6 +521,38 @@ def insert_batch(store: Store, table: str, frame: DataFrame | pd.DataFrame, toke
     return store.insert_df(table, rows, dedup_token=token)
 
 
+STORED_DEAD_LETTERS_SQL = """
+SELECT topic, kafka_partition, kafka_offset FROM dead_letters
+WHERE has({topics:Array(String)}, topic) AND kafka_offset BETWEEN {low:Int64} AND {high:Int64}
+"""
+
+
+def store_dead_letters(store: Store, dead: pa.Table, token: str) -> int:
+    """Insert a batch's dead letters (``token`` = batch_token) but those whose topic, partition and
+    offset the store already holds: a topic read again from its start (a new checkpoint, after
+    ``submit_jobs.sh clean``) stores each bad record once. The rows written."""
+    if dead.num_rows == 0:
+        return 0
+    stored = store.query_arrow(
+        STORED_DEAD_LETTERS_SQL,
+        {
+            "topics": pc.unique(dead["topic"].cast(pa.string())).to_pylist(),
+            "low": pc.min(dead["kafka_offset"]).as_py(),
+            "high": pc.max(dead["kafka_offset"]).as_py(),
+        },
+    )
+    new = dead.filter(pc.invert(pc.is_in(_record_key(dead), value_set=_record_key(stored))))
+    if new.num_rows:
+        store.insert_df("dead_letters", new, dedup_token=token)
+    return new.num_rows
+
+
+def _record_key(records: pa.Table) -> pa.ChunkedArray:
+    """``topic|partition|offset`` of each Kafka record."""
+    columns = ("topic", "kafka_partition", "kafka_offset")
+    return pc.binary_join_element_wise(*(records[c].cast(pa.string()) for c in columns), "|")
+
+
 def store_sink(
     table: str,
     query_name: str,
@@ -740,9 +776,71 @@ def late_rows(state_operators: Iterable[Any]) -> int:
     return sum(int(op.numRowsDroppedByWatermark or 0) for op in state_operators or ())
 
 
+class GroupOffsets:
+    """Commits to the job's consumer group the offsets that every one of its queries has finished,
+    so that ``kafka-consumer-groups --describe --group <job>-group`` shows the job's lag. Spark
+    resumes from its checkpoint, never from these offsets: they are for monitoring."""
+
+    def __init__(self, settings: Settings, group: str, query_names: Iterable[str]) -> None:
+        self.settings = settings
+        self.group = group
+        self.query_names = set(query_names)
+        self._ends: dict[str, dict[tuple[str, str], int]] = {}
+        self._committed: dict[tuple[str, str], int] = {}
+        self._admin: Any = None
+        self._failing = False
+
+    def finished(self, query_name: str, sources: Iterable[Any]) -> None:
+        """Note a query's finished batch (its sources' end offsets); commit what all finished."""
+        self._ends[query_name] = {k: v for s in sources for k, v in _offsets(s.endOffset).items()}
+        if set(self._ends) != self.query_names:
+            return  # a query that has not finished a batch yet holds the group back
+        ends = list(self._ends.values())
+        done = {k: min(e[k] for e in ends) for k in set.intersection(*(set(e) for e in ends))}
+        if done == self._committed:
+            return
+        try:
+            self._commit(done)
+        except Exception as exc:  # monitoring: it must never stop the job
+            if not self._failing:
+                log.warning("could not commit offsets to group %s: %s", self.group, exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("offsets committed to group %s again", self.group)
+        self._failing = False
+        self._committed = done
+
+    def _commit(self, offsets: dict[tuple[str, str], int]) -> None:
+        from kafka import TopicPartition
+        from kafka.admin import KafkaAdminClient
+        from kafka.structs import OffsetAndMetadata
+
+        if self._admin is None:
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                client_id=f"{self.group}-offsets",
+            )
+        answer = self._admin.alter_group_offsets(
+            self.group,
+            {
+                TopicPartition(topic, int(partition)): OffsetAndMetadata(offset, "", -1)
+                for (topic, partition), offset in offsets.items()
+            },
+        )
+        failed = {str(tp): e.__name__ for tp, e in answer.items() if e.__name__ != "NoError"}
+        if failed:
+            raise RuntimeError(f"the broker refused {failed}")
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+
+
 class ProgressRecorder(StreamingQueryListener):
-    """Log each batch's progress of the named queries and write it to ``stream_progress``; warn
-    once about a query that has had no events for ``quiet_after_s`` (``warn_quiet``)."""
+    """Log each batch's progress of the named queries and, with ``record_progress``, write it to
+    ``stream_progress`` and commit the finished offsets to the job's consumer group; warn once
+    about a query that has had no events for ``quiet_after_s`` (``warn_quiet``)."""
 
     def __init__(
         self,
@@ -750,10 +848,13 @@ class ProgressRecorder(StreamingQueryListener):
         settings: Settings,
         query_names: Iterable[str],
         quiet_after_s: float = QUIET_AFTER.total_seconds(),
+        record_progress: bool = True,
     ) -> None:
         super().__init__()
         self.job = job
         self.settings = settings
+        self.record_progress = record_progress
+        self.group_offsets = GroupOffsets(settings, consumer_group(job), query_names)
         self.query_names = set(query_names)
         self.terminated: set[str] = set()
         self.quiet_after_s = quiet_after_s
@@ -830,9 +931,11 @@ class ProgressRecorder(StreamingQueryListener):
                     row["late_rows"],
                     row["watermark"],
                 )
-            frame = pd.DataFrame([row])
-            frame["watermark"] = pd.to_datetime(frame["watermark"], utc=True)
-            open_store(self.settings).insert_df("stream_progress", frame)
+            if self.record_progress:
+                frame = pd.DataFrame([row])
+                frame["watermark"] = pd.to_datetime(frame["watermark"], utc=True)
+                open_store(self.settings).insert_df("stream_progress", frame)
+                self.group_offsets.finished(progress.name, progress.sources)
         except Exception:  # progress is diagnostics: it must never stop the job
             log.exception("could not record the progress of %s", progress.name)
 
@@ -972,10 +1075,13 @@ def run_queries(
     poll_interval_s: float = 0.5,
     stop_timeout_s: float = 60.0,
     quiet_after_s: float = QUIET_AFTER.total_seconds(),
+    record_progress: bool = True,
 ) -> list[StreamingQuery]:
     """Run ``queries`` until they end (AvailableNow), one fails, or SIGTERM/SIGINT/``stop`` arrives.
 
-    Progress of every batch goes to the log and ``stream_progress``. On a stop request each query
+    Progress of every batch goes to the log and, with ``record_progress`` (off for the console
+    sink, which leaves the store and the group alone), to ``stream_progress``, and the offsets
+    every query finished are committed to the job's consumer group. On a stop request each query
     finishes its running batch and stops; the checkpoint then resumes from the next one. If one
     query fails the others are stopped and the failure is raised. Once the queries ended without
     failing, each ``foreachBatch`` function with a ``finish()`` method has it called (work a job
@@ -985,7 +1091,9 @@ def run_queries(
     they ended (a query restarted after SPARK-55271 is a new ``StreamingQuery`` object).
     """
     queries = list(queries)
-    recorder = ProgressRecorder(job, settings, [q.name for q in queries], quiet_after_s)
+    recorder = ProgressRecorder(
+        job, settings, [q.name for q in queries], quiet_after_s, record_progress
+    )
     spark.streams.addListener(recorder)
     request = _StopRequest()
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -1017,3 +1125,4 @@ def run_queries(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         spark.streams.removeListener(recorder)
+        recorder.group_offsets.close()

@@ -60,6 +60,7 @@ from streaming.runtime import (
     read_topic,
     run_queries,
     start_query,
+    store_dead_letters,
     stream_token,
     to_arrow,
     to_pandas,
@@ -1231,8 +1232,7 @@ class SalesBatchWriter:
         # A till whose clock runs ahead moves the job's clock (what has closed) only as far as
         # the broker's: in a backlog, windows whose events are still in the topic stay open.
         clock = pc.max(rows.filter(good)[WATERMARK_TIME]).as_py()
-        if dead.num_rows:
-            self.store.insert_df("dead_letters", dead, dedup_token=token)
+        store_dead_letters(self.store, dead, token)
         if raw.num_rows == 0:
             return
         steps.lap("collect")
@@ -1729,7 +1729,7 @@ def main(
         feature_builder=feature_builder,
     )
     try:
-        run_queries(spark, queries, job=JOB, settings=settings)
+        run_queries(spark, queries, job=JOB, settings=settings, record_progress=not console)
     finally:
         if champion is not None:
             champion.close()

@@ -229,7 +229,7 @@ def test_kafka_options_and_checkpoints_come_from_settings(settings) -> None:
     assert options["subscribe"] == "sales_events"
     assert options["startingOffsets"] == "latest"
     assert options["maxOffsetsPerTrigger"] == "5000"
-    assert options["groupIdPrefix"] == "sales-stream-group"
+    assert options["kafka.group.id"] == "sales-stream-group"
     assert kafka_source_options(settings, "t", "a")["maxOffsetsPerTrigger"] == "50000"
     assert checkpoint_location(settings, "sales-stream", "q") == (
         settings.checkpoint_root / "sales-stream" / "q"
@@ -628,3 +628,37 @@ def test_available_now_drains_the_topic_and_returns(spark: SparkSession, setting
     ids = sorted(i for frame in collected for i in frame["event_id"])
     assert ids == sorted(f"e{i}" for i in range(15))
     assert len(collected) >= 4  # at most 4 offsets per batch, also when draining
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_the_offsets_a_job_finished_are_committed_to_its_consumer_group(
+    spark: SparkSession, settings, kafka, store
+) -> None:
+    """Kafka's own tools see the job as the group `{job}-group`, with no lag once it drained."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    from common import stack
+
+    tag = uuid.uuid4().hex[:8]
+    topic, job = f"grouped-{tag}", f"grouped-test-{tag}"
+    stack.ensure_topics(
+        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic})
+    )
+    produce(kafka, topic, [encoded({**GOOD, "event_id": f"g{i}"}) for i in range(7)] + [b"{"])
+    query = valid_events_query(spark, settings, topic, job, lambda *_: None, available_now=True)
+
+    run_queries(spark, [query], job=job, settings=settings)
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    consumer = KafkaConsumer(bootstrap_servers=kafka)
+    try:
+        committed = admin.list_group_offsets({f"{job}-group": None})[f"{job}-group"]
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        ends = consumer.end_offsets(partitions)
+    finally:
+        admin.close()
+        consumer.close()
+    assert {tp: meta.offset for tp, meta in committed.items()} == ends
+    assert sum(ends.values()) == 8

@@ -922,13 +922,14 @@ def drain(queries) -> None:
 
 
 def drain_job(spark, job_settings, job: str, **build_kwargs) -> list:
-    """Run the sales job in this process over what its topic holds (AvailableNow) until it ends;
-    the queries as they ended."""
+    """Run the sales job in this process over what its topic holds (AvailableNow) until it ends,
+    as ``main`` runs it; the queries as they ended."""
     from streaming.runtime import run_queries
     from streaming.sales import build_queries
 
     queries = build_queries(spark, job_settings, job=job, available_now=True, **build_kwargs)
-    return run_queries(spark, queries, job=job, settings=job_settings)
+    console = build_kwargs.get("console", False)
+    return run_queries(spark, queries, job=job, settings=job_settings, record_progress=not console)
 
 
 def stop(queries) -> None:
@@ -1018,6 +1019,69 @@ def test_a_new_checkpoint_does_not_take_its_batches_for_replays(
         "SELECT sum(line_items) FROM sales_panes WHERE store_id = {s:String}", {"s": shop}
     )
     assert line_items == len(first) + len(second)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_new_checkpoint_reading_the_topic_again_counts_nothing_twice(
+    spark, settings, kafka, store, tmp_path
+) -> None:
+    """`submit_jobs.sh clean`, then a start from `earliest`: the events, the windows and the dead
+    letters the first run stored are each stored once, read without FINAL."""
+    day, tag = dt.date(2026, 3, 17), uuid.uuid4().hex[:6]
+    shop, topic, job = f"S-{tag}", f"sales-again-{tag}", f"sales-again-{tag}"
+    create_topic(settings, topic)
+    events = [
+        sale(f"e{i}-{tag}", at(day, f"10:0{i}:00"), f"t{i}", shop, "c", 1, 2.0) for i in range(4)
+    ]
+    produce(kafka, topic, [*events, b"{not json", b"\xff\xfe"])
+
+    for run in ("before-clean", "after-clean"):
+        job_settings = settings.model_copy(
+            update={"sales_topic": topic, "checkpoint_dir": tmp_path / run}
+        )
+        drain_job(spark, job_settings, job)
+
+    counts = store.query_df(
+        "SELECT (SELECT count() FROM sales_events WHERE store_id = {s:String}) AS events, "
+        "(SELECT sum(line_items) FROM sales_panes WHERE store_id = {s:String}) AS line_items, "
+        "(SELECT count() FROM dead_letters WHERE topic = {t:String}) AS dead",
+        {"s": shop, "t": topic},
+    )
+    assert counts.iloc[0].tolist() == [4, 4, 2]
+    metrics = store_metrics(store, day, tag).query("store_id == @shop")
+    assert metrics.transactions.max() == 4 and metrics.revenue.max() == pytest.approx(8.0)
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_the_console_sink_prints_every_record_and_leaves_the_store_alone(
+    spark, settings, kafka, store
+) -> None:
+    """The seed's default sink: the windows and the dead letters go to the console, and nothing
+    (no event, dead letter or progress row) to the store."""
+    day, tag = dt.date(2026, 3, 16), uuid.uuid4().hex[:6]
+    shop, topic, job = f"S-{tag}", f"sales-console-{tag}", f"sales-console-{tag}"
+    create_topic(settings, topic)
+    job_settings = settings.model_copy(update={"sales_topic": topic})
+    events = [
+        sale(f"e{i}-{tag}", at(day, f"10:0{i}:00"), f"t{i}", shop, "c", 1, 2.0) for i in range(3)
+    ]
+    produce(kafka, topic, [*events, b"{not json"])
+
+    ended = drain_job(spark, job_settings, job, console=True)
+
+    assert {q.exception() for q in ended} == {None}
+    for query in ended:
+        assert "Console" in query.lastProgress["sink"]["description"]
+        assert sum(p["numInputRows"] for p in query.recentProgress) == 4, query.name
+    stored = store.query_df(
+        "SELECT (SELECT count() FROM sales_events WHERE store_id = {s:String}) AS events, "
+        "(SELECT count() FROM dead_letters WHERE topic = {t:String}) AS dead, "
+        "(SELECT count() FROM stream_progress WHERE job = {j:String}) AS progress",
+        {"s": shop, "t": topic, "j": job},
+    )
+    assert stored.iloc[0].tolist() == [0, 0, 0]
 
 
 @pytest.mark.services
