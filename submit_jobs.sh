@@ -65,12 +65,20 @@ driver_of() {  # driver_of <process group>: the job's Python driver, once spark-
   pgrep -g "$1" -f "^$PY .*cli\.py" || true
 }
 
+driver_below() {  # driver_below <pid>: the job's Python driver among the descendants of <pid>
+  local kid
+  for kid in $(pgrep -P "$1" || true); do
+    if ps -o args= -p "$kid" | grep -q "^$PY .*cli\.py"; then echo "$kid"; fi
+    driver_below "$kid"
+  done
+}
+
 foreground() {  # foreground <retail args...>: run a job here; SIGTERM/SIGINT reach its Python
-  # driver, which stops between micro-batches (a plain bash would die and leave the job running)
+  # driver, which stops between micro-batches (a plain bash would die and leave the job running).
+  # Its own driver only: two wrappers started from one script share a process group.
   submit "$@" &
-  local child=$! group status=0
-  group=$(ps -o pgid= -p $$ | tr -d ' ')
-  trap 'driver=$(driver_of "$group"); kill -TERM ${driver:-$(pgrep -P "$child" || echo "$child")} 2>/dev/null || true' TERM INT
+  local child=$! status=0
+  trap 'driver=$(driver_below "$child"); kill -TERM ${driver:-$(pgrep -P "$child" || echo "$child")} 2>/dev/null || true' TERM INT
   while :; do
     wait "$child" && return 0 || status=$?
     kill -0 "$child" 2>/dev/null || return "$status"  # else a signal interrupted the wait

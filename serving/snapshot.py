@@ -95,7 +95,7 @@ SELECT toDateTime64(window_start, 0, 'UTC') AS window_start,
        toDateTime64(window_end, 0, 'UTC') AS window_end,
        store_id, metric, observed, expected, score, direction, severity, reason, model_name,
        model_version
-FROM sales_anomalies_versions FINAL
+FROM sales_anomalies
 WHERE window_end >= now() - INTERVAL 7 DAY
 ORDER BY window_end DESC
 """  # the week /sales-anomalies can ask for (MAX_ANOMALY_HOURS); times as Arrow timestamps
@@ -296,6 +296,7 @@ class TableReader:
     target: str
     convert: Callable[[pd.DataFrame], Any]
     every_s: float | None = None  # read on a clock instead of when the table's parts change
+    parts_of: str | None = None  # the table whose parts tell a change, for a view (else ``table``)
 
 
 def table_readers() -> list[TableReader]:
@@ -317,11 +318,11 @@ def table_readers() -> list[TableReader]:
         ),
         TableReader("stock_alerts", OPEN_ALERTS_SQL, "open_alerts", lambda f: tuple(records(f))),
         TableReader(
-            # the table the job writes: the view sales_anomalies has no parts to tell a change
-            "sales_anomalies_versions",
+            "sales_anomalies",
             RECENT_ANOMALIES_SQL,
             "recent_anomalies",
             lambda f: tuple(records(f)),
+            parts_of="sales_anomalies_versions",  # a view has no parts; the table it shows has
         ),
         TableReader("model_promotions", PROMOTIONS_SQL, "promoted_at", promotions_by_version),
         TableReader("sales_events", LATEST_SALE_SQL, "latest_sale_at", latest_moment),
@@ -355,7 +356,7 @@ def read_changed_frames(
             if reader.table not in existing:
                 read.errors[reader.table] = "missing: run `retail migrate`"
                 continue
-            fingerprint = f"{reader.table}:{parts.get(reader.table, '')}"
+            fingerprint = f"{reader.table}:{parts.get(reader.parts_of or reader.table, '')}"
             if reader.every_s is not None:  # read again on a clock, not on every insert
                 fingerprint = (
                     f"{reader.table}:every {reader.every_s:g} s:{time.time() // reader.every_s:g}"

@@ -72,10 +72,12 @@ from typing import Any, Generic, Literal, TypeVar
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from kafka.errors import RetriableError
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 from pyspark.sql.types import StringType, StructField, StructType
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from common.broker import check_broker
 from common.models import Probe, check_signature, check_transform
@@ -95,6 +97,10 @@ MAX_POLL_RECORDS = 20_000  # Kafka's default of 500 costs a poll per 500 records
 # With no new record, the broker holds a fetch at a partition's end this long (Kafka's default is
 # 500 ms), and a task reading up to that end waits for it: a trickle's reads, a drain's last one.
 FETCH_MAX_WAIT_MS = 50
+# Committing to the consumer group: a new broker answers "coordinator not available" until its
+# offsets topic exists, so a commit is tried a few times, a second apart, each try bounded.
+COMMIT_ATTEMPTS = 5
+COMMIT_TIMEOUT_MS = 5000
 _CORRUPT = "_corrupt_record"
 _KAFKA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
 WATERMARK_TIME = "watermark_time"  # the event time, no later than the record's Kafka timestamp
@@ -522,15 +528,16 @@ def insert_batch(store: Store, table: str, frame: DataFrame | pd.DataFrame, toke
 
 
 STORED_DEAD_LETTERS_SQL = """
-SELECT topic, kafka_partition, kafka_offset FROM dead_letters
+SELECT topic, kafka_partition, kafka_offset, raw_payload FROM dead_letters
 WHERE has({topics:Array(String)}, topic) AND kafka_offset BETWEEN {low:Int64} AND {high:Int64}
 """
 
 
 def store_dead_letters(store: Store, dead: pa.Table, token: str) -> int:
-    """Insert a batch's dead letters (``token`` = batch_token) but those whose topic, partition and
-    offset the store already holds: a topic read again from its start (a new checkpoint, after
-    ``submit_jobs.sh clean``) stores each bad record once. The rows written."""
+    """Insert a batch's dead letters (``token`` = batch_token) but those the store already holds
+    (same topic, partition, offset and payload): a topic read again from its start (a new
+    checkpoint, after ``submit_jobs.sh clean``) stores each bad record once, while a recreated
+    topic's new record at an old offset is stored. The rows written."""
     if dead.num_rows == 0:
         return 0
     stored = store.query_arrow(
@@ -548,8 +555,8 @@ def store_dead_letters(store: Store, dead: pa.Table, token: str) -> int:
 
 
 def _record_key(records: pa.Table) -> pa.ChunkedArray:
-    """``topic|partition|offset`` of each Kafka record."""
-    columns = ("topic", "kafka_partition", "kafka_offset")
+    """``topic|partition|offset|payload`` of each Kafka record."""
+    columns = ("topic", "kafka_partition", "kafka_offset", "raw_payload")
     return pc.binary_join_element_wise(*(records[c].cast(pa.string()) for c in columns), "|")
 
 
@@ -787,6 +794,7 @@ class GroupOffsets:
         self.query_names = set(query_names)
         self._ends: dict[str, dict[tuple[str, str], int]] = {}
         self._committed: dict[tuple[str, str], int] = {}
+        self._done: dict[tuple[str, str], int] = {}
         self._admin: Any = None
         self._failing = False
 
@@ -796,7 +804,11 @@ class GroupOffsets:
         if set(self._ends) != self.query_names:
             return  # a query that has not finished a batch yet holds the group back
         ends = list(self._ends.values())
-        done = {k: min(e[k] for e in ends) for k in set.intersection(*(set(e) for e in ends))}
+        self._done = {k: min(e[k] for e in ends) for k in set.intersection(*(set(e) for e in ends))}
+        self._commit_done()
+
+    def _commit_done(self) -> None:
+        done = self._done
         if done == self._committed:
             return
         try:
@@ -811,7 +823,14 @@ class GroupOffsets:
         self._failing = False
         self._committed = done
 
+    @retry(
+        retry=retry_if_exception_type(RetriableError),
+        stop=stop_after_attempt(COMMIT_ATTEMPTS),
+        wait=wait_fixed(1),
+        reraise=True,
+    )
     def _commit(self, offsets: dict[tuple[str, str], int]) -> None:
+        """Commit ``offsets``; a new broker's group coordinator needs a moment (retried)."""
         from kafka import TopicPartition
         from kafka.admin import KafkaAdminClient
         from kafka.structs import OffsetAndMetadata
@@ -820,6 +839,8 @@ class GroupOffsets:
             self._admin = KafkaAdminClient(
                 bootstrap_servers=self.settings.kafka_bootstrap_servers,
                 client_id=f"{self.group}-offsets",
+                bootstrap_timeout_ms=COMMIT_TIMEOUT_MS,
+                request_timeout_ms=COMMIT_TIMEOUT_MS,
             )
         answer = self._admin.alter_group_offsets(
             self.group,
@@ -828,11 +849,13 @@ class GroupOffsets:
                 for (topic, partition), offset in offsets.items()
             },
         )
-        failed = {str(tp): e.__name__ for tp, e in answer.items() if e.__name__ != "NoError"}
+        failed = [e for e in answer.values() if e.__name__ != "NoError"]
         if failed:
-            raise RuntimeError(f"the broker refused {failed}")
+            raise failed[0](f"group {self.group}: the broker refused {len(failed)} partition(s)")
 
     def close(self) -> None:
+        """Commit what a failed commit left (once more), then close the client."""
+        self._commit_done()
         if self._admin is not None:
             self._admin.close()
 

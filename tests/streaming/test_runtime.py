@@ -662,3 +662,82 @@ def test_the_offsets_a_job_finished_are_committed_to_its_consumer_group(
         consumer.close()
     assert {tp: meta.offset for tp, meta in committed.items()} == ends
     assert sum(ends.values()) == 8
+
+
+def test_group_offsets_are_committed_once_every_query_finished_and_retried_until_they_are(
+    settings,
+) -> None:
+    """A new broker answers "coordinator not available" at first (retried at once); a commit that
+    still fails is tried again when the job stops. A query that has not finished a batch holds
+    the group back. (A fake admin client: a refusal cannot be caused on demand.)"""
+    from types import SimpleNamespace
+
+    from kafka.errors import CoordinatorNotAvailableError, NoError, UnknownMemberIdError
+
+    from streaming.runtime import GroupOffsets
+
+    class Admin:
+        def __init__(self, answers: list) -> None:
+            self.answers, self.committed = answers, []
+
+        def alter_group_offsets(self, group: str, offsets: dict) -> dict:
+            answer = self.answers.pop(0)
+            if answer is NoError:
+                self.committed.append({tp.partition: meta.offset for tp, meta in offsets.items()})
+            return dict.fromkeys(offsets, answer)
+
+        def close(self) -> None:
+            pass
+
+    def ends(**partitions: int) -> list:
+        offsets = {"t": {p.lstrip("p"): n for p, n in partitions.items()}}
+        return [SimpleNamespace(endOffset=json.dumps(offsets))]
+
+    group = GroupOffsets(settings, "job-group", ["events", "dead"])
+    group._admin = admin = Admin(
+        [CoordinatorNotAvailableError, NoError, UnknownMemberIdError, NoError]
+    )
+    group.finished("events", ends(p0=5, p1=7))
+    assert admin.committed == []  # "dead" has not finished a batch
+    group.finished("dead", ends(p0=4, p1=9))
+    assert admin.committed == [{0: 4, 1: 7}]  # what both finished, after one retry
+    group.finished("dead", ends(p0=6, p1=9))
+    assert admin.committed == [{0: 4, 1: 7}]  # refused: not retriable, logged
+    group.close()
+    assert admin.committed == [{0: 4, 1: 7}, {0: 5, 1: 7}]
+
+
+def test_a_dead_letter_read_again_is_stored_once_and_a_new_one_at_an_old_offset_is_kept(
+    store,
+) -> None:
+    """A new checkpoint reads the topic's bad records again (stored once); a topic recreated
+    since has new records at the old offsets (stored)."""
+    import pyarrow as pa
+
+    from streaming.runtime import DEAD_LETTER_COLUMNS, store_dead_letters
+
+    topic = f"dead-{uuid.uuid4().hex[:8]}"
+
+    def dead(*payloads: str) -> pa.Table:
+        rows = [
+            {"topic": topic, "kafka_partition": 0, "kafka_offset": offset, "raw_payload": payload,
+             "payload_encoding": "utf-8", "error": "malformed JSON", "job": "test"}
+            for offset, payload in enumerate(payloads)
+        ]  # fmt: skip
+        table = pa.Table.from_pylist(rows).select(DEAD_LETTER_COLUMNS)
+        return table.set_column(1, "kafka_partition", table["kafka_partition"].cast(pa.int32()))
+
+    assert store_dead_letters(store, dead("{", "[1"), f"{topic}-a.0") == 2
+    assert store_dead_letters(store, dead("{", "[1"), f"{topic}-b.0") == 0  # read again
+    assert store_dead_letters(store, dead("{", "x", "y"), f"{topic}-c.0") == 2  # recreated
+    stored = store.query_df(
+        "SELECT kafka_offset, raw_payload FROM dead_letters WHERE topic = {t:String} "
+        "ORDER BY kafka_offset, raw_payload",
+        {"t": topic},
+    )
+    assert list(stored.itertuples(index=False, name=None)) == [
+        (0, "{"),
+        (1, "[1"),
+        (1, "x"),
+        (2, "y"),
+    ]
