@@ -193,6 +193,7 @@ class ChampionModel:
         self.registry_timeout_s = registry_timeout_s
         self.retry_failed_after_s = retry_failed_after_s
         self._loaded: LoadedModel | None = None
+        self._previous: LoadedModel | None = None  # in use before the last swap: a fallback
         self._failed: dict[str, float] = {}
         self._state = ""  # "", "no_champion" or "registry_unreachable": logged once per episode
         self._seen_version: str | None = None  # where the alias pointed at the last check
@@ -248,6 +249,22 @@ class ChampionModel:
             self._load(version)
             return self._loaded
 
+    def reject(self, version: str, error: BaseException) -> LoadedModel | None:
+        """``version`` failed on a job's real rows though it passed its probes: as for a version
+        that fails to load, the one in use before it comes back, a ``load_failed`` row is written
+        and ``version`` is tried again after ``retry_failed_after_s``. The model to use now."""
+        with self._lock:
+            if self._loaded is None or self._loaded.version != version:
+                return self._loaded
+            fallback, self._previous = self._previous, None
+            self._failed[version] = time.monotonic()
+            kept = f"keeping version {fallback.version}" if fallback else "no model in use"
+            detail = f"failed on the job's rows: {type(error).__name__}: {error}"[:1000]
+            log.error("%s version %s %s (%s)", self.name, version, detail, kept)
+            self._event(version, "load_failed", f"{detail} ({kept})")
+            self._loaded = fallback
+            return fallback
+
     def warm_up(self) -> threading.Thread:
         """Resolve and load the champion on a thread of its own, so that a job's first
         micro-batch finds it loaded (or waits for the load under way) instead of starting it."""
@@ -258,7 +275,7 @@ class ChampionModel:
     def close(self) -> None:
         """Drop the loaded model and forget a pending registry call (after a load under way)."""
         with self._lock:
-            self._loaded = None
+            self._loaded = self._previous = None
             self._pending = None
 
     def _resolve_alias(self) -> str:
@@ -293,7 +310,7 @@ class ChampionModel:
             log.error("%s version %s failed to load (%s): %s", self.name, version, kept, detail)
             self._event(version, "load_failed", f"{detail} ({kept})")
             return
-        self._loaded = candidate
+        self._previous, self._loaded = self._loaded, candidate
         self._failed.pop(version, None)
         seconds = time.monotonic() - started
         detail = f"alias {self.alias}; loaded in {seconds:.1f} s" + (

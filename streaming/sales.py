@@ -1178,6 +1178,14 @@ def scoring_keys(raw: pa.Table) -> pa.Table:
     return keys.group_by(keys.column_names, use_threads=False).aggregate([])
 
 
+class ModelTransformError(Exception):
+    """A model's transform failed on the real features (the features were built)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
 class SalesBatchWriter:
     """The ``foreachBatch`` function of the sales job: one micro-batch into every sales table."""
 
@@ -1207,6 +1215,7 @@ class SalesBatchWriter:
         self._scored: ByDay[tuple[str, str, str], bool] = ByDay()
         self._catalogued: ByDay[str, bool] = ByDay()
         self._scoring_version: str | None = None
+        self._scored_versions: set[str] = set()  # versions that have scored in this job
         self._newest_day: dt.date | None = None  # of the sales scored
         self._judged_until: dt.datetime | None = None  # see _load_horizon
         # The newest event time this writer stored, none later than its record's Kafka timestamp.
@@ -1295,17 +1304,14 @@ class SalesBatchWriter:
 
     def _score_demand(self, raw: pa.Table, batch_id: int, token: str) -> None:
         """Score, with the current version, every store's catalogue at the first sale of a day, and
-        any pair sold that it has not scored for its day (``_to_score``)."""
+        any pair sold that it has not scored for its day (``_to_score``). A version new to this job
+        that fails on the real features (it passed its probes on an empty frame) is rejected like
+        one that failed to load, and the version in use before it scores the batch."""
         if self.champion is None or self.feature_builder is None:
             return
         loaded = self.champion.current()  # pinned: this whole batch uses one version
         if loaded is None:
             return
-        if loaded.version != self._scoring_version:
-            # A move or a rollback: the new version scores the day anew, even a version that
-            # scored it before (its rows are no longer each pair's latest).
-            self._scored, self._catalogued = ByDay(), ByDay()
-            self._scoring_version = loaded.version
         keys = scoring_keys(raw)
         sold = list(zip(*(keys[c].to_pylist() for c in keys.column_names), strict=True))
         days = [day for *_, day in sold]
@@ -1314,8 +1320,29 @@ class SalesBatchWriter:
         # Every day of the batch from the day before the newest day known before it (every day of
         # a first batch) gets its catalogue: one batch or one a day, the same days. A late sale of
         # an older day scores its own pair.
-        kept = dt.timedelta(days=SCORED_DAYS_KEPT - 1)
-        first_current = (previous or min(days)) - kept
+        first_current = (previous or min(days)) - dt.timedelta(days=SCORED_DAYS_KEPT - 1)
+        while loaded is not None:
+            failure = self._score_with(loaded, sold, days, first_current, batch_id, token)
+            if failure is None or loaded.version in self._scored_versions:
+                return
+            loaded = self.champion.reject(loaded.version, failure)
+
+    def _score_with(
+        self,
+        loaded: LoadedModel,
+        sold: list[tuple[str, str, dt.date]],
+        days: list[dt.date],
+        first_current: dt.date,
+        batch_id: int,
+        token: str,
+    ) -> Exception | None:
+        """Score the batch with ``loaded``; the model's own failure, if it failed (any other error
+        is logged: the metrics go on)."""
+        if loaded.version != self._scoring_version:
+            # A move or a rollback: the new version scores the day anew, even a version that
+            # scored it before (its rows are no longer each pair's latest).
+            self._scored, self._catalogued = ByDay(), ByDay()
+            self._scoring_version = loaded.version
         new_days = sorted(
             {
                 day
@@ -1323,6 +1350,7 @@ class SalesBatchWriter:
                 if day >= first_current and not self._catalogued.get(day, loaded.version)
             }
         )
+        kept = dt.timedelta(days=SCORED_DAYS_KEPT - 1)
         catalogued = [
             day
             for day in (
@@ -1333,15 +1361,16 @@ class SalesBatchWriter:
         try:
             todo = self._to_score(sold, new_days, catalogued, loaded.version)
             if not todo:
-                return
+                return None
             scores = self._scores_for(todo, loaded)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             if message != self._scoring_error:
                 log.exception("demand scoring failed for batch %d; metrics go on", batch_id)
                 self._scoring_error = message
-            return
+            return exc.cause if isinstance(exc, ModelTransformError) else None
         self._scoring_error = ""
+        self._scored_versions.add(loaded.version)
         scores = scores.assign(query_name=self.query_name, batch_id=batch_id)
         # A replay scored by another version (the alias moved while the job was down) is written.
         self.store.insert_df("demand_scores", scores, dedup_token=f"{token}.v{loaded.version}")
@@ -1352,6 +1381,7 @@ class SalesBatchWriter:
         # A late sale of an older day is scored again: demand_scores replaces its row.
         self._scored.keep_newest(SCORED_DAYS_KEPT)
         self._catalogued.keep_newest(SCORED_DAYS_KEPT)
+        return None
 
     def _to_score(
         self,
@@ -1398,7 +1428,10 @@ class SalesBatchWriter:
             )
             keys = self.spark.createDataFrame(pairs, "store_id string, product_id string")
             features = self.feature_builder(self.spark, self.store, keys, day)
-            frames.append(to_pandas(score_demand(features, loaded)))
+            try:
+                frames.append(to_pandas(score_demand(features, loaded)))
+            except Exception as exc:
+                raise ModelTransformError(exc) from exc
         return pd.concat(frames, ignore_index=True)
 
     def finish(self) -> None:

@@ -2017,6 +2017,16 @@ def toy_pipeline(spark: SparkSession, slope: float, feature: str = "signal"):
     return Pipeline(stages=stages).fit(data)
 
 
+def failing_on_rows(fitted):
+    """``fitted`` behind a stage that fails on any row of the toy features (signal = 10) but plans
+    on an empty frame: a model that passes the jobs' probes and cannot score."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.feature import SQLTransformer
+
+    check = SQLTransformer(statement="SELECT * FROM __THIS__ WHERE assert_true(signal < 0) IS NULL")
+    return PipelineModel(stages=[check, *fitted.stages])
+
+
 def register(model, name: str) -> str:
     import mlflow
     import mlflow.spark
@@ -2114,6 +2124,7 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     # Logged without a signature, like the toy versions: only transforming the features that the
     # job makes shows it cannot score. The job's own probes find it.
     broken = register(toy_pipeline(spark, 3.0, feature="missing_feature"), name)
+    fails_on_rows = register(failing_on_rows(toy_pipeline(spark, 4.0)), name)
     client.set_registered_model_alias(name, "champion", v1)
     probes = model_probes(spark, store, toy_features, name)
     champion = ChampionModel(
@@ -2134,6 +2145,8 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
     send(3, ["P3"])  # a new pair: still scored, by the last good version
     client.set_registered_model_alias(name, "champion", v1)
     send(4, ["P1"])  # a rollback: the older version scores again what it scored before
+    client.set_registered_model_alias(name, "champion", fails_on_rows)
+    send(5, ["P4"])  # passes the probes, fails on the batch's rows: v1 scores the batch
 
     scores = store.query_df(
         "SELECT batch_id, product_id, model_version, predicted_units FROM demand_scores "
@@ -2156,17 +2169,20 @@ def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_u
             ("P2", v2, 20.0),
             ("P3", v2, 20.0),
             ("P1", v1, 10.0),
+            ("P4", v1, 10.0),
         ]
     )
     failed = store.query_df(
         "SELECT model_version, detail FROM model_events WHERE model_name = {n:String} "
-        "AND event_type = 'load_failed'",
+        "AND event_type = 'load_failed' ORDER BY event_time",
         {"n": name},
     )
-    assert list(failed["model_version"]) == [broken]
+    assert list(failed["model_version"]) == [broken, fails_on_rows]
     assert (
         "missing_feature" in failed["detail"][0] and f"keeping version {v2}" in failed["detail"][0]
     )
+    assert "failed on the job's rows" in failed["detail"][1]
+    assert f"keeping version {v1}" in failed["detail"][1]
 
 
 @pytest.mark.services
