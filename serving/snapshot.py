@@ -353,7 +353,7 @@ def read_changed_frames(
         existing = set(store.query_df(EXISTING_TABLES_SQL)["name"].astype(str))
         parts = _fingerprints(store.query_df(FINGERPRINTS_SQL))
         for reader in table_readers():
-            if reader.table not in existing:
+            if not {reader.table, reader.parts_of or reader.table} <= existing:
                 read.errors[reader.table] = "missing: run `retail migrate`"
                 continue
             fingerprint = f"{reader.table}:{parts.get(reader.parts_of or reader.table, '')}"

@@ -537,7 +537,8 @@ def store_dead_letters(store: Store, dead: pa.Table, token: str) -> int:
     """Insert a batch's dead letters (``token`` = batch_token) but those the store already holds
     (same topic, partition, offset and payload): a topic read again from its start (a new
     checkpoint, after ``submit_jobs.sh clean``) stores each bad record once, while a recreated
-    topic's new record at an old offset is stored. The rows written."""
+    topic's new record at an old offset is written and replaces the old one (the table keeps a
+    record per offset). The rows written."""
     if dead.num_rows == 0:
         return 0
     stored = store.query_arrow(
@@ -557,7 +558,8 @@ def store_dead_letters(store: Store, dead: pa.Table, token: str) -> int:
 def _record_key(records: pa.Table) -> pa.ChunkedArray:
     """``topic|partition|offset|payload`` of each Kafka record."""
     columns = ("topic", "kafka_partition", "kafka_offset", "raw_payload")
-    return pc.binary_join_element_wise(*(records[c].cast(pa.string()) for c in columns), "|")
+    texts = (pc.fill_null(records[c].cast(pa.string()), "") for c in columns)  # a null: stored ''
+    return pc.binary_join_element_wise(*texts, "|")
 
 
 def store_sink(

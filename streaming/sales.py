@@ -1178,6 +1178,9 @@ def scoring_keys(raw: pa.Table) -> pa.Table:
     return keys.group_by(keys.column_names, use_threads=False).aggregate([])
 
 
+CANCELLED = ("cancelled", "canceled", "interrupted")  # Spark's words for a job a stop cut short
+
+
 class ModelTransformError(Exception):
     """A model's transform failed on the real features (the features were built)."""
 
@@ -1322,9 +1325,12 @@ class SalesBatchWriter:
         # an older day scores its own pair.
         first_current = (previous or min(days)) - dt.timedelta(days=SCORED_DAYS_KEPT - 1)
         while loaded is not None:
+            scored_before = (self._scored, self._catalogued, self._scoring_version)
             failure = self._score_with(loaded, sold, days, first_current, batch_id, token)
             if failure is None or loaded.version in self._scored_versions:
                 return
+            # The rejected version wrote nothing: what the one before it scored still stands.
+            self._scored, self._catalogued, self._scoring_version = scored_before
             loaded = self.champion.reject(loaded.version, failure)
 
     def _score_with(
@@ -1431,6 +1437,8 @@ class SalesBatchWriter:
             try:
                 frames.append(to_pandas(score_demand(features, loaded)))
             except Exception as exc:
+                if any(word in str(exc).lower() for word in CANCELLED):
+                    raise  # a stop cut the job short: not the model's failure
                 raise ModelTransformError(exc) from exc
         return pd.concat(frames, ignore_index=True)
 

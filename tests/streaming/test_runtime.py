@@ -707,37 +707,38 @@ def test_group_offsets_are_committed_once_every_query_finished_and_retried_until
     assert admin.committed == [{0: 4, 1: 7}, {0: 5, 1: 7}]
 
 
-def test_a_dead_letter_read_again_is_stored_once_and_a_new_one_at_an_old_offset_is_kept(
+def test_a_dead_letter_read_again_is_stored_once_and_a_new_one_at_an_old_offset_replaces_it(
     store,
 ) -> None:
-    """A new checkpoint reads the topic's bad records again (stored once); a topic recreated
-    since has new records at the old offsets (stored)."""
+    """A new checkpoint reads the topic's bad records again, an empty one (a null value) too:
+    stored once. A topic recreated since has new records at the old offsets: they replace the
+    old ones (a record per offset), as a read with FINAL, or after a merge, shows."""
     import pyarrow as pa
 
     from streaming.runtime import DEAD_LETTER_COLUMNS, store_dead_letters
 
     topic = f"dead-{uuid.uuid4().hex[:8]}"
 
-    def dead(*payloads: str) -> pa.Table:
+    def dead(*payloads: str | None) -> pa.Table:
         rows = [
             {"topic": topic, "kafka_partition": 0, "kafka_offset": offset, "raw_payload": payload,
              "payload_encoding": "utf-8", "error": "malformed JSON", "job": "test"}
             for offset, payload in enumerate(payloads)
         ]  # fmt: skip
         table = pa.Table.from_pylist(rows).select(DEAD_LETTER_COLUMNS)
+        table = table.set_column(3, "raw_payload", table["raw_payload"].cast(pa.string()))
         return table.set_column(1, "kafka_partition", table["kafka_partition"].cast(pa.int32()))
 
-    assert store_dead_letters(store, dead("{", "[1"), f"{topic}-a.0") == 2
-    assert store_dead_letters(store, dead("{", "[1"), f"{topic}-b.0") == 0  # read again
-    assert store_dead_letters(store, dead("{", "x", "y"), f"{topic}-c.0") == 2  # recreated
-    stored = store.query_df(
-        "SELECT kafka_offset, raw_payload FROM dead_letters WHERE topic = {t:String} "
-        "ORDER BY kafka_offset, raw_payload",
-        {"t": topic},
-    )
-    assert list(stored.itertuples(index=False, name=None)) == [
-        (0, "{"),
-        (1, "[1"),
-        (1, "x"),
-        (2, "y"),
-    ]
+    def stored(final: str = "") -> list[tuple[int, str]]:
+        rows = store.query_df(
+            f"SELECT kafka_offset, raw_payload FROM dead_letters {final} "  # noqa: S608
+            "WHERE topic = {t:String} ORDER BY kafka_offset, raw_payload",
+            {"t": topic},
+        )
+        return list(rows.itertuples(index=False, name=None))
+
+    assert store_dead_letters(store, dead("{", "[1", None), f"{topic}-a.0") == 3
+    assert store_dead_letters(store, dead("{", "[1", None), f"{topic}-b.0") == 0  # read again
+    assert stored() == [(0, "{"), (1, "[1"), (2, "")]
+    assert store_dead_letters(store, dead("{", "x"), f"{topic}-c.0") == 1  # recreated
+    assert stored("FINAL") == [(0, "{"), (1, "x"), (2, "")]
