@@ -78,6 +78,7 @@ def test_every_kind_of_bad_record_is_named_and_kept(spark: SparkSession) -> None
         encoded({**GOOD, "stock_level": -3}),
         b"\xc3\x28 not utf-8",
         None,
+        encoded({**GOOD, "padding": "x" * 128 * 1024}),  # the generator's oversized fault
     ]
     checks = [Check("stock_level must be >= 0", sf.col("stock_level") >= 0)]
     classified = classify_events(
@@ -94,6 +95,7 @@ def test_every_kind_of_bad_record_is_named_and_kept(spark: SparkSession) -> None
         6: "stock_level must be >= 0",
         7: "payload is not valid UTF-8",
         8: "empty payload",
+        9: f"record too large: {len(payloads[9])} bytes (at most 65536)",
     }
 
     valid, dead = parse_events(
