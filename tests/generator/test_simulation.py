@@ -214,3 +214,27 @@ def test_calendar_marks_holidays():
     assert calendar.loc[dt.date(2025, 11, 28), "holiday_name"] == "Black Friday"
     assert calendar["is_holiday"].tolist() == [0, 1, 1]
     assert calendar["day_of_week"].tolist() == [3, 4, 5]
+
+
+def test_the_docs_give_every_categorys_parameters():
+    """docs/generator.md's category table is the one the generator draws from."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "generator.md").read_text()
+    table = {}
+    for line in docs.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and "–" in cells[1]:
+            low, high = (float(x) for x in cells[1].split("–"))
+            table[cells[0]] = (low, high, *(float(x) for x in cells[2:]))
+
+    assert table == {
+        c.name: (
+            c.price_low,
+            c.price_high,
+            c.elasticity,
+            c.yearly_amplitude,
+            float(c.yearly_peak_doy),
+        )
+        for c in CATEGORIES
+    }
