@@ -254,6 +254,10 @@ class Simulator:
         line_product = self.pair_product[line_pair]
         price = self.unit_price[line_product]
         line_discount = discount[line_pair]
+        # In whole cents, half a cent rounding up: a float's round() can fall either way.
+        price_cents = np.round(price * 100).astype(np.int64)
+        percent_off = np.round(line_discount * 100).astype(np.int64)
+        total_cents = (quantity * price_cents * (100 - percent_off) + 50) // 100
         frame = pd.DataFrame(
             {
                 "event_id": random_uuids(rng, n_lines),
@@ -266,7 +270,7 @@ class Simulator:
                 "quantity": quantity.astype(np.int32),
                 "unit_price": price,
                 "discount": line_discount,
-                "total_amount": np.round(quantity * price * (1.0 - line_discount), 2),
+                "total_amount": total_cents / 100.0,
                 "payment_method": payment[txn_of_line],
                 "channel": channel[txn_of_line],
                 "on_promotion": on_promotion[line_pair],

@@ -4,6 +4,7 @@ statistics, stockout censoring and exact inventory physics (no store, no broker)
 from __future__ import annotations
 
 import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pandas as pd
@@ -191,10 +192,12 @@ def test_inventory_events_reconstruct_the_ground_truth(eight_weeks):
 def test_sales_line_items_are_consistent(eight_weeks, big_world):
     _, sales, _ = eight_weeks
     assert (sales["quantity"] > 0).all()
-    np.testing.assert_allclose(
-        sales["total_amount"],
-        (sales["quantity"] * sales["unit_price"] * (1 - sales["discount"])).round(2),
-    )
+    cent, half_up = Decimal("0.01"), ROUND_HALF_UP
+    by_hand = [
+        float((q * Decimal(str(p)) * (1 - Decimal(str(d)))).quantize(cent, half_up))
+        for q, p, d in zip(sales["quantity"], sales["unit_price"], sales["discount"], strict=True)
+    ]
+    assert sales["total_amount"].tolist() == by_hand
     per_transaction = sales.groupby("transaction_id").agg(
         stores=("store_id", "nunique"), times=("event_time_ms", "nunique")
     )
