@@ -313,6 +313,16 @@ def test_only_sparks_kafka_metrics_bug_is_restarted() -> None:
     assert not hit_kafka_metrics_bug("java.lang.NullPointerException at my.Sink.write")
 
 
+def fresh_topic(settings, topic: str, partitions: int | None = None) -> str:
+    """Create ``topic`` for one test (the records of other tests never reach its queries)."""
+    from common import stack
+
+    stack.ensure_topics(
+        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic}), partitions
+    )
+    return topic
+
+
 def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     from kafka import KafkaProducer
 
@@ -368,13 +378,9 @@ def stop_once(until: Callable[[], bool], what: str) -> threading.Event:
 def test_queries_record_progress_and_stop_between_batches(
     spark: SparkSession, settings, kafka, store
 ) -> None:
-    from common import stack
 
     tag = uuid.uuid4().hex[:8]
-    topic, job = f"runtime-{tag}", f"runtime-test-{tag}"
-    stack.ensure_topics(
-        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic}), 2
-    )
+    topic, job = fresh_topic(settings, f"runtime-{tag}", 2), f"runtime-test-{tag}"
     produce(kafka, topic, [encoded({**GOOD, "event_id": f"e{i}"}) for i in range(40)])
     tuned = settings.model_copy(update={"max_offsets_per_trigger": 10})
     seen: list[int] = []
@@ -421,13 +427,8 @@ def test_a_query_without_events_is_warned_about_once_until_they_come_again(
     when its last events came, however many polls it stays quiet, and their return once."""
     import logging
 
-    from common import stack
-
     tag = uuid.uuid4().hex[:8]
-    topic, job = f"quiet-{tag}", f"quiet-test-{tag}"
-    stack.ensure_topics(
-        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic})
-    )
+    topic, job = fresh_topic(settings, f"quiet-{tag}"), f"quiet-test-{tag}"
     observed: dict[str, list[str]] = {}
 
     class CountingSink:
@@ -498,13 +499,9 @@ def test_a_stop_under_steady_input_lands_between_batches_and_loses_nothing(
 ) -> None:
     """Under a backlog a batch is always running: the stop must still let it finish, park the next
     one before it starts, and the next start must run that one (every event once)."""
-    from common import stack
 
     tag = uuid.uuid4().hex[:8]
-    topic, job = f"runtime-busy-{tag}", f"runtime-busy-{tag}"
-    stack.ensure_topics(
-        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic}), 2
-    )
+    topic = job = fresh_topic(settings, f"runtime-busy-{tag}", 2)
     produce(kafka, topic, [encoded({**GOOD, "event_id": f"e{i}"}) for i in range(300)])
     tuned = settings.model_copy(
         update={"max_offsets_per_trigger": 10, "checkpoint_dir": tmp_path / "checkpoints"}
@@ -610,13 +607,9 @@ def test_an_event_stamped_ahead_of_the_broker_does_not_make_later_events_late(
 @pytest.mark.services
 @pytest.mark.spark
 def test_available_now_drains_the_topic_and_returns(spark: SparkSession, settings, kafka) -> None:
-    from common import stack
 
     tag = uuid.uuid4().hex[:8]
-    topic, job = f"runtime-now-{tag}", f"runtime-now-{tag}"
-    stack.ensure_topics(
-        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic}), 2
-    )
+    topic = job = fresh_topic(settings, f"runtime-now-{tag}", 2)
     produce(kafka, topic, [encoded({**GOOD, "event_id": f"e{i}"}) for i in range(15)])
     collected: list[DataFrame] = []
 
@@ -641,13 +634,8 @@ def test_the_offsets_a_job_finished_are_committed_to_its_consumer_group(
     from kafka import KafkaConsumer, TopicPartition
     from kafka.admin import KafkaAdminClient
 
-    from common import stack
-
     tag = uuid.uuid4().hex[:8]
-    topic, job = f"grouped-{tag}", f"grouped-test-{tag}"
-    stack.ensure_topics(
-        settings.model_copy(update={"sales_topic": topic, "inventory_topic": topic})
-    )
+    topic, job = fresh_topic(settings, f"grouped-{tag}"), f"grouped-test-{tag}"
     produce(kafka, topic, [encoded({**GOOD, "event_id": f"g{i}"}) for i in range(7)] + [b"{"])
     query = valid_events_query(spark, settings, topic, job, lambda *_: None, available_now=True)
 
