@@ -378,7 +378,6 @@ def stop_once(until: Callable[[], bool], what: str) -> threading.Event:
 def test_queries_record_progress_and_stop_between_batches(
     spark: SparkSession, settings, kafka, store
 ) -> None:
-
     tag = uuid.uuid4().hex[:8]
     topic, job = fresh_topic(settings, f"runtime-{tag}", 2), f"runtime-test-{tag}"
     produce(kafka, topic, [encoded({**GOOD, "event_id": f"e{i}"}) for i in range(40)])
@@ -607,7 +606,6 @@ def test_an_event_stamped_ahead_of_the_broker_does_not_make_later_events_late(
 @pytest.mark.services
 @pytest.mark.spark
 def test_available_now_drains_the_topic_and_returns(spark: SparkSession, settings, kafka) -> None:
-
     tag = uuid.uuid4().hex[:8]
     topic = job = fresh_topic(settings, f"runtime-now-{tag}", 2)
     produce(kafka, topic, [encoded({**GOOD, "event_id": f"e{i}"}) for i in range(15)])
