@@ -93,6 +93,9 @@ start_background() {  # start_background <job> <retail args...>
   fi
   setsid nohup "$SELF" --foreground "$@" >"$LOG_DIR/$job.log" 2>&1 &
   echo $! >"$pidfile"
+  # Its process group exists once setsid has run: wait for it, so that `status`, `stop` or a
+  # supervisor looking right after this sees the job (at most 5 s: a job may also end at once).
+  for _ in $(seq 50); do pgrep -g $! >/dev/null && break; sleep 0.1; done
   echo "$job submitted (pid $!, log $LOG_DIR/$job.log)"
 }
 
