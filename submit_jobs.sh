@@ -61,14 +61,16 @@ running() {  # running <job>: some process of the job's group is alive (its wrap
   [ -f "$pidfile" ] && pgrep -g "$(cat "$pidfile")" >/dev/null
 }
 
+DRIVER="^$PY .*cli\.py"  # the command line of a job's Python driver (spark-submit starts it)
+
 driver_of() {  # driver_of <process group>: the job's Python driver, once spark-submit started it
-  pgrep -g "$1" -f "^$PY .*cli\.py" || true
+  pgrep -g "$1" -f "$DRIVER" || true
 }
 
 driver_below() {  # driver_below <pid>: the job's Python driver among the descendants of <pid>
   local kid
   for kid in $(pgrep -P "$1" || true); do
-    if ps -o args= -p "$kid" | grep -q "^$PY .*cli\.py"; then echo "$kid"; fi
+    if ps -o args= -p "$kid" | grep -q "$DRIVER"; then echo "$kid"; fi
     driver_below "$kid"
   done
 }

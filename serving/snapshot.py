@@ -298,6 +298,10 @@ class TableReader:
     every_s: float | None = None  # read on a clock instead of when the table's parts change
     parts_of: str | None = None  # the table whose parts tell a change, for a view (else ``table``)
 
+    @property
+    def parts_table(self) -> str:
+        return self.parts_of or self.table
+
 
 def table_readers() -> list[TableReader]:
     """The tables the API reads, in the order they are refreshed."""
@@ -353,10 +357,10 @@ def read_changed_frames(
         existing = set(store.query_df(EXISTING_TABLES_SQL)["name"].astype(str))
         parts = _fingerprints(store.query_df(FINGERPRINTS_SQL))
         for reader in table_readers():
-            if not {reader.table, reader.parts_of or reader.table} <= existing:
+            if not {reader.table, reader.parts_table} <= existing:
                 read.errors[reader.table] = "missing: run `retail migrate`"
                 continue
-            fingerprint = f"{reader.table}:{parts.get(reader.parts_of or reader.table, '')}"
+            fingerprint = f"{reader.table}:{parts.get(reader.parts_table, '')}"
             if reader.every_s is not None:  # read again on a clock, not on every insert
                 fingerprint = (
                     f"{reader.table}:every {reader.every_s:g} s:{time.time() // reader.every_s:g}"

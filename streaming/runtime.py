@@ -21,7 +21,8 @@ Reading and parsing
     then kept as base64), not a JSON object, has a value of the wrong type, misses a required
     field, has an unreadable timestamp or fails one of the job's ``Check`` rules
     (``Check("quantity must be > 0", col("quantity") > 0)``), or (with ``max_lead_minutes``) has
-    a time more than that far ahead of its Kafka timestamp: a producer whose clock runs ahead. Bad records never raise: the query keeps running.
+    a time more than that far ahead of its Kafka timestamp: a producer whose clock runs ahead.
+    Bad records never raise: the query keeps running.
 
     ``deduplicate_events(valid, delay)`` -> the events with a watermark and every ``event_id`` kept
     once while it is within the watermark (``dropDuplicatesWithinWatermark``). Watermarks follow

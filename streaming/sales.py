@@ -78,6 +78,7 @@ MINUTES_PER_DAY = 24 * 60
 ANOMALY_INTERVAL_S = 30.0  # closed windows are judged at most this often (wall clock)
 CATCH_UP_INTERVAL_S = 300.0  # ... and, while full batches lag this far (a backlog), this often
 SCORED_DAYS_KEPT = 2  # newest days whose scored pairs (and catalogue) a job remembers
+SCORED_SPAN = dt.timedelta(days=SCORED_DAYS_KEPT - 1)  # from the first of those days to the last
 CATALOGUE_DAYS = 28  # days of events before a day that give the catalogue to score on it
 MAX_JUDGED_SPAN = dt.timedelta(hours=6)  # event time judged for anomalies in one go
 FIRST_JUDGED_MAX = dt.timedelta(days=1)  # a new query judges at most this far back
@@ -1323,7 +1324,7 @@ class SalesBatchWriter:
         # Every day of the batch from the day before the newest day known before it (every day of
         # a first batch) gets its catalogue: one batch or one a day, the same days. A late sale of
         # an older day scores its own pair.
-        first_current = (previous or min(days)) - dt.timedelta(days=SCORED_DAYS_KEPT - 1)
+        first_current = (previous or min(days)) - SCORED_SPAN
         while loaded is not None:
             scored_before = (self._scored, self._catalogued, self._scoring_version)
             failure = self._score_with(loaded, sold, days, first_current, batch_id, token)
@@ -1356,11 +1357,11 @@ class SalesBatchWriter:
                 if day >= first_current and not self._catalogued.get(day, loaded.version)
             }
         )
-        kept = dt.timedelta(days=SCORED_DAYS_KEPT - 1)
         catalogued = [
             day
             for day in (
-                self._newest_day - kept + dt.timedelta(days=n) for n in range(SCORED_DAYS_KEPT)
+                self._newest_day - SCORED_SPAN + dt.timedelta(days=n)
+                for n in range(SCORED_DAYS_KEPT)
             )
             if self._catalogued.get(day, loaded.version)
         ]
