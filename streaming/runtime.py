@@ -782,6 +782,7 @@ def progress_row(job: str, progress: Any) -> dict[str, Any]:
     return {
         "job": job,
         "query_name": progress.name or "",
+        "query_id": str(progress.id),
         "batch_id": int(progress.batchId),
         "batch_time": datetime.fromisoformat(progress.timestamp.replace("Z", "+00:00")),
         "input_rows": int(progress.numInputRows or 0),

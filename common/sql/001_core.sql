@@ -73,13 +73,20 @@ CREATE TABLE IF NOT EXISTS stream_progress (
     batch_duration_ms Int64,
     lag_messages Int64,
     watermark Nullable(DateTime64(3, 'UTC')),
-    late_rows Int64 DEFAULT 0
+    late_rows Int64 DEFAULT 0,
+    query_id String
 ) ENGINE = ReplacingMergeTree
-ORDER BY (job, query_name, batch_id)
+ORDER BY (job, query_name, batch_id, query_id)
 SETTINGS non_replicated_deduplication_window = 10000;
 
 -- late_rows (events dropped for being older than the watermark) came after the first release.
 ALTER TABLE stream_progress ADD COLUMN IF NOT EXISTS late_rows Int64 DEFAULT 0;
+-- query_id (the checkpoint's query id) came later still: batch ids start again at 0 in a new
+-- checkpoint, and its rows replaced the history of the old one. A column new to the sorting key
+-- may have no default.
+ALTER TABLE stream_progress
+    ADD COLUMN IF NOT EXISTS query_id String,
+    MODIFY ORDER BY (job, query_name, batch_id, query_id);
 
 CREATE TABLE IF NOT EXISTS model_events (
     event_time DateTime64(3, 'UTC') DEFAULT now64(3),

@@ -53,6 +53,38 @@ def test_migrate_adds_columns_that_came_after_a_table_was_created(store):
     assert "late_rows" in columns()
 
 
+def test_migrate_keys_the_progress_of_an_old_store_by_query_id_keeping_its_rows(store):
+    """Until 2026-12-07 ``stream_progress`` was keyed without the query id: the rows of a new
+    checkpoint (batch ids from 0 again) replaced the old ones. The table is put back in that
+    shape, with a row, then migrated."""
+    job = f"old-progress-{uuid.uuid4().hex[:6]}"
+    with store.session():
+        store.execute("DROP TABLE IF EXISTS stream_progress")
+        store.execute(
+            "CREATE TABLE stream_progress (job LowCardinality(String), "
+            "query_name LowCardinality(String), batch_id Int64, batch_time DateTime64(3, 'UTC'), "
+            "input_rows Int64, input_rows_per_second Float64, processed_rows_per_second Float64, "
+            "batch_duration_ms Int64, lag_messages Int64, "
+            "watermark Nullable(DateTime64(3, 'UTC'))) "
+            "ENGINE = ReplacingMergeTree ORDER BY (job, query_name, batch_id)"
+        )
+        store.execute(
+            "INSERT INTO stream_progress VALUES "
+            "({j:String}, 'q', 0, '2026-12-01 10:00:00', 5, 1, 1, 10, 0, NULL)",
+            {"j": job},
+        )
+    migrate(store)
+    new_run = {"job": job, "query_name": "q", "batch_id": 0, "query_id": "new-checkpoint"}
+    store.insert_df("stream_progress", pd.DataFrame([{**new_run, "input_rows": 7}]))
+
+    kept = store.query_df(
+        "SELECT query_id, input_rows FROM stream_progress FINAL WHERE job = {j:String} "
+        "ORDER BY query_id",
+        {"j": job},
+    )
+    assert kept.values.tolist() == [["", 5], ["new-checkpoint", 7]]
+
+
 OLD_VERSIONED_ROWS = {  # a table renamed on 2026-12-07: the columns and a row of a given value
     "sales_metrics": (
         "window_start, window_end, store_id, revenue, transactions, customers, units, line_items, "

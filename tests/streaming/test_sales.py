@@ -1027,7 +1027,8 @@ def test_a_new_checkpoint_reading_the_topic_again_counts_nothing_twice(
     spark, settings, kafka, store, tmp_path
 ) -> None:
     """`submit_jobs.sh clean`, then a start from `earliest`: the events, the windows and the dead
-    letters the first run stored are each stored once, read without FINAL."""
+    letters the first run stored are each stored once, read without FINAL. The progress of both
+    runs is kept (batch ids start again at 0 in the new checkpoint)."""
     day, tag = dt.date(2026, 3, 17), uuid.uuid4().hex[:6]
     shop, topic, job = f"S-{tag}", f"sales-again-{tag}", f"sales-again-{tag}"
     create_topic(settings, topic)
@@ -1040,7 +1041,7 @@ def test_a_new_checkpoint_reading_the_topic_again_counts_nothing_twice(
         job_settings = settings.model_copy(
             update={"sales_topic": topic, "checkpoint_dir": tmp_path / run}
         )
-        drain_job(spark, job_settings, job)
+        ended = drain_job(spark, job_settings, job)
 
     counts = store.query_df(
         "SELECT (SELECT count() FROM sales_events WHERE store_id = {s:String}) AS events, "
@@ -1051,6 +1052,20 @@ def test_a_new_checkpoint_reading_the_topic_again_counts_nothing_twice(
     assert counts.iloc[0].tolist() == [4, 4, 2]
     metrics = store_metrics(store, day, tag).query("store_id == @shop")
     assert metrics.transactions.max() == 4 and metrics.revenue.max() == pytest.approx(8.0)
+
+    def progress_per_query() -> dict[str, tuple[int, int]]:
+        """Per query: the checkpoints it ran from, and the records read, as ``stream_progress``
+        keeps them."""
+        frame = store.query_df(
+            "SELECT query_name, uniqExact(query_id) AS runs, sum(input_rows) AS records "
+            "FROM stream_progress FINAL WHERE job = {j:String} GROUP BY query_name",
+            {"j": job},
+        )
+        return {r.query_name: (r.runs, r.records) for r in frame.itertuples(index=False)}
+
+    records = len(events) + 2
+    expected = {q.name: (2, 2 * records) for q in ended}
+    wait_for(lambda: progress_per_query() == expected, 60, f"{expected} in stream_progress")
 
 
 @pytest.mark.services
