@@ -114,6 +114,7 @@ DEAD_LETTER_COLUMNS = [
     "topic",
     "kafka_partition",
     "kafka_offset",
+    "kafka_timestamp",
     "raw_payload",
     "payload_encoding",
     "error",
@@ -542,17 +543,17 @@ def insert_batch(store: Store, table: str, frame: DataFrame | pd.DataFrame, toke
 
 
 STORED_DEAD_LETTERS_SQL = """
-SELECT topic, kafka_partition, kafka_offset, raw_payload FROM dead_letters
+SELECT topic, kafka_partition, kafka_offset, kafka_timestamp, raw_payload FROM dead_letters
 WHERE has({topics:Array(String)}, topic) AND kafka_offset BETWEEN {low:Int64} AND {high:Int64}
 """
 
 
 def store_dead_letters(store: Store, dead: pa.Table, token: str) -> int:
-    """Insert a batch's dead letters (``token`` = batch_token) but those the store already holds
-    (same topic, partition, offset and payload): a topic read again from its start (a new
-    checkpoint, after ``submit_jobs.sh clean``) stores each bad record once, while a recreated
-    topic's new record at an old offset is written and replaces the old one (the table keeps a
-    record per offset). The rows written."""
+    """Insert a batch's dead letters (``token`` = batch_token) but the records the store already
+    holds (same topic, partition, offset, Kafka timestamp and payload): a topic read again from
+    its start (a new checkpoint, after ``submit_jobs.sh clean``) stores each bad record once, while
+    a recreated topic's new record at an old offset is kept beside the old one. A row stored
+    before ``kafka_timestamp`` was recorded (1970-01-01) matches on the rest. The rows written."""
     if dead.num_rows == 0:
         return 0
     stored = store.query_arrow(
@@ -563,16 +564,29 @@ def store_dead_letters(store: Store, dead: pa.Table, token: str) -> int:
             "high": pc.max(dead["kafka_offset"]).as_py(),
         },
     )
-    new = dead.filter(pc.invert(pc.is_in(_record_key(dead), value_set=_record_key(stored))))
+    known = pc.greater(_epoch_ms(stored), 0)
+    seen = pc.or_(
+        pc.is_in(_record_key(dead, timed=True), value_set=_record_key(stored, timed=True)),
+        pc.is_in(_record_key(dead), value_set=_record_key(stored.filter(pc.invert(known)))),
+    )
+    new = dead.filter(pc.invert(seen))
     if new.num_rows:
         store.insert_df("dead_letters", new, dedup_token=token)
     return new.num_rows
 
 
-def _record_key(records: pa.Table) -> pa.ChunkedArray:
-    """``topic|partition|offset|payload`` of each Kafka record."""
+def _epoch_ms(records: pa.Table) -> pa.ChunkedArray:
+    """Each record's Kafka timestamp in epoch milliseconds (0: unknown)."""
+    times = records["kafka_timestamp"].cast(pa.timestamp("ms", tz="UTC"), safe=False)
+    return pc.fill_null(times.cast(pa.int64()), 0)
+
+
+def _record_key(records: pa.Table, timed: bool = False) -> pa.ChunkedArray:
+    """``topic|partition|offset|payload`` of each Kafka record, and its timestamp when ``timed``."""
     columns = ("topic", "kafka_partition", "kafka_offset", "raw_payload")
-    texts = (pc.fill_null(records[c].cast(pa.string()), "") for c in columns)  # a null: stored ''
+    texts = [pc.fill_null(records[c].cast(pa.string()), "") for c in columns]  # a null: stored ''
+    if timed:
+        texts.append(_epoch_ms(records).cast(pa.string()))
     return pc.binary_join_element_wise(*texts, "|")
 
 

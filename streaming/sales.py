@@ -149,7 +149,13 @@ def storable_rows(classified: DataFrame) -> DataFrame:
         sf.when(bad, sf.col("kafka_topic")).alias("topic"),
         *[
             sf.when(bad, sf.col(name)).alias(name)
-            for name in ("kafka_partition", "kafka_offset", "payload_encoding", "job")
+            for name in (
+                "kafka_partition",
+                "kafka_offset",
+                "kafka_timestamp",
+                "payload_encoding",
+                "job",
+            )
         ],
         "raw_payload",
     )

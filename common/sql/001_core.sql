@@ -53,14 +53,22 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     topic LowCardinality(String),
     kafka_partition Int32,
     kafka_offset Int64,
+    kafka_timestamp DateTime64(3, 'UTC'),
     raw_payload String,
     payload_encoding LowCardinality(String),
     error String,
     job LowCardinality(String),
     received_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
-ORDER BY (topic, kafka_partition, kafka_offset)
+ORDER BY (topic, kafka_partition, kafka_offset, kafka_timestamp)
 SETTINGS non_replicated_deduplication_window = 10000;
+
+-- kafka_timestamp came after the first release: keyed by offset alone, a recreated topic's new bad
+-- record replaced the old one at the same offset. Rows from before have 1970-01-01 (unknown). A
+-- column new to the sorting key may have no default.
+ALTER TABLE dead_letters
+    ADD COLUMN IF NOT EXISTS kafka_timestamp DateTime64(3, 'UTC') AFTER kafka_offset,
+    MODIFY ORDER BY (topic, kafka_partition, kafka_offset, kafka_timestamp);
 
 CREATE TABLE IF NOT EXISTS stream_progress (
     job LowCardinality(String),

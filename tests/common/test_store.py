@@ -53,36 +53,53 @@ def test_migrate_adds_columns_that_came_after_a_table_was_created(store):
     assert "late_rows" in columns()
 
 
-def test_migrate_keys_the_progress_of_an_old_store_by_query_id_keeping_its_rows(store):
-    """Until 2026-12-07 ``stream_progress`` was keyed without the query id: the rows of a new
-    checkpoint (batch ids from 0 again) replaced the old ones. The table is put back in that
-    shape, with a row, then migrated."""
-    job = f"old-progress-{uuid.uuid4().hex[:6]}"
-    with store.session():
-        store.execute("DROP TABLE IF EXISTS stream_progress")
-        store.execute(
-            "CREATE TABLE stream_progress (job LowCardinality(String), "
-            "query_name LowCardinality(String), batch_id Int64, batch_time DateTime64(3, 'UTC'), "
-            "input_rows Int64, input_rows_per_second Float64, processed_rows_per_second Float64, "
-            "batch_duration_ms Int64, lag_messages Int64, "
-            "watermark Nullable(DateTime64(3, 'UTC'))) "
-            "ENGINE = ReplacingMergeTree ORDER BY (job, query_name, batch_id)"
-        )
-        store.execute(
-            "INSERT INTO stream_progress VALUES "
-            "({j:String}, 'q', 0, '2026-12-01 10:00:00', 5, 1, 1, 10, 0, NULL)",
-            {"j": job},
-        )
-    migrate(store)
-    new_run = {"job": job, "query_name": "q", "batch_id": 0, "query_id": "new-checkpoint"}
-    store.insert_df("stream_progress", pd.DataFrame([{**new_run, "input_rows": 7}]))
+OLD_KEYS = {  # keyed by fewer columns until 2026-12-07: the old table, a row, a new row, its owner
+    "stream_progress": (
+        "job LowCardinality(String), query_name LowCardinality(String), batch_id Int64, "
+        "batch_time DateTime64(3, 'UTC'), input_rows Int64, input_rows_per_second Float64, "
+        "processed_rows_per_second Float64, batch_duration_ms Int64, lag_messages Int64, "
+        "watermark Nullable(DateTime64(3, 'UTC'))",
+        "ORDER BY (job, query_name, batch_id)",
+        "({k:String}, 'q', 0, '2026-12-01 10:00:00', 5, 1, 1, 10, 0, NULL)",
+        {"query_name": "q", "batch_id": 0, "query_id": "new-checkpoint"},
+        "job",
+    ),
+    "dead_letters": (
+        "topic LowCardinality(String), kafka_partition Int32, kafka_offset Int64, "
+        "raw_payload String, payload_encoding LowCardinality(String), error String, "
+        "job LowCardinality(String), received_at DateTime64(3, 'UTC') DEFAULT now64(3)",
+        "ORDER BY (topic, kafka_partition, kafka_offset)",
+        "({k:String}, 0, 0, '{', 'utf-8', 'malformed JSON', 'sales-stream', now64(3))",
+        {"kafka_partition": 0, "kafka_offset": 0,
+         "kafka_timestamp": pd.Timestamp("2026-12-07 09:00:00"), "raw_payload": "[",
+         "payload_encoding": "utf-8", "error": "malformed JSON", "job": "sales-stream"},
+        "topic",
+    ),
+}  # fmt: skip
 
-    kept = store.query_df(
-        "SELECT query_id, input_rows FROM stream_progress FINAL WHERE job = {j:String} "
-        "ORDER BY query_id",
-        {"j": job},
+
+@pytest.mark.parametrize("table", sorted(OLD_KEYS))
+def test_migrate_adds_a_key_column_to_an_old_table_keeping_its_rows(store, table):
+    """Keyed without it, a new checkpoint's progress (batch ids from 0 again) or a recreated
+    topic's dead letter (an old offset) replaced the old row. The table is put back in its old
+    shape with a row, migrated, and a row equal but for the new key column is kept beside it."""
+    columns, order_by, old_row, new_row, owner_column = OLD_KEYS[table]
+    key = f"old-{table}-{uuid.uuid4().hex[:6]}"
+    old_table = check_table(table)
+    with store.session():
+        store.execute(f"DROP TABLE IF EXISTS {old_table}")
+        store.execute(
+            f"CREATE TABLE {old_table} ({columns}) ENGINE = ReplacingMergeTree {order_by}"
+        )
+        store.execute(f"INSERT INTO {old_table} VALUES {old_row}", {"k": key})  # noqa: S608
+    migrate(store)
+    store.insert_df(table, pd.DataFrame([{**new_row, owner_column: key}]))
+
+    kept = store.scalar(
+        f"SELECT count() FROM {old_table} FINAL WHERE {owner_column} = {{k:String}}",  # noqa: S608
+        {"k": key},
     )
-    assert kept.values.tolist() == [["", 5], ["new-checkpoint", 7]]
+    assert kept == 2
 
 
 OLD_VERSIONED_ROWS = {  # a table renamed on 2026-12-07: the columns and a row of a given value

@@ -114,6 +114,7 @@ def test_every_kind_of_bad_record_is_named_and_kept(spark: SparkSession) -> None
         "topic",
         "kafka_partition",
         "kafka_offset",
+        "kafka_timestamp",
         "raw_payload",
         "payload_encoding",
         "error",
@@ -695,38 +696,64 @@ def test_group_offsets_are_committed_once_every_query_finished_and_retried_until
     assert admin.committed == [{0: 4, 1: 7}, {0: 5, 1: 7}]
 
 
-def test_a_dead_letter_read_again_is_stored_once_and_a_new_one_at_an_old_offset_replaces_it(
+def test_a_dead_letter_read_again_is_stored_once_and_a_recreated_topics_is_kept_beside_it(
     store,
 ) -> None:
     """A new checkpoint reads the topic's bad records again, an empty one (a null value) too:
-    stored once. A topic recreated since has new records at the old offsets: they replace the
-    old ones (a record per offset), as a read with FINAL, or after a merge, shows."""
+    stored once. A topic recreated since has new records at the old offsets (later Kafka
+    timestamps): they are kept beside the old ones, read with FINAL too. A row stored before
+    the timestamp was recorded (1970-01-01) is matched on its payload."""
     import pyarrow as pa
 
     from streaming.runtime import DEAD_LETTER_COLUMNS, store_dead_letters
 
     topic = f"dead-{uuid.uuid4().hex[:8]}"
+    first, recreated = dt.datetime(2026, 12, 1, 9, 0), dt.datetime(2026, 12, 7, 9, 0)
 
-    def dead(*payloads: str | None) -> pa.Table:
+    def dead(sent_at: dt.datetime, *payloads: str | None, to: str = topic) -> pa.Table:
         rows = [
-            {"topic": topic, "kafka_partition": 0, "kafka_offset": offset, "raw_payload": payload,
-             "payload_encoding": "utf-8", "error": "malformed JSON", "job": "test"}
+            {"topic": to, "kafka_partition": 0, "kafka_offset": offset,
+             "kafka_timestamp": sent_at + dt.timedelta(milliseconds=offset),
+             "raw_payload": payload, "payload_encoding": "utf-8", "error": "malformed JSON",
+             "job": "test"}
             for offset, payload in enumerate(payloads)
         ]  # fmt: skip
         table = pa.Table.from_pylist(rows).select(DEAD_LETTER_COLUMNS)
-        table = table.set_column(3, "raw_payload", table["raw_payload"].cast(pa.string()))
+        table = table.set_column(4, "raw_payload", table["raw_payload"].cast(pa.string()))
+        table = table.set_column(
+            3, "kafka_timestamp", table["kafka_timestamp"].cast(pa.timestamp("us", tz="UTC"))
+        )
         return table.set_column(1, "kafka_partition", table["kafka_partition"].cast(pa.int32()))
 
-    def stored(final: str = "") -> list[tuple[int, str]]:
+    def stored(final: str = "") -> list[tuple[int, str, dt.datetime]]:
         rows = store.query_df(
-            f"SELECT kafka_offset, raw_payload FROM dead_letters {final} "  # noqa: S608
-            "WHERE topic = {t:String} ORDER BY kafka_offset, raw_payload",
+            f"SELECT kafka_offset, raw_payload, kafka_timestamp FROM dead_letters {final} "  # noqa: S608
+            "WHERE topic = {t:String} ORDER BY kafka_offset, kafka_timestamp",
             {"t": topic},
         )
-        return list(rows.itertuples(index=False, name=None))
+        rows["kafka_timestamp"] = rows["kafka_timestamp"].dt.tz_localize(None)
+        return [(o, p, t.to_pydatetime()) for o, p, t in rows.itertuples(index=False, name=None)]
 
-    assert store_dead_letters(store, dead("{", "[1", None), f"{topic}-a.0") == 3
-    assert store_dead_letters(store, dead("{", "[1", None), f"{topic}-b.0") == 0  # read again
-    assert stored() == [(0, "{"), (1, "[1"), (2, "")]
-    assert store_dead_letters(store, dead("{", "x"), f"{topic}-c.0") == 1  # recreated
-    assert stored("FINAL") == [(0, "{"), (1, "x"), (2, "")]
+    def at(sent_at: dt.datetime, offset: int) -> dt.datetime:
+        return sent_at + dt.timedelta(milliseconds=offset)
+
+    assert store_dead_letters(store, dead(first, "{", "[1", None), f"{topic}-a.0") == 3
+    assert store_dead_letters(store, dead(first, "{", "[1", None), f"{topic}-b.0") == 0  # again
+    assert stored() == [(0, "{", at(first, 0)), (1, "[1", at(first, 1)), (2, "", at(first, 2))]
+    assert store_dead_letters(store, dead(recreated, "{", "x"), f"{topic}-c.0") == 2
+    assert store_dead_letters(store, dead(recreated, "{", "x"), f"{topic}-d.0") == 0  # again
+    assert stored("FINAL") == [
+        (0, "{", at(first, 0)),
+        (0, "{", at(recreated, 0)),
+        (1, "[1", at(first, 1)),
+        (1, "x", at(recreated, 1)),
+        (2, "", at(first, 2)),
+    ]
+
+    old_topic = f"{topic}-old"  # a row as stored before kafka_timestamp: 1970-01-01
+    store.execute(
+        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, raw_payload, "
+        "payload_encoding, error, job) VALUES ({t:String}, 0, 0, '{', 'utf-8', 'malformed', 'x')",
+        {"t": old_topic},
+    )
+    assert store_dead_letters(store, dead(first, "{", "y", to=old_topic), f"{topic}-e.0") == 1

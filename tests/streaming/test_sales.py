@@ -1530,13 +1530,15 @@ def test_poison_records_go_to_dead_letters_and_the_query_goes_on(
 
     dead = store.query_df(
         "SELECT kafka_partition, kafka_offset, error, payload_encoding, raw_payload, "
-        "toUnixTimestamp64Milli(received_at) AS received_ms "
+        "toUnixTimestamp64Milli(received_at) AS received_ms, "
+        "toUnixTimestamp64Milli(kafka_timestamp) AS kafka_ms "
         "FROM dead_letters WHERE topic = {t:String} ORDER BY kafka_partition, kafka_offset",
         {"t": topic},
     )
-    # The store stamps each dead letter as the job writes it.
+    # The store stamps each dead letter as the job writes it; the broker, as it took the record.
     now_ms = dt.datetime.now(dt.UTC).timestamp() * 1000
-    assert dead["received_ms"].between(sent_at.timestamp() * 1000 - 1000, now_ms).all()
+    for stamp in ("received_ms", "kafka_ms"):
+        assert dead[stamp].between(sent_at.timestamp() * 1000 - 1000, now_ms).all(), stamp
     poison_at = dict(zip(poison, coordinates[1:-1], strict=True))
     assert sorted(zip(dead["kafka_partition"], dead["kafka_offset"], strict=True)) == sorted(
         poison_at.values()
