@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 
 from common.logs import redact
-from common.promotions import record_alias_seen
+from common.promotions import earlier_versions, record_alias_seen
 from common.settings import Settings, get_settings
 from common.store import Store, open_store
 
@@ -242,8 +242,7 @@ class ChampionModel:
             if self._loaded is not None and self._loaded.version == version:
                 self._state = ""
                 return self._loaded
-            failed_at = self._failed.get(version)
-            if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_after_s:
+            if self._failed_lately(version):
                 return self._loaded
             self._state = ""
             self._load(version)
@@ -252,18 +251,22 @@ class ChampionModel:
     def reject(self, version: str, error: BaseException) -> LoadedModel | None:
         """``version`` failed on a job's real rows though it passed its probes: as for a version
         that fails to load, the one in use before it comes back, a ``load_failed`` row is written
-        and ``version`` is tried again after ``retry_failed_after_s``. The model to use now."""
+        and ``version`` is tried again after ``retry_failed_after_s``. A job that started with
+        ``version`` has none in memory: it loads the newest version the alias pointed at before
+        (``model_promotions``) that has not failed lately. The model to use now."""
         with self._lock:
             if self._loaded is None or self._loaded.version != version:
                 return self._loaded
             fallback, self._previous = self._previous, None
             self._failed[version] = time.monotonic()
-            kept = f"keeping version {fallback.version}" if fallback else "no model in use"
+            kept = f"keeping version {fallback.version}" if fallback else "none in use before it"
             detail = f"failed on the job's rows: {type(error).__name__}: {error}"[:1000]
             log.error("%s version %s %s (%s)", self.name, version, detail, kept)
             self._event(version, "load_failed", f"{detail} ({kept})")
             self._loaded = fallback
-            return fallback
+            if fallback is None:
+                self._load_earlier_than(version)
+            return self._loaded
 
     def warm_up(self) -> threading.Thread:
         """Resolve and load the champion on a thread of its own, so that a job's first
@@ -287,6 +290,25 @@ class ChampionModel:
             f"alias-{self.name}", self.client.get_model_version_by_alias, self.name, self.alias
         )
         return str(self._pending.result(timeout=self.registry_timeout_s).version)
+
+    def _failed_lately(self, version: str) -> bool:
+        failed_at = self._failed.get(version)
+        return failed_at is not None and time.monotonic() - failed_at < self.retry_failed_after_s
+
+    def _load_earlier_than(self, version: str) -> None:
+        try:
+            versions = earlier_versions(self.store, self.name, self.alias)
+        except Exception:  # the record is a fallback's hint: no model, as before, without it
+            log.exception("could not read the earlier versions of %s@%s", self.name, self.alias)
+            return
+        for earlier in versions:
+            if earlier != version and not self._failed_lately(earlier):
+                log.info(
+                    "%s: falling back to version %s, in use before %s", self.name, earlier, version
+                )
+                self._load(earlier)
+                if self._loaded is not None:
+                    return
 
     def _load(self, version: str) -> None:
         uri = model_uri(self.name, version)

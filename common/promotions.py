@@ -72,6 +72,19 @@ def recorded_aliases(store: Store) -> dict[tuple[str, str], str | None]:
     }
 
 
+EARLIER_VERSIONS_SQL = """
+SELECT to_version FROM model_promotions FINAL
+WHERE model_name = {model:String} AND alias = {alias:String} AND to_version IS NOT NULL
+ORDER BY changed_at DESC LIMIT 20
+"""
+
+
+def earlier_versions(store: Store, model_name: str, alias: str) -> list[str]:
+    """The versions ``alias`` pointed at, as recorded, newest change first, each once."""
+    frame = store.query_df(EARLIER_VERSIONS_SQL, {"model": model_name, "alias": alias})
+    return list(dict.fromkeys(str(v) for v in frame["to_version"]))
+
+
 def record_alias_seen(
     store: Store, model_name: str, alias: str, version: str | None, seen_by: str
 ) -> bool:

@@ -128,6 +128,61 @@ def test_alias_moves_hot_swap_and_broken_versions_keep_the_last_good_model(
     assert "keeping version " + v2 in detail and "other" in detail
 
 
+def failing_on_rows(fitted):
+    """``fitted`` behind a stage that fails on any row (``signal`` >= 0) but plans on an empty
+    frame: a version that passes the probes and cannot score."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.feature import SQLTransformer
+
+    check = SQLTransformer(statement="SELECT * FROM __THIS__ WHERE assert_true(signal < 0) IS NULL")
+    return PipelineModel(stages=[check, *fitted.stages])
+
+
+def test_a_job_started_with_a_version_failing_on_rows_falls_back_to_the_one_before(
+    spark, services, store
+) -> None:
+    """A restarted job has no earlier version in memory: when the champion it started with fails
+    on the job's rows, the version the alias pointed at before (as ``model_promotions`` recorded
+    the moves) scores instead, and the failing one is not retried every batch."""
+    from mlflow import MlflowClient
+
+    name = f"test_models_{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(services.mlflow_tracking_uri)
+    features = spark.createDataFrame([(2.0,)], "signal double")
+    v1 = register_spark_model(toy_pipeline(spark, 1.0), name)
+    v2 = register_spark_model(failing_on_rows(toy_pipeline(spark, 2.0)), name)
+
+    def start_job() -> ChampionModel:
+        return ChampionModel(
+            name,
+            job="test-models",
+            store=store,
+            settings=services,
+            probe=check_transform(features.limit(0)),
+            registry_timeout_s=60,
+        )
+
+    client.set_registered_model_alias(name, "champion", v1)
+    assert start_job().current().version == v1
+    client.set_registered_model_alias(name, "champion", v2)  # while the job was down
+    restarted = start_job()
+    started_with = restarted.current()
+    assert started_with.version == v2  # it passed the probes
+    with pytest.raises(Exception, match="assert_true|signal"):
+        predictions(started_with, features)
+
+    fallback = restarted.reject(v2, RuntimeError("failed on the job's rows"))
+
+    assert (fallback.version, predictions(fallback, features)) == (v1, [2.0])
+    assert restarted.current() is fallback
+    assert events(store, name) == [
+        ("loaded", v1),
+        ("loaded", v2),
+        ("load_failed", v2),
+        ("loaded", v1),
+    ]
+
+
 def test_an_unreachable_registry_keeps_the_current_model(
     spark, services, store, monkeypatch
 ) -> None:
