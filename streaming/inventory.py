@@ -85,6 +85,7 @@ from streaming.runtime import (
     ByDay,
     Check,
     FeatureBuilder,
+    ModelTransformError,
     StepTimer,
     check_source,
     checkpoint_location,
@@ -94,6 +95,7 @@ from streaming.runtime import (
     parse_events,
     read_topic,
     run_queries,
+    scored_by,
     start_query,
     store_dead_letters,
     stream_token,
@@ -1320,6 +1322,7 @@ class InventoryBatchWriter:
         # (store, product, stock version, demand version) -> (lead-time demand, daily demand)
         self._predictions: ByDay[tuple[str, str, str, str], tuple[float, float]] = ByDay()
         self._safety_factors: dict[str, float] = {}
+        self._scored_versions: set[tuple[str, str]] = set()  # (model, version) that have scored
         self._scoring_note = ""
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -1380,18 +1383,46 @@ class InventoryBatchWriter:
             as_of=pd.to_datetime(levels["event_time"]),
             forecast_date=pd.to_datetime(levels["event_time"]).dt.date,
         )
-        try:
-            predicted = self._predicted(frame, stock, demand)
-        except Exception as exc:
-            self._note(f"stock scoring failed for batch {batch_id} ({type(exc).__name__}: {exc})")
-            return
+        while True:
+            try:
+                predicted = self._predicted(frame, stock, demand)
+                break
+            except ModelTransformError as exc:
+                stock, demand = self._reject(exc, stock, demand)
+                if stock is None:
+                    self._note(f"stock scoring failed for batch {batch_id} ({exc})")
+                    return
+            except Exception as exc:
+                self._note(
+                    f"stock scoring failed for batch {batch_id} ({type(exc).__name__}: {exc})"
+                )
+                return
         self._scoring_note = ""
+        self._scored_versions.add((stock.name, stock.version))
+        if demand is not None:
+            self._scored_versions.add((demand.name, demand.version))
         scored = predicted.dropna(subset=["lead_time_demand"])
         scored = scored.merge(self.store.query_df(CASE_PACKS_SQL), on="product_id", how="left")
         recommendations = recommend_stock(scored, self.policy).assign(
             query_name=self.query_name, batch_id=batch_id
         )
         self.store.insert_df("stock_recommendations", recommendations, dedup_token=token)
+
+    def _reject(
+        self, failure: ModelTransformError, stock: LoadedModel, demand: LoadedModel | None
+    ) -> tuple[LoadedModel | None, LoadedModel | None]:
+        """The models to score the batch with after ``failure``: a version new to this job that
+        failed on its rows is rejected (``ChampionModel.reject``) for the one its champion falls
+        back to; a version that has scored here before is not, and the batch gets no advice (no
+        stock model: no scoring)."""
+        failed = failure.loaded
+        champion = self.stock_champion if failed is stock else self.demand_champion
+        if champion is None or (failed.name, failed.version) in self._scored_versions:
+            return None, demand
+        replacement = champion.reject(failed.version, failure.cause)
+        if replacement is not None and replacement.version == failed.version:
+            replacement = None  # never the same version twice in one batch
+        return (replacement, demand) if failed is stock else (stock, replacement)
 
     def _predicted(
         self, frame: pd.DataFrame, stock: LoadedModel, demand: LoadedModel | None
@@ -1432,8 +1463,12 @@ class InventoryBatchWriter:
         keys = self.spark.createDataFrame(pairs, "store_id string, product_id string")
         features = self.feature_builder(self.spark, self.store, keys, day).persist()
         try:
-            lead = to_pandas(predict_lead_time_demand(features, stock))
-            daily = to_pandas(predict_daily_demand(features, demand)) if demand else None
+            lead = scored_by(stock, lambda: to_pandas(predict_lead_time_demand(features, stock)))
+            daily = (
+                scored_by(demand, lambda: to_pandas(predict_daily_demand(features, demand)))
+                if demand
+                else None
+            )
         finally:
             features.unpersist()
         daily_of = {}

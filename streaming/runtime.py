@@ -81,7 +81,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from common.broker import check_broker
-from common.models import Probe, check_signature, check_transform
+from common.models import LoadedModel, Probe, check_signature, check_transform
 from common.schemas import required_fields
 from common.settings import Settings, SettingsError
 from common.store import Store, open_store
@@ -463,6 +463,30 @@ def model_probes(
         today = datetime.now(UTC).date()
         probes.append(check_transform(feature_builder(spark, store, no_keys, today)))
     return probes
+
+
+CANCELLED = ("cancelled", "canceled", "interrupted")  # Spark's words for a job a stop cut short
+Result = TypeVar("Result")
+
+
+class ModelTransformError(Exception):
+    """A model's transform failed on a job's real features: the version to reject."""
+
+    def __init__(self, cause: Exception, loaded: LoadedModel) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.loaded = loaded
+
+
+def scored_by(loaded: LoadedModel, score: Callable[[], Result]) -> Result:
+    """``score()``, a transform by ``loaded`` and its collect; its failure as a
+    ``ModelTransformError``, unless a stop cancelled it (not the model's failure)."""
+    try:
+        return score()
+    except Exception as exc:
+        if any(word in str(exc).lower() for word in CANCELLED):
+            raise
+        raise ModelTransformError(exc, loaded) from exc
 
 
 class ByDay(Generic[Key, Value]):

@@ -50,6 +50,7 @@ from streaming.runtime import (
     ByDay,
     Check,
     FeatureBuilder,
+    ModelTransformError,
     StepTimer,
     check_source,
     checkpoint_location,
@@ -59,6 +60,7 @@ from streaming.runtime import (
     parse_events,
     read_topic,
     run_queries,
+    scored_by,
     start_query,
     store_dead_letters,
     stream_token,
@@ -1185,17 +1187,6 @@ def scoring_keys(raw: pa.Table) -> pa.Table:
     return keys.group_by(keys.column_names, use_threads=False).aggregate([])
 
 
-CANCELLED = ("cancelled", "canceled", "interrupted")  # Spark's words for a job a stop cut short
-
-
-class ModelTransformError(Exception):
-    """A model's transform failed on the real features (the features were built)."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
-
-
 class SalesBatchWriter:
     """The ``foreachBatch`` function of the sales job: one micro-batch into every sales table."""
 
@@ -1441,12 +1432,7 @@ class SalesBatchWriter:
             )
             keys = self.spark.createDataFrame(pairs, "store_id string, product_id string")
             features = self.feature_builder(self.spark, self.store, keys, day)
-            try:
-                frames.append(to_pandas(score_demand(features, loaded)))
-            except Exception as exc:
-                if any(word in str(exc).lower() for word in CANCELLED):
-                    raise  # a stop cut the job short: not the model's failure
-                raise ModelTransformError(exc) from exc
+            frames.append(scored_by(loaded, lambda f=features: to_pandas(score_demand(f, loaded))))
         return pd.concat(frames, ignore_index=True)
 
     def finish(self) -> None:

@@ -863,13 +863,18 @@ def test_exactly_once_across_a_sigkill_and_restart(
 
 
 def register_tiny_model(
-    spark: SparkSession, name: str, slope: float, feature: str = "lead_time_days"
+    spark: SparkSession,
+    name: str,
+    slope: float,
+    feature: str = "lead_time_days",
+    fails_on_rows: bool = False,
 ) -> str:
     """A Spark ML pipeline predicting ``slope x feature``, registered as a new version (logged
-    without a signature)."""
+    without a signature). ``fails_on_rows``: behind a stage that fails on any row but plans on
+    an empty frame (it passes the job's probes and cannot score)."""
     import mlflow
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import VectorAssembler
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.feature import SQLTransformer, VectorAssembler
     from pyspark.ml.regression import LinearRegression
 
     train = spark.createDataFrame(
@@ -881,6 +886,11 @@ def register_tiny_model(
             LinearRegression(labelCol="label", regParam=0.0, maxIter=5),
         ]
     ).fit(train)
+    if fails_on_rows:
+        check = SQLTransformer(
+            statement=f"SELECT * FROM __THIS__ WHERE assert_true({feature} < 0) IS NULL"  # noqa: S608
+        )
+        model = PipelineModel(stages=[check, *model.stages])
     with mlflow.start_run():
         info = mlflow.spark.log_model(model, "model", registered_model_name=name)
     return str(info.registered_model_version)
@@ -996,6 +1006,18 @@ def test_stock_scoring_follows_the_champion_alias(
             {"name": name, "version": unscoring},
         )
         assert "missing_feature" in refused.detail[0]
+
+        # A version that passes the probes and fails on the job's rows: rejected, v2 scores.
+        failing = register_tiny_model(spark, name, 40.0, fails_on_rows=True)
+        client.set_registered_model_alias(name, "champion", failing)
+        fifth = send_and_wait("10:04", 26)
+        assert fifth.stock_model_version.tolist() == [v2]
+        rejected = store.query_df(
+            "SELECT detail FROM model_events WHERE model_name = {name:String} "
+            "AND model_version = {version:String} AND event_type = 'load_failed'",
+            {"name": name, "version": failing},
+        )
+        assert "failed on the job's rows" in rejected.detail[0]
     finally:
         for query in queries:
             stop_gracefully(query)
@@ -1007,4 +1029,4 @@ def test_stock_scoring_follows_the_champion_alias(
         "FROM stock_levels FINAL WHERE store_id = {store:String}",
         {"store": shop},
     )
-    assert levels.values.tolist()[0][:3] == [27, "model", v2]
+    assert levels.values.tolist()[0][:3] == [26, "model", v2]
