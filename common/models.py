@@ -200,6 +200,7 @@ class ChampionModel:
         self._record_alias_moves = record_alias_moves
         self._lock = threading.Lock()
         self._pending: Future | None = None
+        self._recalled_at = -float("inf")  # the last load of a version from model_promotions
 
     @property
     def client(self) -> Any:
@@ -253,7 +254,8 @@ class ChampionModel:
         that fails to load, the one in use before it comes back, a ``load_failed`` row is written
         and ``version`` is tried again after ``retry_failed_after_s``. A job that started with
         ``version`` has none in memory: it loads the newest version the alias pointed at before
-        (``model_promotions``) that has not failed lately. The model to use now."""
+        (``model_promotions``) that has not failed lately, at most one such version every
+        ``retry_failed_after_s``. The model to use now."""
         with self._lock:
             if self._loaded is None or self._loaded.version != version:
                 return self._loaded
@@ -296,19 +298,23 @@ class ChampionModel:
         return failed_at is not None and time.monotonic() - failed_at < self.retry_failed_after_s
 
     def _load_earlier_than(self, version: str) -> None:
+        """Load the newest earlier version that has not failed lately: one version per
+        ``retry_failed_after_s``, so that a failure that is not the versions' own (every version
+        failing alike) does not load the whole history."""
+        if time.monotonic() - self._recalled_at < self.retry_failed_after_s:
+            return
         try:
             versions = earlier_versions(self.store, self.name, self.alias)
         except Exception:  # the record is a fallback's hint: no model, as before, without it
             log.exception("could not read the earlier versions of %s@%s", self.name, self.alias)
             return
-        for earlier in versions:
-            if earlier != version and not self._failed_lately(earlier):
-                log.info(
-                    "%s: falling back to version %s, in use before %s", self.name, earlier, version
-                )
-                self._load(earlier)
-                if self._loaded is not None:
-                    return
+        earlier = next((v for v in versions if v != version and not self._failed_lately(v)), None)
+        if earlier is not None:
+            log.info(
+                "%s: falling back to version %s, in use before %s", self.name, earlier, version
+            )
+            self._recalled_at = time.monotonic()
+            self._load(earlier)
 
     def _load(self, version: str) -> None:
         uri = model_uri(self.name, version)

@@ -143,12 +143,14 @@ def test_a_job_started_with_a_version_failing_on_rows_falls_back_to_the_one_befo
 ) -> None:
     """A restarted job has no earlier version in memory: when the champion it started with fails
     on the job's rows, the version the alias pointed at before (as ``model_promotions`` recorded
-    the moves) scores instead, and the failing one is not retried every batch."""
+    the moves) scores instead, and the failing one is not retried every batch. At most one
+    version is taken from that history per retry interval."""
     from mlflow import MlflowClient
 
     name = f"test_models_{uuid.uuid4().hex[:8]}"
     client = MlflowClient(services.mlflow_tracking_uri)
     features = spark.createDataFrame([(2.0,)], "signal double")
+    v0 = register_spark_model(toy_pipeline(spark, 0.5), name)
     v1 = register_spark_model(toy_pipeline(spark, 1.0), name)
     v2 = register_spark_model(failing_on_rows(toy_pipeline(spark, 2.0)), name)
 
@@ -162,8 +164,9 @@ def test_a_job_started_with_a_version_failing_on_rows_falls_back_to_the_one_befo
             registry_timeout_s=60,
         )
 
-    client.set_registered_model_alias(name, "champion", v1)
-    assert start_job().current().version == v1
+    for version in (v0, v1):
+        client.set_registered_model_alias(name, "champion", version)
+        assert start_job().current().version == version
     client.set_registered_model_alias(name, "champion", v2)  # while the job was down
     restarted = start_job()
     started_with = restarted.current()
@@ -176,11 +179,16 @@ def test_a_job_started_with_a_version_failing_on_rows_falls_back_to_the_one_befo
     assert (fallback.version, predictions(fallback, features)) == (v1, [2.0])
     assert restarted.current() is fallback
     assert events(store, name) == [
+        ("loaded", v0),
         ("loaded", v1),
         ("loaded", v2),
         ("load_failed", v2),
         ("loaded", v1),
     ]
+    # Should v1 fail alike (a failure that is not the version's own, say), the job does not go
+    # on loading the history (v0) within the retry interval: no scoring instead.
+    assert restarted.reject(v1, RuntimeError("failed on the job's rows")) is None
+    assert events(store, name)[-1] == ("load_failed", v1)
 
 
 def test_an_unreachable_registry_keeps_the_current_model(

@@ -81,25 +81,31 @@ OLD_KEYS = {  # keyed by fewer columns until 2026-12-07: the old table, a row, a
 @pytest.mark.parametrize("table", sorted(OLD_KEYS))
 def test_migrate_adds_a_key_column_to_an_old_table_keeping_its_rows(store, table):
     """Keyed without it, a new checkpoint's progress (batch ids from 0 again) or a recreated
-    topic's dead letter (an old offset) replaced the old row. The table is put back in its old
-    shape with a row, migrated, and a row equal but for the new key column is kept beside it."""
+    topic's dead letter (an old offset) replaced the old row. The table (the store's own is moved
+    aside, and put back after) is made in its old shape with a row, migrated, and a row equal but
+    for the new key column is kept beside it."""
     columns, order_by, old_row, new_row, owner_column = OLD_KEYS[table]
     key = f"old-{table}-{uuid.uuid4().hex[:6]}"
-    old_table = check_table(table)
-    with store.session():
-        store.execute(f"DROP TABLE IF EXISTS {old_table}")
-        store.execute(
-            f"CREATE TABLE {old_table} ({columns}) ENGINE = ReplacingMergeTree {order_by}"
-        )
-        store.execute(f"INSERT INTO {old_table} VALUES {old_row}", {"k": key})  # noqa: S608
-    migrate(store)
-    store.insert_df(table, pd.DataFrame([{**new_row, owner_column: key}]))
+    old_table, kept_table = check_table(table), f"{table}_kept_{key[-6:]}"
+    store.execute(f"RENAME TABLE {old_table} TO {kept_table}")
+    try:
+        with store.session():
+            store.execute(
+                f"CREATE TABLE {old_table} ({columns}) ENGINE = ReplacingMergeTree {order_by}"
+            )
+            store.execute(f"INSERT INTO {old_table} VALUES {old_row}", {"k": key})  # noqa: S608
+        migrate(store)
+        store.insert_df(table, pd.DataFrame([{**new_row, owner_column: key}]))
 
-    kept = store.scalar(
-        f"SELECT count() FROM {old_table} FINAL WHERE {owner_column} = {{k:String}}",  # noqa: S608
-        {"k": key},
-    )
-    assert kept == 2
+        kept = store.scalar(
+            f"SELECT count() FROM {old_table} FINAL WHERE {owner_column} = {{k:String}}",  # noqa: S608
+            {"k": key},
+        )
+        assert kept == 2
+    finally:
+        with store.session():
+            store.execute(f"DROP TABLE IF EXISTS {old_table}")
+            store.execute(f"RENAME TABLE {kept_table} TO {old_table}")
 
 
 OLD_VERSIONED_ROWS = {  # a table renamed on 2026-12-07: the columns and a row of a given value
