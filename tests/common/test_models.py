@@ -69,6 +69,18 @@ def events(store, name: str) -> list[tuple[str, str]]:
     return list(zip(frame["event_type"], frame["model_version"], strict=True))
 
 
+def probed_champion(name: str, store, settings, features: DataFrame) -> ChampionModel:
+    """``name``'s champion as a job holds it: probed on an empty frame of ``features``."""
+    return ChampionModel(
+        name,
+        job="test-models",
+        store=store,
+        settings=settings,
+        probe=check_transform(features.limit(0)),
+        registry_timeout_s=60,
+    )
+
+
 def predictions(loaded, frame: DataFrame) -> list[float]:
     return [round(r.prediction, 6) for r in loaded.model.transform(frame).collect()]
 
@@ -81,14 +93,7 @@ def test_alias_moves_hot_swap_and_broken_versions_keep_the_last_good_model(
     name = f"test_models_{uuid.uuid4().hex[:8]}"
     client = MlflowClient(services.mlflow_tracking_uri)
     features = spark.createDataFrame([(2.0,)], "signal double")
-    champion = ChampionModel(
-        name,
-        job="test-models",
-        store=store,
-        settings=services,
-        probe=check_transform(features.limit(0)),
-        registry_timeout_s=60,
-    )
+    champion = probed_champion(name, store, services, features)
 
     assert champion.current() is None  # nothing registered yet: run without scoring
     v1 = register_spark_model(toy_pipeline(spark, 1.0), name)
@@ -155,14 +160,7 @@ def test_a_job_started_with_a_version_failing_on_rows_falls_back_to_the_one_befo
     v2 = register_spark_model(failing_on_rows(toy_pipeline(spark, 2.0)), name)
 
     def start_job() -> ChampionModel:
-        return ChampionModel(
-            name,
-            job="test-models",
-            store=store,
-            settings=services,
-            probe=check_transform(features.limit(0)),
-            registry_timeout_s=60,
-        )
+        return probed_champion(name, store, services, features)
 
     for version in (v0, v1):
         client.set_registered_model_alias(name, "champion", version)

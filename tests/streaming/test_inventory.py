@@ -969,6 +969,14 @@ def test_stock_scoring_follows_the_champion_alias(
         wait_for(lambda: not store.query_df(RECOMMENDATION_SQL, params).empty, 240, clock)
         return store.query_df(RECOMMENDATION_SQL, params)
 
+    def refusal(version: str) -> str:
+        """The detail of the ``load_failed`` row that refused ``version``."""
+        return store.scalar(
+            "SELECT detail FROM model_events WHERE model_name = {name:String} "
+            "AND model_version = {version:String} AND event_type = 'load_failed'",
+            {"name": name, "version": version},
+        )
+
     try:
         first = send_and_wait("10:00", 30)
         # v1: lead-time demand 10 x 2 = 20; safety stock 1.645 x sqrt(21) (no logged quantiles).
@@ -1000,24 +1008,14 @@ def test_stock_scoring_follows_the_champion_alias(
         client.set_registered_model_alias(name, "champion", unscoring)
         fourth = send_and_wait("10:03", 27)
         assert fourth.stock_model_version.tolist() == [v2]
-        refused = store.query_df(
-            "SELECT detail FROM model_events WHERE model_name = {name:String} "
-            "AND model_version = {version:String} AND event_type = 'load_failed'",
-            {"name": name, "version": unscoring},
-        )
-        assert "missing_feature" in refused.detail[0]
+        assert "missing_feature" in refusal(unscoring)
 
         # A version that passes the probes and fails on the job's rows: rejected, v2 scores.
         failing = register_tiny_model(spark, name, 40.0, fails_on_rows=True)
         client.set_registered_model_alias(name, "champion", failing)
         fifth = send_and_wait("10:04", 26)
         assert fifth.stock_model_version.tolist() == [v2]
-        rejected = store.query_df(
-            "SELECT detail FROM model_events WHERE model_name = {name:String} "
-            "AND model_version = {version:String} AND event_type = 'load_failed'",
-            {"name": name, "version": failing},
-        )
-        assert "failed on the job's rows" in rejected.detail[0]
+        assert "failed on the job's rows" in refusal(failing)
     finally:
         for query in queries:
             stop_gracefully(query)
