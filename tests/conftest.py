@@ -145,6 +145,22 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         timer.cancel()
 
 
+@pytest.fixture(scope="session")
+def failing_on_rows():
+    """``failing_on_rows(fitted, feature="signal")``: ``fitted`` behind a stage that fails on any
+    row (``feature`` >= 0) but plans on an empty frame, a version that passes the jobs' probes
+    and cannot score."""
+
+    def wrap(fitted, feature: str = "signal"):
+        from pyspark.ml import PipelineModel
+        from pyspark.ml.feature import SQLTransformer
+
+        check = f"SELECT * FROM __THIS__ WHERE assert_true({feature} < 0) IS NULL"  # noqa: S608
+        return PipelineModel(stages=[SQLTransformer(statement=check), *fitted.stages])
+
+    return wrap
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Remove the session's folder (store, broker and MLflow data, checkpoints) after a green run;
     keep it, and say where, after a red one."""

@@ -133,18 +133,8 @@ def test_alias_moves_hot_swap_and_broken_versions_keep_the_last_good_model(
     assert "keeping version " + v2 in detail and "other" in detail
 
 
-def failing_on_rows(fitted):
-    """``fitted`` behind a stage that fails on any row (``signal`` >= 0) but plans on an empty
-    frame: a version that passes the probes and cannot score."""
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.feature import SQLTransformer
-
-    check = SQLTransformer(statement="SELECT * FROM __THIS__ WHERE assert_true(signal < 0) IS NULL")
-    return PipelineModel(stages=[check, *fitted.stages])
-
-
 def test_a_job_started_with_a_version_failing_on_rows_falls_back_to_the_one_before(
-    spark, services, store
+    spark, services, store, failing_on_rows
 ) -> None:
     """A restarted job has no earlier version in memory: when the champion it started with fails
     on the job's rows, the version the alias pointed at before (as ``model_promotions`` recorded

@@ -867,14 +867,13 @@ def register_tiny_model(
     name: str,
     slope: float,
     feature: str = "lead_time_days",
-    fails_on_rows: bool = False,
+    wrap: Callable[[Any], Any] | None = None,
 ) -> str:
     """A Spark ML pipeline predicting ``slope x feature``, registered as a new version (logged
-    without a signature). ``fails_on_rows``: behind a stage that fails on any row but plans on
-    an empty frame (it passes the job's probes and cannot score)."""
+    without a signature); ``wrap`` changes the fitted pipeline first."""
     import mlflow
-    from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.feature import SQLTransformer, VectorAssembler
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import VectorAssembler
     from pyspark.ml.regression import LinearRegression
 
     train = spark.createDataFrame(
@@ -886,11 +885,8 @@ def register_tiny_model(
             LinearRegression(labelCol="label", regParam=0.0, maxIter=5),
         ]
     ).fit(train)
-    if fails_on_rows:
-        check = SQLTransformer(
-            statement=f"SELECT * FROM __THIS__ WHERE assert_true({feature} < 0) IS NULL"  # noqa: S608
-        )
-        model = PipelineModel(stages=[check, *model.stages])
+    if wrap is not None:
+        model = wrap(model)
     with mlflow.start_run():
         info = mlflow.spark.log_model(model, "model", registered_model_name=name)
     return str(info.registered_model_version)
@@ -925,7 +921,7 @@ FROM stock_recommendations FINAL WHERE store_id = {store:String}
 @pytest.mark.services
 @pytest.mark.spark
 def test_stock_scoring_follows_the_champion_alias(
-    spark: SparkSession, store: Store, services: Settings, job_settings: Settings
+    spark: SparkSession, store: Store, services: Settings, job_settings: Settings, failing_on_rows
 ) -> None:
     import mlflow
 
@@ -1011,7 +1007,9 @@ def test_stock_scoring_follows_the_champion_alias(
         assert "missing_feature" in refusal(unscoring)
 
         # A version that passes the probes and fails on the job's rows: rejected, v2 scores.
-        failing = register_tiny_model(spark, name, 40.0, fails_on_rows=True)
+        failing = register_tiny_model(
+            spark, name, 40.0, wrap=lambda fitted: failing_on_rows(fitted, "lead_time_days")
+        )
         client.set_registered_model_alias(name, "champion", failing)
         fifth = send_and_wait("10:04", 26)
         assert fifth.stock_model_version.tolist() == [v2]

@@ -710,10 +710,14 @@ def test_a_dead_letter_read_again_is_stored_once_and_a_recreated_topics_is_kept_
     topic = f"dead-{uuid.uuid4().hex[:8]}"
     first, recreated = dt.datetime(2026, 12, 1, 9, 0), dt.datetime(2026, 12, 7, 9, 0)
 
+    def at(sent_at: dt.datetime, offset: int) -> dt.datetime:
+        """The Kafka timestamp of the record at ``offset`` of a topic filled at ``sent_at``."""
+        return sent_at + dt.timedelta(milliseconds=offset)
+
     def dead(sent_at: dt.datetime, *payloads: str | None, to: str = topic) -> pa.Table:
         rows = [
             {"topic": to, "kafka_partition": 0, "kafka_offset": offset,
-             "kafka_timestamp": sent_at + dt.timedelta(milliseconds=offset),
+             "kafka_timestamp": at(sent_at, offset),
              "raw_payload": payload, "payload_encoding": "utf-8", "error": "malformed JSON",
              "job": "test"}
             for offset, payload in enumerate(payloads)
@@ -733,9 +737,6 @@ def test_a_dead_letter_read_again_is_stored_once_and_a_recreated_topics_is_kept_
         )
         rows["kafka_timestamp"] = rows["kafka_timestamp"].dt.tz_localize(None)
         return [(o, p, t.to_pydatetime()) for o, p, t in rows.itertuples(index=False, name=None)]
-
-    def at(sent_at: dt.datetime, offset: int) -> dt.datetime:
-        return sent_at + dt.timedelta(milliseconds=offset)
 
     assert store_dead_letters(store, dead(first, "{", "[1", None), f"{topic}-a.0") == 3
     assert store_dead_letters(store, dead(first, "{", "[1", None), f"{topic}-b.0") == 0  # again

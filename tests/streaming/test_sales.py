@@ -2034,16 +2034,6 @@ def toy_pipeline(spark: SparkSession, slope: float, feature: str = "signal"):
     return Pipeline(stages=stages).fit(data)
 
 
-def failing_on_rows(fitted):
-    """``fitted`` behind a stage that fails on any row of the toy features (signal = 10) but plans
-    on an empty frame: a model that passes the jobs' probes and cannot score."""
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.feature import SQLTransformer
-
-    check = SQLTransformer(statement="SELECT * FROM __THIS__ WHERE assert_true(signal < 0) IS NULL")
-    return PipelineModel(stages=[check, *fitted.stages])
-
-
 def register(model, name: str) -> str:
     import mlflow
     import mlflow.spark
@@ -2130,7 +2120,7 @@ def test_every_day_of_a_batch_gets_its_catalogue_scored(spark, settings, service
 @pytest.mark.services
 @pytest.mark.spark
 def test_alias_moves_switch_scoring_within_one_batch_and_a_broken_model_is_not_used(
-    spark, settings, services, store, sales_job
+    spark, settings, services, store, sales_job, failing_on_rows
 ) -> None:
 
     from common.models import ChampionModel
