@@ -98,7 +98,10 @@ class Settings(BaseSettings):
     )
     inventory_slide_minutes: int = Field(2, ge=1, le=1440, description="inventory metrics: slide")
     inventory_late_minutes: int = Field(
-        60, ge=1, description="inventory: how far behind a key's latest event an event still counts"
+        60,
+        ge=1,
+        description="inventory: how far behind a key's newest event its state remembers event ids "
+        "(older events are checked against the store)",
     )
     inventory_demand_window_minutes: int = Field(
         60, ge=1, description="inventory: trailing sales that give the demand rate without a model"

@@ -13,15 +13,18 @@ table rows), ``panes_of_events`` and ``recommend_stock``. ``InventoryBatchWriter
 One micro-batch, end to end:
 
 1. Kafka records are parsed against the contract (bad ones go to ``dead_letters`` by a second
-   query) and deduplicated by ``event_id`` within the watermark (``INVENTORY_LATE_MINUTES``).
+   query). Nothing valid is dropped: each key's state deduplicates its events (below).
 2. Before Spark runs the batch, the writer refreshes the latest stock recommendation of every
    store x product from the store (``ThresholdsFile``): the state function judges a key's events
    with the model's reorder point and daily demand when a champion scored the key; without one
    with the event's own reorder point and the in-stream demand rate.
 3. ``track_inventory`` runs each key's events (packed in one JSON column) through its state
    (``applyInPandasWithState``, keys grouped in hash buckets) in the order they arrived on the
-   key's partition. An event older than one already applied for the key is *late*: it counts in
-   the window metrics but never overwrites a newer level nor moves an alert. Applied events move
+   key's partition. A key remembers the ids of its events within its horizon
+   (``INVENTORY_LATE_MINUTES`` and the demand window) of its newest one, and skips a repeat of
+   them. An event older than one already applied for the key is *late*: it counts in the window
+   metrics but never overwrites a newer level nor moves an alert; one older than the horizon is
+   *stale*, and the writer counts it unless the store already holds its id. Applied events move
    the level, the demand rate and the alerts (``streaming.alerts``) one at a time, so a drain to
    zero and a restock in one batch still open and resolve the CRITICAL alert. Since every key's
    result depends only on the order its events arrived, the results do not depend on how events
@@ -37,6 +40,8 @@ One micro-batch, end to end:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import itertools
 import json
 import logging
 import math
@@ -89,11 +94,11 @@ from streaming.runtime import (
     StepTimer,
     check_source,
     checkpoint_location,
-    deduplicate_events,
     default_feature_builder,
     model_probes,
     parse_events,
     read_topic,
+    repeated_events,
     run_queries,
     scored_by,
     start_query,
@@ -121,6 +126,11 @@ MS_PER_HOUR = 3_600_000
 
 APPLIED = "applied"
 LATE = "late"
+# Older than its key's deduplication horizon (see ``InventoryRules.horizon_minutes``): the state
+# no longer remembers the ids of that time, so the writer keeps the event only if the store does
+# not hold its id yet.
+STALE = "stale"
+ID_DIGEST_CHARS = 16  # hex characters of an event id's digest in a key's state
 
 KIND_EVENT = "event"
 KIND_LEVEL = "level"
@@ -263,6 +273,13 @@ class InventoryRules:
     @property
     def panes_per_window(self) -> int:
         return self.window_minutes // self.slide_minutes
+
+    @property
+    def horizon_minutes(self) -> int:
+        """How far behind its key's newest applied event (in whole minutes) an event's id is
+        still remembered; an older event is ``STALE``. It spans the demand window, so a stale
+        event can never count twice in the demand rate."""
+        return max(self.late_minutes, self.demand_window_minutes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InventoryRules:
@@ -434,11 +451,15 @@ class StockState:
     model_name: str
     model_version: str
     alerts: dict[str, Alert]
+    # epoch minute -> digests of the ids of the events of that minute, within the horizon
+    seen_ids: dict[int, set[str]] = field(default_factory=dict)
+    ids_since: int = 0  # epoch ms: the state knows no ids of earlier events (see ``from_json``)
 
     def to_json(self) -> str:
         value = dict(vars(self))
         value["alerts"] = {k: a.to_state() for k, a in self.alerts.items()}
         value["sold_by_minute"] = {str(k): v for k, v in self.sold_by_minute.items()}
+        value["seen_ids"] = {str(k): "".join(sorted(v)) for k, v in self.seen_ids.items()}
         return json.dumps(value, separators=(",", ":"))
 
     @classmethod
@@ -446,7 +467,29 @@ class StockState:
         value = json.loads(text)
         value["alerts"] = {k: Alert.from_state(a) for k, a in value["alerts"].items()}
         value["sold_by_minute"] = {int(k): v for k, v in value["sold_by_minute"].items()}
+        if "seen_ids" not in value:  # saved before 2026-12-08, when Spark deduplicated the events
+            value["seen_ids"], value["ids_since"] = {}, value["event_time"] + 1
+        value["seen_ids"] = {
+            int(k): {ids[i : i + ID_DIGEST_CHARS] for i in range(0, len(ids), ID_DIGEST_CHARS)}
+            for k, ids in value["seen_ids"].items()
+        }
         return cls(**value)
+
+    def stale(self, time_ms: int, rules: InventoryRules) -> bool:
+        """Whether an event is older than the ids this state remembers."""
+        horizon = self.event_time // MS_PER_MINUTE - rules.horizon_minutes
+        return time_ms // MS_PER_MINUTE < horizon or time_ms < self.ids_since
+
+    def seen(self, minute: int, digest: str) -> bool:
+        return digest in self.seen_ids.get(minute, ())
+
+    def remember(self, minute: int, digest: str) -> None:
+        self.seen_ids.setdefault(minute, set()).add(digest)
+
+
+def id_digest(event_id: str) -> str:
+    """A fixed-size digest of an event id, as a key's state remembers it."""
+    return hashlib.blake2b(event_id.encode(), digest_size=ID_DIGEST_CHARS // 2).hexdigest()
 
 
 def units_sold(event_type: str, quantity_change: int) -> int:
@@ -551,7 +594,8 @@ def track_key(
     """Run one key's events (one micro-batch) through its state; the new state and output rows.
 
     Output rows (CHANGES_SCHEMA, ``detected_at`` = epoch ms of the call): one ``event`` row per
-    event (disposition applied or late), one ``level`` row with the latest level when an event
+    event (disposition applied, late or stale; none for a repeat of an id the key remembers, see
+    ``InventoryRules.horizon_minutes``), one ``level`` row with the latest level when an event
     was applied, the latest version of every alert an event touched (``alert``) and every alert
     lifecycle change (``alert_change``).
     """
@@ -574,14 +618,23 @@ def track_movements(
     applied = False
     for event in movements:
         time_ms = event.event_time
+        minute, digest = time_ms // MS_PER_MINUTE, id_digest(event.event_id)
         sold = units_sold(event.event_type, int(event.quantity_change))
-        if state is not None and time_ms < state.event_time:
-            _remember_sale(state, time_ms, sold, rules)
-            if sold > 0:  # still a sale: it is the last one if none came after it
-                state.last_sale = max(state.last_sale or time_ms, time_ms)
-            rows.append(_event_row(event, LATE, detected_at))
-            continue
+        if state is not None:
+            if state.stale(time_ms, rules):
+                _note_late_sale(state, time_ms, sold)  # a repeat leaves the state as it was
+                rows.append(_event_row(event, STALE, detected_at))
+                continue
+            if state.seen(minute, digest):  # a repeat: it counted the first time
+                continue
+            if time_ms < state.event_time:
+                _remember_sale(state, time_ms, sold, rules)
+                _note_late_sale(state, time_ms, sold)
+                state.remember(minute, digest)
+                rows.append(_event_row(event, LATE, detected_at))
+                continue
         state = _apply(state, event, time_ms, sold, rules)
+        state.remember(minute, digest)
         applied = True
         rows.append(_event_row(event, APPLIED, detected_at))
         snapshot = StockSnapshot(
@@ -671,9 +724,19 @@ def _remember_sale(state: StockState, time_ms: int, sold: int, rules: InventoryR
         state.sold_by_minute[minute] = state.sold_by_minute.get(minute, 0) + sold
 
 
+def _note_late_sale(state: StockState, time_ms: int, sold: int) -> None:
+    """A sale older than the key's newest event is still its last sale if none came after it."""
+    if sold > 0:
+        state.last_sale = max(state.last_sale or time_ms, time_ms)
+
+
 def _forget_old_sales(state: StockState, rules: InventoryRules) -> None:
-    first = state.event_time // MS_PER_MINUTE - rules.demand_window_minutes + 1
+    """Drop the sales before the demand window and the ids before the horizon."""
+    newest = state.event_time // MS_PER_MINUTE
+    first = newest - rules.demand_window_minutes + 1
     state.sold_by_minute = {m: u for m, u in state.sold_by_minute.items() if m >= first}
+    kept = newest - rules.horizon_minutes
+    state.seen_ids = {m: ids for m, ids in state.seen_ids.items() if m >= kept}
 
 
 def _record(kind: str, store_id: str, product_id: str, fields: dict[str, Any]) -> tuple:
@@ -996,11 +1059,32 @@ def panes_of_events(events: pd.DataFrame, slide_minutes: int) -> pd.DataFrame:
     return partials.groupby(["pane_start", "store_id", "product_id"], as_index=False).sum()
 
 
-def batch_tables(changes: pa.Table, slide_minutes: int) -> dict[str, pd.DataFrame]:
+def counted_events(
+    events: pd.DataFrame, stored: Callable[[pd.DataFrame], np.ndarray] | None = None
+) -> pd.DataFrame:
+    """A micro-batch's event rows without the repeats the key states could not catch: a ``STALE``
+    event the batch holds twice, or one that ``stored`` (the batch's stale events -> a mask of the
+    ones the store already holds) finds, counts once."""
+    stale = (events["disposition"] == STALE).to_numpy()
+    if not stale.any():
+        return events
+    repeat = stale & events["event_id"].duplicated().to_numpy()
+    if stored is not None:
+        candidates = stale & ~repeat
+        repeat[candidates] = stored(events[candidates])
+    return events[~repeat].reset_index(drop=True)
+
+
+def batch_tables(
+    changes: pa.Table,
+    slide_minutes: int,
+    stored: Callable[[pd.DataFrame], np.ndarray] | None = None,
+) -> dict[str, pd.DataFrame]:
     """The rows a micro-batch writes into each table, by table name, from its collected changes:
     what ``event_rows``, ``inventory_panes``, ``stock_level_rows``, ``alert_rows`` and
-    ``alert_change_rows`` give in Spark, without a Spark job per table or a plan to build."""
-    events = collected_records(changes, KIND_EVENT, EVENT_FIELDS)
+    ``alert_change_rows`` give in Spark, without a Spark job per table or a plan to build. The
+    events are the ``counted_events`` (``stored`` as there)."""
+    events = counted_events(collected_records(changes, KIND_EVENT, EVENT_FIELDS), stored)
 
     def alert_id_first(records: pd.DataFrame) -> pd.DataFrame:
         return records[["alert_id", *[c for c in records.columns if c != "alert_id"]]]
@@ -1160,6 +1244,21 @@ WHERE window_start >= {first_window:DateTime('UTC')}
   AND product_id != 'ALL'
 GROUP BY window_start, store_id
 """
+
+
+def pane_spans(
+    pane_starts: pd.Series, window_minutes: int
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The batch's panes as runs (first, last) no window spans two of: a stale event from days ago
+    and the newest ones refresh their own windows, not every window between them."""
+    starts = sorted(pd.unique(pane_starts))
+    spans, first = [], starts[0]
+    for previous, current in itertools.pairwise(starts):
+        if current - previous >= pd.Timedelta(minutes=window_minutes):
+            spans.append((first, previous))
+            first = current
+    spans.append((first, starts[-1]))
+    return [(pd.Timestamp(a).to_pydatetime(), pd.Timestamp(b).to_pydatetime()) for a, b in spans]
 
 
 def refresh_windows(
@@ -1333,20 +1432,25 @@ class InventoryBatchWriter:
             with self.store.session():
                 self.thresholds.refresh(self.store, token, with_model=stock is not None)
             steps.lap("thresholds")
-        rows = batch_tables(to_arrow(batch), self.rules.slide_minutes)  # one Spark job
+        changes = to_arrow(batch)  # one Spark job
         steps.lap("state and collect")
-        panes = rows["inventory_panes"]
-        if rows["inventory_events"].empty:
-            return
+
+        def stored(stale: pd.DataFrame) -> np.ndarray:
+            events = pa.Table.from_pandas(stale[["event_id", "event_time"]], preserve_index=False)
+            repeats = repeated_events(self.store, "inventory_events", events, token)
+            return repeats.to_numpy(zero_copy_only=False)
+
         with self.store.session():
-            self.store.insert_df("inventory_events", rows["inventory_events"], dedup_token=token)
-            self.store.insert_df("inventory_panes", panes, dedup_token=token)
-            refresh_windows(
-                self.store,
-                self.rules,
-                panes["pane_start"].min().to_pydatetime(),
-                panes["pane_start"].max().to_pydatetime(),
+            rows = batch_tables(changes, self.rules.slide_minutes, stored)
+            if rows["inventory_events"].empty:
+                return
+            events, panes = rows["inventory_events"], rows["inventory_panes"]
+            self.store.insert_df(
+                "inventory_events", events.assign(ingest_token=token), dedup_token=token
             )
+            self.store.insert_df("inventory_panes", panes, dedup_token=token)
+            for first, last in pane_spans(panes["pane_start"], self.rules.window_minutes):
+                refresh_windows(self.store, self.rules, first, last)
             for table in ("stock_levels", "stock_alerts", "stock_alert_changes"):
                 self.store.insert_df(table, rows[table], dedup_token=token)
         steps.lap("store")
@@ -1516,6 +1620,23 @@ def console_view(changes: DataFrame) -> DataFrame:
     )
 
 
+def retire_deduplication_state(location: Path) -> None:
+    """Move aside the state of Spark's deduplication from a checkpoint written before 2026-12-08
+    (operator 1, below the stock states of operator 0): Spark refuses a checkpoint holding an
+    operator its query no longer has, and the keys' states now deduplicate the events."""
+    state = location / "state" / "1"
+    if not state.is_dir():
+        return
+    retired = location.with_name(f"{location.name}.deduplication-{int(time.time())}")
+    state.rename(retired)
+    log.warning(
+        "the checkpoint %s held Spark's deduplication state of an earlier release: moved to %s; "
+        "the stock states go on from the checkpoint",
+        location,
+        retired,
+    )
+
+
 def build_queries(
     spark: SparkSession,
     settings: Settings,
@@ -1532,8 +1653,7 @@ def build_queries(
     """Start the inventory job's queries: the stateful changes into the store, dead letters."""
     changes_query, dead_query = query_names
     raw = read_topic(spark, settings, settings.inventory_topic, JOB)
-    valid, dead = parse_inventory(raw, max_lead_minutes=settings.event_max_lead_minutes)
-    events = deduplicate_events(valid, f"{rules.late_minutes} minutes")
+    events, dead = parse_inventory(raw, max_lead_minutes=settings.event_max_lead_minutes)
     common = {"job": JOB, "settings": settings, "available_now": available_now}
     if console:
         changes = track_inventory(events, rules)
@@ -1542,6 +1662,7 @@ def build_queries(
             start_query(dead, query_name=dead_query, sink=CONSOLE, **common),
         ]
     checkpoint = checkpoint_location(settings, JOB, changes_query)
+    retire_deduplication_state(checkpoint)
     thresholds = ThresholdsFile(str(checkpoint.with_name(f"{checkpoint.name}.thresholds.arrow")))
     changes = track_inventory(events, rules, thresholds)
     writer = InventoryBatchWriter(

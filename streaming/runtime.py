@@ -24,13 +24,12 @@ Reading and parsing
     a time more than that far ahead of its Kafka timestamp: a producer whose clock runs ahead.
     Bad records never raise: the query keeps running.
 
-    ``deduplicate_events(valid, delay)`` -> the events with a watermark and every ``event_id`` kept
-    once while it is within the watermark (``dropDuplicatesWithinWatermark``). Watermarks follow
-    ``event_time`` but never run ahead of the records' Kafka timestamps (``WATERMARK_TIME``), so an
-    event stamped in the future cannot make the events after it late.
     ``watermark_classified(classified, delay)`` watermarks a ``classify_events`` frame and drops
     nothing, so that one query writes both good and bad records (``valid_events`` and
-    ``dead_letters`` split a batch again); the job then keeps each event once itself.
+    ``dead_letters`` split a batch again); the job then keeps each event once itself
+    (``repeated_events`` finds the ones its store already holds). Watermarks follow
+    ``event_time`` but never run ahead of the records' Kafka timestamps (``WATERMARK_TIME``), so an
+    event stamped in the future cannot make the events after it late.
 
 Writing
     ``store_sink(table, query_name, settings, transform_batch=None)`` -> a ``foreachBatch``
@@ -387,23 +386,6 @@ def parse_events(
     return valid_events(classified, schema), dead_letters(classified)
 
 
-def deduplicate_events(
-    events: DataFrame,
-    delay: str = "10 minutes",
-    key: str = "event_id",
-    time_column: str = "event_time",
-) -> DataFrame:
-    """Watermark the events by ``delay`` and keep each ``key`` once within the watermark.
-
-    Events older than the watermark are dropped by Spark (they are late beyond the allowed delay).
-    The watermark follows ``time_column`` bounded by the Kafka timestamps (``WATERMARK_TIME``, an
-    extra column of the output), so no windowed aggregation can follow (Spark allows one
-    watermark per query).
-    """
-    bounded = _with_watermark_time(events, time_column)
-    return bounded.withWatermark(WATERMARK_TIME, delay).dropDuplicatesWithinWatermark([key])
-
-
 def _with_watermark_time(frame: DataFrame, time_column: str) -> DataFrame:
     """``frame`` with ``WATERMARK_TIME``: ``time_column``, or the record's Kafka timestamp when the
     event claims a later time. A producer whose clock runs ahead then cannot move the watermark
@@ -417,7 +399,7 @@ def watermark_classified(
     classified: DataFrame, delay: str = "10 minutes", time_column: str = "event_time"
 ) -> DataFrame:
     """Watermark a ``classify_events`` frame by ``delay`` (on ``WATERMARK_TIME``, see
-    ``deduplicate_events``), dropping nothing, so that one query (one Kafka read) carries good and
+    ``_with_watermark_time``), dropping nothing, so that one query (one Kafka read) carries good and
     bad records. Bad records get a null ``time_column`` (they never move the watermark) and only
     they keep ``raw_payload`` (what ``dead_letters`` stores). With no stateful operator after it,
     the watermark (the newest bounded event time minus ``delay``) is reported in the progress and
@@ -564,6 +546,29 @@ def insert_batch(store: Store, table: str, frame: DataFrame | pd.DataFrame, toke
     """Insert one micro-batch's rows into ``table`` idempotently (``token`` = batch_token)."""
     rows = frame if isinstance(frame, pd.DataFrame) else to_pandas(frame)
     return store.insert_df(table, rows, dedup_token=token)
+
+
+def repeated_events(store: Store, table: str, events: pa.Table, token: str) -> pa.Array:
+    """Which of ``events`` (``event_id``, ``event_time``) ``table`` already holds: the same
+    ``event_id`` on the same UTC day, whenever it arrived. Rows the batch ``token`` wrote itself (an
+    earlier attempt of a replayed batch; ``table`` keeps each row's ``ingest_token``) are not
+    repeats, so that a replay writes exactly what its first attempt did. One lookup per day."""
+    days = pc.cast(events["event_time"], pa.date32())
+    repeats = pa.repeat(False, events.num_rows)
+    for day in pc.unique(days).to_pylist():
+        of_day = pc.equal(days, day)
+        known = store.known_keys(
+            table,
+            "event_id",
+            events["event_id"].filter(of_day),
+            "toDate(event_time) = {day:Date} AND ingest_token != {token:String}",
+            {"day": day.isoformat(), "token": token},
+        )
+        if len(known):
+            repeats = pc.or_(
+                repeats, pc.and_(of_day, pc.is_in(events["event_id"], value_set=known))
+            )
+    return repeats
 
 
 STORED_DEAD_LETTERS_SQL = """

@@ -59,6 +59,7 @@ from streaming.runtime import (
     model_probes,
     parse_events,
     read_topic,
+    repeated_events,
     run_queries,
     scored_by,
     start_query,
@@ -1282,26 +1283,8 @@ class SalesBatchWriter:
         )
 
     def _new_events(self, raw: pa.Table, token: str) -> pa.Table:
-        """The events of ``raw`` that ``sales_events`` does not hold yet. A repeat is the same
-        ``event_id`` on the same UTC day, whenever it arrives; rows this batch wrote itself (an
-        earlier attempt of a replayed batch, same ``token``) do not count as repeats, so that a
-        replay writes exactly what its first attempt did. One lookup per day of the batch."""
-        days = pc.cast(raw["event_time"], pa.date32())
-        repeats = pa.repeat(False, raw.num_rows)
-        for day in pc.unique(days).to_pylist():
-            of_day = pc.equal(days, day)
-            known = self.store.known_keys(
-                "sales_events",
-                "event_id",
-                raw["event_id"].filter(of_day),
-                "toDate(event_time) = {day:Date} AND ingest_token != {token:String}",
-                {"day": day.isoformat(), "token": token},
-            )
-            if len(known):
-                repeats = pc.or_(
-                    repeats, pc.and_(of_day, pc.is_in(raw["event_id"], value_set=known))
-                )
-        return raw.filter(pc.invert(repeats))
+        """The events of ``raw`` that ``sales_events`` does not hold yet (``repeated_events``)."""
+        return raw.filter(pc.invert(repeated_events(self.store, "sales_events", raw, token)))
 
     def _score_demand(self, raw: pa.Table, batch_id: int, token: str) -> None:
         """Score, with the current version, every store's catalogue at the first sale of a day, and

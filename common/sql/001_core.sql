@@ -43,11 +43,16 @@ CREATE TABLE IF NOT EXISTS inventory_events (
     lead_time_days Float64,
     unit_cost Float64,
     source LowCardinality(String) DEFAULT 'stream',
-    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    ingest_token LowCardinality(String) DEFAULT ''
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (toDate(event_time), store_id, product_id, event_id)
 SETTINGS non_replicated_deduplication_window = 10000;
+
+-- ingest_token (as in sales_events: an event older than what the job's state remembers is a repeat
+-- only if another batch stored it) came after the first release.
+ALTER TABLE inventory_events ADD COLUMN IF NOT EXISTS ingest_token LowCardinality(String) DEFAULT '';
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     topic LowCardinality(String),

@@ -5,6 +5,8 @@ a SIGKILL, and stock scoring that follows the champion alias."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import json
 import os
 import signal
@@ -16,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
@@ -26,6 +30,7 @@ from common.schemas import INVENTORY_EVENT_SCHEMA, event_key
 from common.settings import Settings
 from common.store import Store
 from streaming.inventory import (
+    CHANGES_SCHEMA,
     JOB,
     InventoryRules,
     StockPolicy,
@@ -251,11 +256,21 @@ def test_the_jobs_tables_from_a_collected_batch_equal_the_spark_transforms(
     changes.unpersist()
 
 
-def packed_movement(key: tuple[str, str], offset: int, kind: str, change: int, level: int) -> dict:
-    """One event as the state function receives it: its key and its ``movement`` JSON."""
-    moment = at("10:00") + dt.timedelta(minutes=offset)
+def packed_movement(
+    key: tuple[str, str],
+    offset: int,
+    kind: str,
+    change: int,
+    level: int,
+    *,
+    event_id: str | None = None,
+    clock: str | None = None,
+) -> dict:
+    """One event as the state function receives it: its key and its ``movement`` JSON. By default
+    the ``offset``-th record of its partition is stamped ``offset`` minutes after 10:00."""
+    moment = at(clock) if clock else at("10:00") + dt.timedelta(minutes=offset)
     movement = {
-        "event_id": f"{key[0]}-{key[1]}-{offset}",
+        "event_id": event_id or f"{key[0]}-{key[1]}-{offset}",
         "event_time": int(moment.replace(tzinfo=dt.UTC).timestamp() * 1000),
         "event_type": kind,
         "quantity_change": change,
@@ -329,6 +344,92 @@ def test_a_bucket_tracks_each_key_as_if_it_were_alone_across_batches() -> None:
     }
     assert saved[0] == 4
     assert set(json.loads(saved[1])) == {'["B1","P1"]', '["B1","P2"]', '["B2","P1"]'}
+
+
+CHANGES_ARROW = pa.schema([(f.name, pa.string()) for f in CHANGES_SCHEMA.fields])
+
+
+def resent_stream() -> list[dict]:
+    """One key's records as a flaky producer and a slow till send them: repeats within and beyond
+    the key's 60-minute horizon, a late sale within it and a stale one beyond it."""
+    records = [
+        ("e0", "10:00", "snapshot", 0, 50),
+        ("e1", "10:05", "sale", -5, 45),
+        ("e1", "10:05", "sale", -5, 45),  # a repeat the state remembers
+        ("e3", "12:30", "sale", -10, 35),  # the horizon is now 11:30
+        ("e0", "10:00", "snapshot", 0, 50),  # a stale repeat
+        ("e5", "10:40", "sale", -3, 47),  # stale, and new
+        ("e5", "10:40", "sale", -3, 47),  # a stale repeat of a stale event
+        ("e7", "12:10", "sale", -2, 37),  # late within the horizon
+        ("e7", "12:10", "sale", -2, 37),  # a repeat the state remembers
+    ]
+    return [
+        packed_movement(("B1", "P1"), n, *rest, event_id=event_id, clock=clock)
+        for n, (event_id, clock, *rest) in enumerate(records)
+    ]
+
+
+def held_by(stored_ids: set[str], stale: pd.DataFrame) -> np.ndarray:
+    """The store of a test: which stale events it holds already."""
+    return stale["event_id"].isin(stored_ids).to_numpy()
+
+
+def test_repeats_and_stale_events_count_once_however_the_records_fall_into_batches() -> None:
+    """Every way of cutting the stream into micro-batches stores the same events, panes and level:
+    the state skips the repeats it remembers, and a stale event counts unless the store (here a
+    set of the ids earlier batches stored) or its own batch already holds it."""
+    rules, records = InventoryRules(), resent_stream()
+    outcomes = set()
+    for cuts in itertools.product((False, True), repeat=len(records) - 1):
+        ends = [n + 1 for n, cut in enumerate(cuts) if cut] + [len(records)]
+        saved, start, stored_ids, tables = None, 0, set(), []
+        for end in ends:
+            saved, rows = track_bucket([pd.DataFrame(records[start:end])], saved, rules, 1_000)
+            batch = batch_tables(
+                pa.Table.from_pandas(rows, schema=CHANGES_ARROW),
+                rules.slide_minutes,
+                functools.partial(held_by, stored_ids),
+            )
+            stored_ids.update(batch["inventory_events"]["event_id"])
+            tables.append(batch)
+            start = end
+        events = pd.concat([t["inventory_events"] for t in tables])
+        panes = pd.concat([t["inventory_panes"] for t in tables])
+        level = pd.concat([t["stock_levels"] for t in tables]).iloc[-1]
+        sold = panes.groupby("pane_start")["units_sold"].sum()
+        outcomes.add(
+            (
+                tuple(sorted(events["event_id"])),
+                tuple(sold[sold > 0].items()),
+                (level["stock_level"], level["last_event_id"]),
+            )
+        )
+    assert outcomes == {
+        (
+            ("e0", "e1", "e3", "e5", "e7"),
+            ((at("10:04"), 5), (at("10:40"), 3), (at("12:10"), 2), (at("12:30"), 10)),
+            (35, "e3"),
+        )
+    }
+
+
+def test_a_state_saved_before_it_remembered_ids_sends_its_repeats_to_the_store() -> None:
+    """A key state from a checkpoint of before 2026-12-08 knows no ids: a repeat of its last event
+    is stale (the writer looks its id up in the store), never applied a second time."""
+    rules, records = InventoryRules(), resent_stream()
+    saved, _ = track_bucket([pd.DataFrame(records[:2])], None, rules, 1_000)
+    states = json.loads(saved[1])
+    old = {name: json.loads(state) for name, state in states.items()}
+    for state in old.values():
+        del state["seen_ids"], state["ids_since"]
+    saved = (saved[0], json.dumps({name: json.dumps(state) for name, state in old.items()}))
+    _, rows = track_bucket([pd.DataFrame(records[2:4])], saved, rules, 2_000)
+    dispositions = [
+        (json.loads(row.payload)["event_id"], json.loads(row.payload)["disposition"])
+        for row in rows.itertuples()
+        if row.kind == "event"
+    ]
+    assert dispositions == [("e1", "stale"), ("e3", "applied")]
 
 
 def test_a_checkpoint_with_another_bucket_count_is_refused_with_what_to_do() -> None:
@@ -658,17 +759,23 @@ def test_stream_alerts_late_events_duplicates_and_poison(
     )
     assert raw == len(first) and raw + len(duplicates) + len(dead) == len(offsets) + len(poison)
 
-    # Second run, same checkpoint: the restock resolves the open alert (state survived the
-    # restart); a late sale that would empty the shelf arrives after a newer level and does not
-    # flip it; a third copy of a duplicate still counts once.
+    # Second run, same checkpoint, one record per micro-batch: the restock resolves the open alert
+    # (state survived the restart); a late sale that would empty the shelf arrives after a newer
+    # level and does not flip it; a third copy of a duplicate still counts once. After the
+    # restock, 09:00 is beyond the falling key's 60-minute horizon: its first snapshot sent again
+    # is a repeat the store holds, and a stale sale sent twice counts once.
     second = [
         movement("r1", "11:00", falling, "P1", "restock", 40, 40, 20, 1 / 48),
         movement("o3", "10:05", late, "P1", "sale", -20, 0, 5, 0.02),
         movement("o4", "10:20", late, "P1", "sale", -1, 17, 5, 0.02),
+        movement("x1", "09:05", falling, "P1", "sale", -3, 37, 20, 1 / 48),
     ]
     second = [{**e, "event_id": f"{e['event_id']}-{e['store_id']}"} for e in second]
-    produce(job_settings, [encode(e) for e in [*second, first[-1]]])
-    run_available_now(spark, job_settings, f"inv_{run}")  # same checkpoint
+    stale_repeats = [first[len(drain_events(drain))], second[-1]]  # falling's 09:00 snapshot, x1
+    assert stale_repeats[0]["event_id"] == f"s0-{falling}"
+    produce(job_settings, [encode(e) for e in [*second, first[-1], *stale_repeats]])
+    one_by_one = job_settings.model_copy(update={"max_offsets_per_trigger": 1})
+    run_available_now(spark, one_by_one, f"inv_{run}")  # same checkpoint
 
     alerts = rows_of(store, ALERTS_SQL, run)
     assert alerts[["store_id", "severity", "peak_severity", "status"]].values.tolist() == [
@@ -689,6 +796,18 @@ def test_stream_alerts_late_events_duplicates_and_poison(
         {"s": late, "w": at("10:02")},
     )
     assert late_sales == 20 + 2  # window 10:02-10:12: the late sale o3 (10:05) and o2 (10:10)
+    stored = store.query_df(
+        "SELECT count() AS events, uniqExact(event_id) AS ids FROM inventory_events "
+        "WHERE startsWith(store_id, {prefix:String})",
+        {"prefix": run},
+    )
+    assert stored.values.tolist() == [[len(first) + len(second)] * 2]  # no repeat stored at all
+    stale_window = store.scalar(
+        "SELECT units_sold FROM inventory_metrics FINAL WHERE store_id = {s:String} "
+        "AND product_id = 'P1' AND window_start = {w:DateTime('UTC')}",
+        {"s": falling, "w": at("09:04")},
+    )
+    assert stale_window == 3 + 4  # window 09:04-09:14: the stale sale x1 once and s1 (09:10)
 
 
 def crash_events(run: str) -> list[dict]:
@@ -774,6 +893,53 @@ def frames_equal(actual: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) 
         expected[actual.columns].sort_values(keys, ignore_index=True),
         check_dtype=False,
     )
+
+
+@pytest.mark.services
+@pytest.mark.spark
+def test_a_checkpoint_with_sparks_deduplication_state_resumes_with_its_stock_states(
+    spark: SparkSession, store: Store, job_settings: Settings
+) -> None:
+    """Before 2026-12-08 the query deduplicated with Spark's state (a second stateful operator),
+    which Spark refuses to resume without; the job moves that state aside and goes on."""
+    from streaming.inventory import CHANGES_QUERY, InventoryBatchWriter
+    from streaming.runtime import checkpoint_location, read_topic, start_query
+
+    shop = f"U-{uuid.uuid4().hex[:6]}"
+    events = [
+        movement(f"u{i}-{shop}", f"10:0{i}", shop, "P1", "sale", -1, 20 - i) for i in range(6)
+    ]
+    produce(job_settings, [encode(e) for e in events[:3]])
+    valid, _ = parse_inventory(read_topic(spark, job_settings, job_settings.inventory_topic, JOB))
+    deduplicated = valid.withWatermark("event_time", "60 minutes").dropDuplicatesWithinWatermark(
+        ["event_id"]
+    )
+    rules = InventoryRules()
+    writer = InventoryBatchWriter(spark, job_settings, rules=rules, policy=StockPolicy())
+    old = start_query(
+        track_inventory(deduplicated, rules),
+        job=JOB,
+        query_name=CHANGES_QUERY,
+        settings=job_settings,
+        sink=writer,
+        available_now=True,
+    )
+    old.awaitTermination()
+    produce(job_settings, [encode(e) for e in [events[2], *events[3:]]])  # one record again
+
+    run_available_now(spark, job_settings, CHANGES_QUERY.removesuffix("_changes"))
+
+    location = checkpoint_location(job_settings, JOB, CHANGES_QUERY)
+    assert not (location / "state" / "1").exists()
+    assert len(list(location.parent.glob(f"{CHANGES_QUERY}.deduplication-*"))) == 1
+    levels = rows_of(store, LEVELS_SQL, shop)
+    assert levels[["stock_level", "last_event_id"]].values.tolist() == [[15, f"u5-{shop}"]]
+    stored = store.query_df(
+        "SELECT count() AS events, uniqExact(event_id) AS ids FROM inventory_events "
+        "WHERE store_id = {s:String}",
+        {"s": shop},
+    )
+    assert stored.values.tolist() == [[6, 6]]
 
 
 @pytest.mark.services

@@ -1104,12 +1104,7 @@ def test_the_console_sink_prints_every_record_and_leaves_the_store_alone(
 def test_a_checkpoint_of_the_stateful_query_is_retired_and_the_job_resumes_from_its_offsets(
     spark, settings, kafka, store
 ) -> None:
-    from streaming.runtime import (
-        checkpoint_location,
-        deduplicate_events,
-        read_topic,
-        start_query,
-    )
+    from streaming.runtime import checkpoint_location, read_topic, start_query
     from streaming.sales import parse_sales, query_names
 
     day, tag = dt.date(2026, 3, 15), uuid.uuid4().hex[:6]
@@ -1123,8 +1118,11 @@ def test_a_checkpoint_of_the_stateful_query_is_retired_and_the_job_resumes_from_
     produce(kafka, topic, before)
     # The query as released before 2026-12-05: Spark's deduplication state in its checkpoint.
     valid, _ = parse_sales(read_topic(spark, job_settings, topic, job), job)
+    deduplicated = valid.withWatermark("event_time", "10 minutes").dropDuplicatesWithinWatermark(
+        ["event_id"]
+    )
     old = start_query(
-        deduplicate_events(valid),
+        deduplicated,
         job=job,
         query_name=events_query,
         settings=job_settings,
