@@ -451,15 +451,15 @@ class StockState:
     model_name: str
     model_version: str
     alerts: dict[str, Alert]
-    # epoch minute -> digests of the ids of the events of that minute, within the horizon
-    seen_ids: dict[int, set[str]] = field(default_factory=dict)
+    # epoch minute -> the digests of the ids of its events, end to end, within the horizon
+    seen_ids: dict[int, str] = field(default_factory=dict)
     ids_since: int = 0  # epoch ms: the state knows no ids of earlier events (see ``from_json``)
 
     def to_json(self) -> str:
         value = dict(vars(self))
         value["alerts"] = {k: a.to_state() for k, a in self.alerts.items()}
         value["sold_by_minute"] = {str(k): v for k, v in self.sold_by_minute.items()}
-        value["seen_ids"] = {str(k): "".join(sorted(v)) for k, v in self.seen_ids.items()}
+        value["seen_ids"] = {str(k): v for k, v in self.seen_ids.items()}
         return json.dumps(value, separators=(",", ":"))
 
     @classmethod
@@ -469,10 +469,7 @@ class StockState:
         value["sold_by_minute"] = {int(k): v for k, v in value["sold_by_minute"].items()}
         if "seen_ids" not in value:  # saved before 2026-12-08, when Spark deduplicated the events
             value["seen_ids"], value["ids_since"] = {}, value["event_time"] + 1
-        value["seen_ids"] = {
-            int(k): {ids[i : i + ID_DIGEST_CHARS] for i in range(0, len(ids), ID_DIGEST_CHARS)}
-            for k, ids in value["seen_ids"].items()
-        }
+        value["seen_ids"] = {int(k): ids for k, ids in value["seen_ids"].items()}
         return cls(**value)
 
     def stale(self, time_ms: int, rules: InventoryRules) -> bool:
@@ -481,10 +478,14 @@ class StockState:
         return time_ms // MS_PER_MINUTE < horizon or time_ms < self.ids_since
 
     def seen(self, minute: int, digest: str) -> bool:
-        return digest in self.seen_ids.get(minute, ())
+        ids = self.seen_ids.get(minute, "")
+        at = ids.find(digest)
+        while at > 0 and at % ID_DIGEST_CHARS:  # a match across two digests is none
+            at = ids.find(digest, at + 1)
+        return at >= 0
 
     def remember(self, minute: int, digest: str) -> None:
-        self.seen_ids.setdefault(minute, set()).add(digest)
+        self.seen_ids[minute] = self.seen_ids.get(minute, "") + digest
 
 
 def id_digest(event_id: str) -> str:

@@ -432,6 +432,23 @@ def test_a_state_saved_before_it_remembered_ids_sends_its_repeats_to_the_store()
     assert dispositions == [("e1", "stale"), ("e3", "applied")]
 
 
+def test_a_state_finds_an_id_digest_only_where_a_digest_starts() -> None:
+    state = StockState.from_json(track_bucket_state(resent_stream()[:1]))
+    ones, twos = "1" * 8, "2" * 8
+    state.seen_ids = {5: "0" * 8 + ones + twos + "3" * 8 + ones + twos}
+    assert state.seen(5, ones + twos)  # at 32, after a match across two digests at 8
+    assert state.seen(5, twos + "3" * 8)
+    assert not state.seen(5, ones + "0" * 8)
+    assert not state.seen(5, "3" * 8 + ones)  # only across two digests, at 24
+    assert not state.seen(6, ones + twos)
+
+
+def track_bucket_state(records: list[dict]) -> str:
+    """The one key's state after ``records``, as its bucket keeps it."""
+    saved, _ = track_bucket([pd.DataFrame(records)], None, InventoryRules(), 1_000)
+    return next(iter(json.loads(saved[1]).values()))
+
+
 def test_a_checkpoint_with_another_bucket_count_is_refused_with_what_to_do() -> None:
     events = pd.DataFrame(bucket_events()[:2])
     saved, _ = track_bucket([events], None, InventoryRules(state_buckets=4), 1_000)
