@@ -467,7 +467,7 @@ class StockState:
         value = json.loads(text)
         value["alerts"] = {k: Alert.from_state(a) for k, a in value["alerts"].items()}
         value["sold_by_minute"] = {int(k): v for k, v in value["sold_by_minute"].items()}
-        if "seen_ids" not in value:  # saved before 2026-12-08, when Spark deduplicated the events
+        if "seen_ids" not in value:  # saved before 930a3e5, when Spark deduplicated the events
             value["seen_ids"], value["ids_since"] = {}, value["event_time"] + 1
         value["seen_ids"] = {int(k): ids for k, ids in value["seen_ids"].items()}
         return cls(**value)
@@ -1622,9 +1622,9 @@ def console_view(changes: DataFrame) -> DataFrame:
 
 
 def retire_deduplication_state(location: Path) -> None:
-    """Move aside the state of Spark's deduplication from a checkpoint written before 2026-12-08
-    (operator 1, below the stock states of operator 0): Spark refuses a checkpoint holding an
-    operator its query no longer has, and the keys' states now deduplicate the events."""
+    """Move aside the state of Spark's deduplication from a checkpoint written before 930a3e5
+    (2026-12-07; operator 1, below the stock states of operator 0): Spark refuses a checkpoint
+    holding an operator its query no longer has, and the keys' states now deduplicate the events."""
     state = location / "state" / "1"
     if not state.is_dir():
         return

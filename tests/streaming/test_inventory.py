@@ -414,8 +414,8 @@ def test_repeats_and_stale_events_count_once_however_the_records_fall_into_batch
 
 
 def test_a_state_saved_before_it_remembered_ids_sends_its_repeats_to_the_store() -> None:
-    """A key state from a checkpoint of before 2026-12-08 knows no ids: a repeat of its last event
-    is stale (the writer looks its id up in the store), never applied a second time."""
+    """A key state from a checkpoint of before 930a3e5 (2026-12-07) knows no ids: a repeat of its
+    last event is stale (the writer looks its id up in the store), never applied a second time."""
     rules, records = InventoryRules(), resent_stream()
     saved, _ = track_bucket([pd.DataFrame(records[:2])], None, rules, 1_000)
     states = json.loads(saved[1])
@@ -917,8 +917,8 @@ def frames_equal(actual: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) 
 def test_a_checkpoint_with_sparks_deduplication_state_resumes_with_its_stock_states(
     spark: SparkSession, store: Store, job_settings: Settings
 ) -> None:
-    """Before 2026-12-08 the query deduplicated with Spark's state (a second stateful operator),
-    which Spark refuses to resume without; the job moves that state aside and goes on."""
+    """Before 930a3e5 (2026-12-07) the query deduplicated with Spark's state (a second stateful
+    operator), which Spark refuses to resume without; the job moves that state aside and goes on."""
     from streaming.inventory import CHANGES_QUERY, InventoryBatchWriter
     from streaming.runtime import checkpoint_location, read_topic, start_query
 
