@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.options import optional_date
 from generator.faults import DELAY_DISTRIBUTIONS
 
 console = Console()
@@ -39,11 +39,8 @@ def backfill(
     scale: float = typer.Option(
         1.0, "--scale", min=0.01, help="multiplies 5 stores x 40 products x 2500 customers"
     ),
-    start_date: dt.datetime | None = typer.Option(
-        None,
-        "--start-date",
-        formats=["%Y-%m-%d"],
-        help="first day (default: DAYS days before today, UTC)",
+    start_date: str = typer.Option(
+        "", "--start-date", help="first day, YYYY-MM-DD (default: DAYS days before today, UTC)"
     ),
     stores: int | None = typer.Option(
         None, "--stores", min=1, help="override the number of stores"
@@ -73,7 +70,7 @@ def backfill(
                 days,
                 seed,
                 scale,
-                start_date.date() if start_date else None,
+                optional_date(start_date, "--start-date"),
                 n_stores=stores,
                 n_products=products,
                 on_day=advance,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 
@@ -10,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.options import optional_date
 from common.settings import Settings, get_settings
 
 console = Console()
@@ -53,8 +53,8 @@ def train(
         console.print(f"[yellow]{warning}[/yellow]")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     config = TrainingConfig(
-        start=_date(start, "--start"),
-        end=_date(end, "--end"),
+        start=optional_date(start, "--start"),
+        end=optional_date(end, "--end"),
         folds=folds,
         horizon=horizon,
         max_evals=max_evals,
@@ -180,17 +180,6 @@ def promotions() -> None:
     for row in frame.itertuples(index=False):
         table.add_row(*["" if v is None else str(v) for v in row])
     console.print(table)
-
-
-def _date(value: str, option: str) -> dt.date | None:
-    if not value.strip():
-        return None
-    try:
-        return dt.date.fromisoformat(value.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option
-        ) from None
 
 
 def _models(names: list[str]) -> list[str]:
