@@ -56,13 +56,18 @@ def _store_figures(settings: Settings) -> dict[str, Any]:
         }
 
 
-def _champions(settings: Settings) -> list[tuple[str, str, dict[str, float]]]:
+def _champions(settings: Settings) -> list[tuple[str, str | None, dict[str, float]]]:
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(settings.mlflow_tracking_uri)
     rows = []
     for name in MODEL_NAMES:
-        version = client.get_model_version_by_alias(name, "champion")
+        try:
+            version = client.get_model_version_by_alias(name, "champion")
+        except MlflowException:  # not registered: it failed its quality gate
+            rows.append((name, None, {}))
+            continue
         metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
         wanted = {k.split("/", 1)[-1]: v for k, v in metrics.items() if k.startswith(f"{name}/")}
         rows.append((name, version.version, wanted))
@@ -110,7 +115,7 @@ def print_summary(settings: Settings, timings: dict[str, float], produced: dict[
         baseline = next((b for b in BASELINES if f"{b}_rmse" in metrics), None)
         models.add_row(
             name,
-            f"v{version}",
+            f"v{version}" if version else "none: not registered",
             f"{metrics.get('holdout_rmse', float('nan')):.3f}",
             f"{metrics[f'{baseline}_rmse']:.3f} ({baseline.replace('_', ' ')})" if baseline else "",
             f"{metrics.get('oracle_rmse', float('nan')):.3f}",
