@@ -155,17 +155,11 @@ def _start_api(settings: Settings, timings: dict[str, float]) -> None:
 def _models_with_challenger(settings: Settings) -> list[str]:
     """The models that training registered as @challenger."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+
+    from training.registry import alias_version
 
     client = MlflowClient(settings.mlflow_tracking_uri)
-    found = []
-    for name in MODEL_CHOICES:
-        try:
-            client.get_model_version_by_alias(name, "challenger")
-        except MlflowException:
-            continue
-        found.append(name)
-    return found
+    return [name for name in MODEL_CHOICES if alias_version(client, name, "challenger")]
 
 
 def run_demo(settings: Settings) -> None:

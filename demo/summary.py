@@ -9,8 +9,8 @@ from rich.table import Table
 
 from common.settings import Settings
 from common.store import open_store
+from training.cli import MODEL_CHOICES
 
-MODEL_NAMES = ("demand_forecaster", "stock_optimizer")
 BASELINES = ("seasonal_naive", "moving_average")  # the first one a model logged is shown
 
 
@@ -58,19 +58,20 @@ def _store_figures(settings: Settings) -> dict[str, Any]:
 
 def _champions(settings: Settings) -> list[tuple[str, str | None, dict[str, float]]]:
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+
+    from training.registry import alias_version
 
     client = MlflowClient(settings.mlflow_tracking_uri)
     rows = []
-    for name in MODEL_NAMES:
-        try:
-            version = client.get_model_version_by_alias(name, "champion")
-        except MlflowException:  # not registered: it failed its quality gate
+    for name in MODEL_CHOICES:
+        version = alias_version(client, name, "champion")
+        if version is None:  # not registered: it failed its quality gate
             rows.append((name, None, {}))
             continue
-        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+        run_id = client.get_model_version(name, version).run_id
+        metrics = client.get_run(run_id).data.metrics if run_id else {}
         wanted = {k.split("/", 1)[-1]: v for k, v in metrics.items() if k.startswith(f"{name}/")}
-        rows.append((name, version.version, wanted))
+        rows.append((name, version, wanted))
     return rows
 
 
